@@ -1,0 +1,304 @@
+//! One connection attempt: choose how to trust the server, handshake, hello,
+//! register every tunnel.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
+use tracing::debug;
+
+use tunnel_lib::io::read_message;
+use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
+use tunnel_lib::paths::{default_state_dir, DEV_CERT_FILE};
+use tunnel_lib::proto::{close, Control, ErrorCode, PROTOCOL_VERSION};
+use tunnel_lib::quic::{explain, is_version_mismatch};
+use tunnel_lib::tls::{fingerprint, parse_fingerprint, read_certs, ServerTrust};
+
+use crate::forward::{Target, Targets};
+use crate::{ClientError, Config, Outcome, TunnelInfo};
+
+/// A registered connection.
+pub(crate) struct Live {
+    pub(crate) conn: quinn::Connection,
+    /// Kept open for the session's life: the server ends the session when
+    /// the control stream ends.
+    #[allow(dead_code)]
+    pub(crate) control_send: SendStream,
+    pub(crate) control_recv: RecvStream,
+    pub(crate) control_buf: BytesMut,
+    pub(crate) tunnels: Vec<TunnelInfo>,
+    pub(crate) targets: Targets,
+}
+
+pub(crate) enum AttemptError {
+    /// Retrying cannot help.
+    Fatal(ClientError),
+    /// A requested name is held by a live session.
+    NameTaken(String),
+    /// Worth retrying after a backoff.
+    Retry(String),
+}
+
+fn is_local(host: &str) -> bool {
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Splits `host:port` (IPv6 in brackets).
+fn split_host(server: &str) -> Result<(&str, u16), AttemptError> {
+    let bad = || {
+        AttemptError::Fatal(ClientError::Config(format!(
+            "--server {server:?}: expected HOST:PORT, e.g. tunnel.example.com:4433"
+        )))
+    };
+    let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
+    let port = port.parse().map_err(|_| bad())?;
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// How to verify this server: flags first, then the dev certificate of a
+/// server on this machine, then the webpki roots.
+async fn trust(config: &Config, host: &str) -> Result<ServerTrust, AttemptError> {
+    if let Some(fp) = &config.server_fingerprint {
+        let pin = parse_fingerprint(fp).map_err(|e| {
+            AttemptError::Fatal(ClientError::Config(format!("--server-fingerprint: {e}")))
+        })?;
+        return Ok(ServerTrust::Pinned(vec![pin]));
+    }
+    if let Some(path) = &config.server_cert {
+        let certs = read_certs(path)
+            .await
+            .map_err(|e| AttemptError::Fatal(ClientError::Config(format!("--server-cert: {e}"))))?;
+        return Ok(ServerTrust::Roots(certs));
+    }
+    if is_local(host) {
+        let dir: Option<PathBuf> = config.dev_state_dir.clone().or_else(default_state_dir);
+        let Some(path) = dir.map(|d| d.join(DEV_CERT_FILE)) else {
+            return Err(AttemptError::Fatal(ClientError::Config(
+                "cannot locate the dev server's certificate (no HOME); pass --server-cert".into(),
+            )));
+        };
+        return match read_certs(&path).await {
+            Ok(certs) => Ok(ServerTrust::Pinned(certs.iter().map(fingerprint).collect())),
+            Err(_) => Err(AttemptError::Retry(format!(
+                "no certificate for the local server at {}: tunnel-server writes it there on first start; \
+                 start tunnel-server, or pass --server-cert FILE / --server-fingerprint",
+                path.display()
+            ))),
+        };
+    }
+    Ok(ServerTrust::WebPki)
+}
+
+pub(crate) async fn attempt(
+    config: &Config,
+    endpoint: &mut Option<quinn::Endpoint>,
+    client_id: [u8; 16],
+    names: &[Option<String>],
+) -> Result<Live, AttemptError> {
+    let (host, port) = split_host(&config.server)?;
+    let trust = trust(config, host).await?;
+    let client_cfg = tunnel_lib::quic::client_config(&trust)
+        .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
+    let addr: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| AttemptError::Retry(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| AttemptError::Retry(format!("{host} resolved to no address")))?;
+    let ep = match endpoint {
+        Some(ep) if ep.local_addr().is_ok_and(|a| a.is_ipv4() == addr.is_ipv4()) => ep.clone(),
+        _ => {
+            let ep = tunnel_lib::quic::client_endpoint(addr)
+                .map_err(|e| AttemptError::Retry(format!("cannot open a UDP socket: {e}")))?;
+            *endpoint = Some(ep.clone());
+            ep
+        }
+    };
+    let connecting = ep.connect_with(client_cfg, addr, host).map_err(|e| {
+        AttemptError::Fatal(ClientError::Config(format!(
+            "cannot connect to {host}: {e}"
+        )))
+    })?;
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(classify_connect(&e, &config.server)),
+        Err(_) => {
+            return Err(AttemptError::Retry(format!(
+                "no answer from {} ({addr}) within {HANDSHAKE_TIMEOUT:?}; is tunnel-server running and UDP port {port} open?",
+                config.server
+            )))
+        }
+    };
+    match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        session(config, conn.clone(), client_id, names),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            conn.close(VarInt::from_u32(close::NORMAL), b"timed out");
+            Err(AttemptError::Retry(
+                "the server did not answer the hello in time".into(),
+            ))
+        }
+    }
+}
+
+async fn session(
+    config: &Config,
+    conn: quinn::Connection,
+    client_id: [u8; 16],
+    names: &[Option<String>],
+) -> Result<Live, AttemptError> {
+    let lost = |e: &ConnectionError| match classify_lost(e) {
+        Outcome::Fatal(e) => AttemptError::Fatal(e),
+        Outcome::Lost(m) => AttemptError::Retry(m),
+        Outcome::Shutdown => AttemptError::Retry("shut down".into()),
+    };
+    let stream_err = |conn: &quinn::Connection, e: String| match conn.close_reason() {
+        Some(c) => lost(&c),
+        None => AttemptError::Retry(e),
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
+    let mut out = BytesMut::new();
+    Control::Hello {
+        version: PROTOCOL_VERSION,
+        token: config.token.clone().unwrap_or_default(),
+        client_id,
+        agent: concat!("tunnel-client/", env!("CARGO_PKG_VERSION")).into(),
+    }
+    .encode(&mut out);
+    send.write_all(&out)
+        .await
+        .map_err(|e| stream_err(&conn, e.to_string()))?;
+    let mut buf = BytesMut::new();
+    match read_message(&mut recv, &mut buf, Control::decode).await {
+        Ok(Some(Control::Welcome { .. })) => {}
+        Ok(Some(Control::Error { code, message, .. })) => return Err(refusal(code, message)),
+        Ok(other) => {
+            return Err(stream_err(
+                &conn,
+                format!("unexpected answer to hello: {other:?}"),
+            ))
+        }
+        Err(e) => return Err(stream_err(&conn, e.to_string())),
+    }
+
+    let mut tunnels = Vec::with_capacity(config.tunnels.len());
+    let mut targets = HashMap::new();
+    for (i, spec) in config.tunnels.iter().enumerate() {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec.local.as_str())
+            .await
+            .map_err(|e| {
+                AttemptError::Fatal(ClientError::Config(format!("--expose {}: {e}", spec.local)))
+            })?
+            .collect();
+        let mut out = BytesMut::new();
+        let request_id = i as u32 + 1;
+        Control::Register {
+            request_id,
+            subdomain: names.get(i).cloned().flatten().unwrap_or_default(),
+            local: spec.local.clone(),
+        }
+        .encode(&mut out);
+        send.write_all(&out)
+            .await
+            .map_err(|e| stream_err(&conn, e.to_string()))?;
+        match read_message(&mut recv, &mut buf, Control::decode).await {
+            Ok(Some(Control::Registered {
+                tunnel_id,
+                hostname,
+                url,
+                ..
+            })) => {
+                debug!(%url, "registered");
+                tunnels.push(TunnelInfo {
+                    url,
+                    hostname,
+                    local: spec.local.clone(),
+                });
+                targets.insert(
+                    tunnel_id,
+                    Target {
+                        local: spec.local.clone(),
+                        addrs,
+                    },
+                );
+            }
+            Ok(Some(Control::Error { code, message, .. })) => {
+                conn.close(VarInt::from_u32(close::NORMAL), b"registration refused");
+                return Err(refusal(code, message));
+            }
+            Ok(other) => {
+                return Err(stream_err(
+                    &conn,
+                    format!("unexpected answer to register: {other:?}"),
+                ))
+            }
+            Err(e) => return Err(stream_err(&conn, e.to_string())),
+        }
+    }
+    Ok(Live {
+        conn,
+        control_send: send,
+        control_recv: recv,
+        control_buf: buf,
+        tunnels,
+        targets: Arc::new(targets),
+    })
+}
+
+fn refusal(code: ErrorCode, message: String) -> AttemptError {
+    match code {
+        ErrorCode::Unauthorized => AttemptError::Fatal(ClientError::Unauthorized(message)),
+        ErrorCode::VersionMismatch => AttemptError::Fatal(ClientError::VersionMismatch(message)),
+        ErrorCode::InvalidName => AttemptError::Fatal(ClientError::InvalidName(message)),
+        ErrorCode::NameTaken => AttemptError::NameTaken(message),
+        ErrorCode::LimitReached => AttemptError::Fatal(ClientError::Refused(message)),
+        _ => AttemptError::Retry(format!("the server refused: {message}")),
+    }
+}
+
+fn classify_connect(e: &ConnectionError, server: &str) -> AttemptError {
+    if is_version_mismatch(e) {
+        return AttemptError::Fatal(ClientError::VersionMismatch(explain(e)));
+    }
+    match e {
+        ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") || t.reason.contains("certificate") => {
+            AttemptError::Fatal(ClientError::Config(format!(
+                "cannot verify the server {server}: {t}. Pass --server-cert FILE or --server-fingerprint sha256:… \
+                 for a self-signed server"
+            )))
+        }
+        other => AttemptError::Retry(format!("cannot connect to {server}: {}", explain(other))),
+    }
+}
+
+/// Sorts an ended connection into "reconnect" and "give up".
+pub(crate) fn classify_lost(e: &ConnectionError) -> Outcome {
+    if is_version_mismatch(e) {
+        return Outcome::Fatal(ClientError::VersionMismatch(explain(e)));
+    }
+    match e {
+        ConnectionError::ApplicationClosed(a)
+            if a.error_code == VarInt::from_u32(close::UNAUTHORIZED) =>
+        {
+            Outcome::Fatal(ClientError::Unauthorized(
+                String::from_utf8_lossy(&a.reason).into_owned(),
+            ))
+        }
+        other => Outcome::Lost(explain(other)),
+    }
+}

@@ -1,0 +1,113 @@
+//! One data stream from the server ↔ one TCP connection to the local service.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use tunnel_lib::io::{read_message, splice};
+use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, PREFACE_TIMEOUT};
+use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode};
+
+/// Where one tunnel forwards to: the addresses `local` resolved to when the
+/// tunnel was registered (so no DNS per connection), tried in order.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) local: String,
+    pub(crate) addrs: Vec<SocketAddr>,
+}
+
+pub(crate) type Targets = Arc<HashMap<u32, Target>>;
+
+pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: RecvStream) {
+    let mut buf = BytesMut::new();
+    let preface = match tokio::time::timeout(
+        PREFACE_TIMEOUT,
+        read_message(&mut recv, &mut buf, Preface::decode),
+    )
+    .await
+    {
+        Ok(Ok(Some(p))) => p,
+        other => {
+            debug!("bad stream preface: {other:?}");
+            let _ = send.reset(VarInt::from_u32(reset::CANCELLED));
+            return;
+        }
+    };
+    let Some(target) = targets.get(&preface.tunnel_id) else {
+        reply(
+            &mut send,
+            Reply::Failed {
+                code: ReplyCode::UnknownTunnel,
+                message: "unknown tunnel".into(),
+            },
+        )
+        .await;
+        return;
+    };
+    let mut tcp = match dial(target).await {
+        Ok(t) => t,
+        Err((code, message)) => {
+            warn!(visitor = %preface.visitor, "{message}: is the local service running?");
+            reply(&mut send, Reply::Failed { code, message }).await;
+            return;
+        }
+    };
+    let mut out = BytesMut::with_capacity(8);
+    Reply::Connected.encode(&mut out);
+    if send.write_chunk(out.freeze()).await.is_err() {
+        return;
+    }
+    if let Err(e) = splice(&mut tcp, &mut send, &mut recv, buf.freeze()).await {
+        debug!(visitor = %preface.visitor, "stream ended: {e}");
+    }
+}
+
+async fn reply(send: &mut SendStream, r: Reply) {
+    let mut out = BytesMut::new();
+    r.encode(&mut out);
+    if send.write_chunk(out.freeze()).await.is_ok() {
+        let _ = send.finish();
+    }
+}
+
+async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
+    let mut last = (
+        ReplyCode::Unreachable,
+        format!("{} did not resolve to any address", target.local),
+    );
+    for addr in &target.addrs {
+        match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok(tcp);
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                last = (
+                    ReplyCode::Refused,
+                    format!("connection refused by {} ({addr})", target.local),
+                );
+            }
+            Ok(Err(e)) => {
+                last = (
+                    ReplyCode::Unreachable,
+                    format!("cannot connect to {} ({addr}): {e}", target.local),
+                )
+            }
+            Err(_) => {
+                last = (
+                    ReplyCode::TimedOut,
+                    format!(
+                        "connecting to {} ({addr}) timed out after {LOCAL_CONNECT_TIMEOUT:?}",
+                        target.local
+                    ),
+                )
+            }
+        }
+    }
+    Err(last)
+}

@@ -1,0 +1,260 @@
+//! tunnel-client: holds one QUIC connection to a tunnel-server (in an
+//! `ArcSwapOption`), registers tunnels on it, reconnects on its own with
+//! exponential backoff and full jitter, and splices each stream the server
+//! opens onto a fresh connection to the local service.
+//!
+//! # Layout
+//! - [`Config`], [`TunnelSpec`]: what to expose and where.
+//! - `connect`: one connection attempt: trust, handshake, hello, registrations.
+//! - `forward`: one data stream ↔ one local TCP connection.
+//! - [`run`]: the reconnect loop; reports [`Status`] on a watch channel and
+//!   returns only after every task it started has ended.
+
+#![forbid(unsafe_code)]
+
+mod connect;
+mod forward;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use tunnel_lib::backoff::Backoff;
+use tunnel_lib::proto::{close, Control};
+
+/// One tunnel to expose.
+#[derive(Debug, Clone)]
+pub struct TunnelSpec {
+    /// `host:port` of the local service.
+    pub local: String,
+    /// Requested subdomain; `None` lets the server pick one.
+    pub subdomain: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `host:port` of the server's QUIC listener.
+    pub server: String,
+    pub token: Option<String>,
+    pub tunnels: Vec<TunnelSpec>,
+    /// Trust this certificate file (self-signed server or private CA).
+    pub server_cert: Option<PathBuf>,
+    /// Pin the server certificate's SHA-256.
+    pub server_fingerprint: Option<String>,
+    /// Where a dev server on this machine keeps its certificate
+    /// (default: `tunnel_lib::paths::default_state_dir()`).
+    pub dev_state_dir: Option<PathBuf>,
+    /// First reconnect delay ceiling and the cap.
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: "localhost:4433".into(),
+            token: None,
+            tunnels: Vec::new(),
+            server_cert: None,
+            server_fingerprint: None,
+            dev_state_dir: None,
+            backoff_base: Duration::from_millis(250),
+            backoff_cap: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A live tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelInfo {
+    pub url: String,
+    pub hostname: String,
+    pub local: String,
+}
+
+/// What the client is doing, for the UI and for tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    /// Registered; `generation` counts successful (re)connections.
+    Online {
+        tunnels: Vec<TunnelInfo>,
+        generation: u64,
+    },
+    Reconnecting {
+        attempt: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    VersionMismatch(String),
+    #[error("{0}")]
+    NameTaken(String),
+    #[error("{0}")]
+    InvalidName(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Runs until `shutdown` or a fatal error (bad token, version mismatch, a
+/// name that is taken on the first registration). Every other failure is
+/// retried with backoff.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    status: watch::Sender<Status>,
+) -> Result<(), ClientError> {
+    if config.tunnels.is_empty() {
+        return Err(ClientError::Config(
+            "nothing to expose: pass --expose PORT".into(),
+        ));
+    }
+    let client_id = random_id();
+    let current: ArcSwapOption<quinn::Connection> = ArcSwapOption::empty();
+    let tracker = TaskTracker::new();
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    // Names learned at the first registration, asked for again on reconnect.
+    let mut names: Vec<Option<String>> =
+        config.tunnels.iter().map(|t| t.subdomain.clone()).collect();
+    let mut generation = 0u64;
+    let mut endpoint: Option<quinn::Endpoint> = None;
+    let _ = status.send(Status::Connecting);
+
+    let result = loop {
+        let attempt = tokio::select! {
+            a = connect::attempt(&config, &mut endpoint, client_id, &names) => a,
+            _ = shutdown.cancelled() => break Ok(()),
+        };
+        let reason = match attempt {
+            Ok(mut live) => {
+                backoff.reset();
+                generation += 1;
+                for (slot, t) in names.iter_mut().zip(&live.tunnels) {
+                    *slot = t.hostname.split('.').next().map(str::to_owned);
+                }
+                current.store(Some(Arc::new(live.conn.clone())));
+                let _ = status.send(Status::Online {
+                    tunnels: live.tunnels.clone(),
+                    generation,
+                });
+                let outcome = serve(&mut live, &tracker, &shutdown).await;
+                current.store(None);
+                match outcome {
+                    Outcome::Shutdown => {
+                        live.conn.close(
+                            quinn::VarInt::from_u32(close::NORMAL),
+                            b"client shutting down",
+                        );
+                        break Ok(());
+                    }
+                    Outcome::Fatal(e) => break Err(e),
+                    Outcome::Lost(why) => {
+                        warn!("connection to the server lost: {why}; reconnecting");
+                        why
+                    }
+                }
+            }
+            Err(connect::AttemptError::Fatal(e)) => break Err(e),
+            // A name held by a live session is fatal only before we ever got
+            // it: after that it is our own old session, not yet known dead.
+            Err(connect::AttemptError::NameTaken(msg)) if generation == 0 => {
+                break Err(ClientError::NameTaken(msg))
+            }
+            Err(connect::AttemptError::NameTaken(msg)) | Err(connect::AttemptError::Retry(msg)) => {
+                msg
+            }
+        };
+        let delay = backoff.next_delay();
+        let _ = status.send(Status::Reconnecting {
+            attempt: backoff.attempts(),
+            reason: reason.clone(),
+        });
+        info!("retrying in {:.1}s ({reason})", delay.as_secs_f64());
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => break Ok(()),
+        }
+    };
+
+    // Stop local forwards, then let the endpoint flush its close.
+    tracker.close();
+    tracker.wait().await;
+    if let Some(ep) = endpoint {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+    }
+    result
+}
+
+enum Outcome {
+    Shutdown,
+    Lost(String),
+    Fatal(ClientError),
+}
+
+/// Accepts the server's data streams until the connection ends. Each stream
+/// gets one task, tracked and bounded by the QUIC stream limit this client
+/// grants (`MAX_STREAMS_PER_CLIENT`).
+async fn serve(
+    live: &mut connect::Live,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Outcome {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Outcome::Shutdown,
+            r = live.conn.accept_bi() => match r {
+                Ok((send, recv)) => {
+                    let targets = live.targets.clone();
+                    let stop = shutdown.clone();
+                    tracker.spawn(async move {
+                        tokio::select! {
+                            _ = forward::handle(targets, send, recv) => {}
+                            _ = stop.cancelled() => {}
+                        }
+                    });
+                }
+                Err(e) => return connect::classify_lost(&e),
+            },
+            m = tunnel_lib::io::read_message(&mut live.control_recv, &mut live.control_buf, Control::decode) => match m {
+                Ok(Some(Control::GoingAway { reason })) => info!("server is going away: {reason}"),
+                Ok(Some(other)) => warn!("unexpected control message {other:?}"),
+                Ok(None) | Err(_) => {
+                    // The control stream ended: the connection is going too.
+                    let e = live.conn.closed().await;
+                    return connect::classify_lost(&e);
+                }
+            },
+        }
+    }
+}
+
+fn random_id() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut id = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut id).is_err() {
+        // Only used to recognise our own stale session; uniqueness suffices.
+        id[..8].copy_from_slice(&u64::from(std::process::id()).to_be_bytes());
+        id[8..].copy_from_slice(
+            &(std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0))
+            .to_be_bytes(),
+        );
+    }
+    id
+}

@@ -1,0 +1,148 @@
+//! `tunnel-client`: expose a local port through a tunnel-server.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tunnel_client::{Config, Status, TunnelSpec};
+
+/// Expose a local service at a public URL through a tunnel-server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Local port (or HOST:PORT) to expose.
+    #[arg(long, value_name = "PORT|HOST:PORT")]
+    expose: String,
+    /// Subdomain to ask for [default: one the server picks].
+    #[arg(long)]
+    subdomain: Option<String>,
+    /// The server's QUIC address.
+    #[arg(long, default_value = "localhost:4433", env = "TUNNEL_SERVER")]
+    server: String,
+    /// Token the server expects.
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
+    #[arg(long, value_name = "FILE")]
+    server_cert: Option<PathBuf>,
+    /// Pin the server certificate's SHA-256 (as tunnel-server prints it).
+    #[arg(long, value_name = "SHA256")]
+    server_fingerprint: Option<String>,
+}
+
+fn local_target(expose: &str) -> Result<String, String> {
+    if let Ok(port) = expose.parse::<u16>() {
+        return Ok(format!("localhost:{port}"));
+    }
+    match expose.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(expose.to_owned())
+        }
+        _ => Err(format!(
+            "--expose {expose:?}: expected a port (8080) or HOST:PORT (127.0.0.1:8080)"
+        )),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,quinn=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let local = match local_target(&cli.expose) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = Config {
+        server: cli.server,
+        token: cli.token,
+        tunnels: vec![TunnelSpec {
+            local,
+            subdomain: cli.subdomain,
+        }],
+        server_cert: cli.server_cert,
+        server_fingerprint: cli.server_fingerprint,
+        ..Config::default()
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The one place that blocks on the runtime: main, outside async code.
+    #[allow(clippy::disallowed_methods)]
+    let result = runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = watch::channel(Status::Connecting);
+        let ui = tokio::spawn(print_urls(rx));
+        let signals = tokio::spawn(on_signal(shutdown.clone()));
+        let r = tunnel_client::run(config, shutdown, tx).await;
+        signals.abort();
+        let _ = ui.await;
+        r
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints each public URL on its own line on stdout, again only if it
+/// changes. Ends when the client drops its status sender.
+async fn print_urls(mut rx: watch::Receiver<Status>) {
+    let mut shown: Vec<String> = Vec::new();
+    while rx.changed().await.is_ok() {
+        let status = rx.borrow_and_update().clone();
+        if let Status::Online { tunnels, .. } = status {
+            let lines: Vec<String> = tunnels
+                .iter()
+                .map(|t| format!("{} -> http://{}", t.url, t.local))
+                .collect();
+            if lines != shown {
+                for l in &lines {
+                    println!("{l}");
+                }
+                shown = lines;
+            }
+        }
+    }
+}
+
+async fn on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}

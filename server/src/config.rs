@@ -1,0 +1,138 @@
+//! Server configuration: what the CLI fills in, with defaults named and a
+//! validation step whose messages name the offending field.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+use tunnel_lib::http1::Limits;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("--domain: {0:?} is not a valid domain name (letters, digits, '-' and '.', e.g. tunnel.example.com)")]
+    Domain(String),
+    #[error(
+        "refusing to listen on {addr} ({field}) without a token: anyone could expose tunnels. \
+         Pass --token SECRET (or set TUNNEL_TOKENS), or listen on 127.0.0.1 for local use"
+    )]
+    TokenRequired {
+        field: &'static str,
+        addr: SocketAddr,
+    },
+    #[error("--token: tokens must not be empty")]
+    EmptyToken,
+    #[error("--cert and --key go together: pass both (PEM files) or neither for a self-signed certificate")]
+    CertKeyPair,
+    #[error("no state directory: set --state-dir (or HOME / XDG_STATE_HOME / TUNNEL_STATE_DIR)")]
+    NoStateDir,
+}
+
+/// Timeouts at the HTTP edge.
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// The whole request head must arrive within this from its first byte
+    /// (one deadline, not a timeout per read) or the visitor gets 408.
+    pub head: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub keep_alive_idle: Duration,
+    /// A request body that stalls this long is abandoned.
+    pub body_idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            head: Duration::from_secs(15),
+            keep_alive_idle: Duration::from_secs(60),
+            body_idle: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Tunnels are served at `<name>.<domain>`.
+    pub domain: String,
+    /// Public HTTP listener (used by `Listeners::bind`).
+    pub http: SocketAddr,
+    /// QUIC listener for clients (used by `Listeners::bind`).
+    pub quic: SocketAddr,
+    /// Accepted client tokens. Empty: no authentication (loopback only).
+    pub tokens: Vec<String>,
+    /// Where the self-signed certificate is kept. `None`: the default
+    /// (`tunnel_lib::paths::default_state_dir`).
+    pub state_dir: Option<PathBuf>,
+    /// A real certificate chain and key (PEM). `None`: self-signed.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Port written in public URLs. `None`: the HTTP listener's port (omitted
+    /// when 80). Set it when a load balancer fronts the server.
+    pub public_port: Option<u16>,
+    /// How long a released name stays reserved for the token that held it,
+    /// so a reconnecting client gets its URL back.
+    pub name_grace: Duration,
+    /// Concurrent visitor connections; past it, new ones wait in the backlog.
+    pub max_visitors: usize,
+    /// Concurrent client connections.
+    pub max_clients: usize,
+    /// Tunnels one client connection may register.
+    pub max_tunnels_per_client: usize,
+    pub http_limits: Limits,
+    pub timeouts: Timeouts,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            http: ([127, 0, 0, 1], 8000).into(),
+            quic: ([127, 0, 0, 1], 4433).into(),
+            tokens: Vec::new(),
+            state_dir: None,
+            cert: None,
+            key: None,
+            public_port: None,
+            name_grace: Duration::from_secs(300),
+            max_visitors: 16_384,
+            max_clients: 1024,
+            max_tunnels_per_client: 32,
+            http_limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what can be checked before binding. `http` / `quic` are the
+    /// addresses actually listened on.
+    pub fn validate(&self, http: SocketAddr, quic: SocketAddr) -> Result<(), ConfigError> {
+        let d = &self.domain;
+        let valid = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            });
+        if !valid {
+            return Err(ConfigError::Domain(d.clone()));
+        }
+        if self.tokens.iter().any(|t| t.is_empty()) {
+            return Err(ConfigError::EmptyToken);
+        }
+        if self.tokens.is_empty() {
+            for (field, addr) in [("--quic", quic), ("--http", http)] {
+                if !addr.ip().is_loopback() {
+                    return Err(ConfigError::TokenRequired { field, addr });
+                }
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err(ConfigError::CertKeyPair);
+        }
+        Ok(())
+    }
+}

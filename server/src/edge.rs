@@ -1,0 +1,732 @@
+//! The public HTTP edge: one task per visitor connection, two halves.
+//!
+//! The *request side* reads request heads (one deadline per head), routes
+//! each by its own Host, and forwards a canonical head plus the body (by its
+//! framing) on a QUIC stream to the tunnel's client: one stream per visitor
+//! connection and tunnel, reused while consecutive requests go to the same
+//! tunnel. The *response side* relays responses back in request order,
+//! tracking their framing so pairing cannot slip, and writes the server's own
+//! pages (404, 502, ...) in their turn.
+//!
+//! The halves talk through a bounded queue of pending exchanges (the
+//! pipelining depth), and both run inside the one connection task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use tunnel_lib::http1::{
+    BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, HeadScanner, RequestHead,
+    ResponseBody, ResponseHead,
+};
+use tunnel_lib::io::{read_message, StreamError};
+use tunnel_lib::limits::{IO_CHUNK, OPEN_STREAM_TIMEOUT};
+use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode, StreamKind};
+
+use crate::registry::{normalise_host, Rule};
+use crate::respond::{self, ErrorPage};
+use crate::State;
+
+/// Requests forwarded but not yet answered, per visitor connection.
+const MAX_PIPELINE: usize = 16;
+
+/// Pieces of a body the server discards (for a request it answers itself)
+/// before it gives up and closes instead.
+const MAX_DISCARD: u64 = 1024 * 1024;
+
+enum Pending {
+    /// A page the server answers with itself.
+    Local { page: Bytes, close: bool },
+    /// A request forwarded upstream; its response comes from `recv` (a new
+    /// stream when `Some`, else the current one).
+    Upstream {
+        recv: Option<RecvStream>,
+        host: Arc<Rule>,
+        head_request: bool,
+        close: bool,
+        /// For an upgrade request: told whether the upgrade happened.
+        upgraded: Option<oneshot::Sender<bool>>,
+    },
+}
+
+pub(crate) async fn serve(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    soft: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    let (rd, wr) = tcp.into_split();
+    let (tx, rx) = mpsc::channel(MAX_PIPELINE);
+    let requests = RequestSide {
+        state: state.clone(),
+        rd,
+        buf: BytesMut::new(),
+        peer,
+        tx,
+        up: None,
+    }
+    .run(soft);
+    let responses = ResponseSide {
+        state,
+        wr,
+        rx,
+        recv: None,
+        leftover: Bytes::new(),
+        failed: None,
+    }
+    .run();
+    tokio::pin!(requests, responses);
+    tokio::select! {
+        // The response side decides when the connection ends (close after a
+        // response, an upgrade relay finished, a write failed).
+        _ = &mut responses => {}
+        _ = &mut requests => responses.await,
+    }
+}
+
+struct Upstream {
+    rule: Arc<Rule>,
+    send: SendStream,
+}
+
+struct RequestSide {
+    state: Arc<State>,
+    rd: OwnedReadHalf,
+    /// Bytes read from the visitor and not yet consumed.
+    buf: BytesMut,
+    peer: SocketAddr,
+    tx: mpsc::Sender<Pending>,
+    up: Option<Upstream>,
+}
+
+enum HeadRead {
+    Head(RequestHead),
+    /// EOF, idle timeout or shutdown between requests: close quietly.
+    Idle,
+    Reject(ErrorPage),
+}
+
+/// Why the request side stopped mid-request: the connection is done.
+struct Stop;
+
+impl RequestSide {
+    async fn run(mut self, soft: CancellationToken) {
+        loop {
+            let head = match self.read_head(&soft).await {
+                HeadRead::Head(h) => h,
+                HeadRead::Idle => break,
+                HeadRead::Reject(page) => {
+                    let _ = self
+                        .tx
+                        .send(Pending::Local {
+                            page: page.render(true, false),
+                            close: true,
+                        })
+                        .await;
+                    break;
+                }
+            };
+            let keep_alive = head.keep_alive;
+            let result = match self.state.registry.route(head.host()) {
+                None => {
+                    self.answer_locally(&head, respond::not_found(&host_text(&head)))
+                        .await
+                }
+                Some((rule, None)) => {
+                    self.answer_locally(&head, respond::client_gone(&rule.host))
+                        .await
+                }
+                Some((rule, Some(session))) => self.forward(head, rule, &session.conn).await,
+            };
+            if result.is_err() || !keep_alive {
+                break;
+            }
+        }
+        if let Some(up) = self.up.take() {
+            let mut send = up.send;
+            let _ = send.finish();
+        }
+    }
+
+    /// Reads the next head: an idle timeout until its first byte, then one
+    /// deadline for the whole head.
+    async fn read_head(&mut self, soft: &CancellationToken) -> HeadRead {
+        let limits = &self.state.config.http_limits;
+        let t = &self.state.config.timeouts;
+        let mut scanner = HeadScanner::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + t.head);
+                match scanner.scan(&self.buf, limits) {
+                    Ok(tunnel_lib::http1::scan::Scan::Complete(n)) => {
+                        let raw = self.buf.split_to(n).freeze();
+                        return match RequestHead::parse(raw, limits) {
+                            Ok(h) => HeadRead::Head(h),
+                            Err(e) => HeadRead::Reject(reject_page(&e)),
+                        };
+                    }
+                    Ok(tunnel_lib::http1::scan::Scan::SkipEmptyLines(n)) => {
+                        let _ = self.buf.split_to(n);
+                        scanner = HeadScanner::new();
+                        continue;
+                    }
+                    Ok(tunnel_lib::http1::scan::Scan::Partial) => {}
+                    Err(e) => return HeadRead::Reject(reject_page(&e)),
+                }
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            let read = self.rd.read_buf(&mut self.buf);
+            let n = match deadline {
+                Some(d) => match timeout_at(d, read).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(_)) => return HeadRead::Idle,
+                    Err(_) => {
+                        return HeadRead::Reject(respond::bad_request(
+                            408,
+                            "the request head did not arrive in time",
+                        ))
+                    }
+                },
+                None => tokio::select! {
+                    r = timeout(t.keep_alive_idle, read) => match r {
+                        Ok(Ok(n)) => n,
+                        _ => return HeadRead::Idle,
+                    },
+                    _ = soft.cancelled() => return HeadRead::Idle,
+                },
+            };
+            if n == 0 {
+                return HeadRead::Idle;
+            }
+        }
+    }
+
+    /// Answers a request with the server's own page, skipping its body.
+    async fn answer_locally(&mut self, head: &RequestHead, page: ErrorPage) -> Result<(), Stop> {
+        let discardable = match head.body {
+            BodyKind::None => true,
+            BodyKind::Length(n) => n <= MAX_DISCARD,
+            BodyKind::Chunked => false,
+        };
+        let close = !head.keep_alive || !discardable;
+        let rendered = page.render(close, head.is_head());
+        self.tx
+            .send(Pending::Local {
+                page: rendered,
+                close,
+            })
+            .await
+            .map_err(|_| Stop)?;
+        if close {
+            return Err(Stop);
+        }
+        if let BodyKind::Length(n) = head.body {
+            self.discard(n).await?;
+        }
+        Ok(())
+    }
+
+    async fn discard(&mut self, mut n: u64) -> Result<(), Stop> {
+        loop {
+            let take = (self.buf.len() as u64).min(n) as usize;
+            let _ = self.buf.split_to(take);
+            n -= take as u64;
+            if n == 0 {
+                return Ok(());
+            }
+            self.read_more().await?;
+        }
+    }
+
+    /// Reads more visitor bytes into `buf`, within the body idle timeout.
+    async fn read_more(&mut self) -> Result<(), Stop> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(IO_CHUNK);
+        }
+        match timeout(
+            self.state.config.timeouts.body_idle,
+            self.rd.read_buf(&mut self.buf),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            _ => Err(Stop),
+        }
+    }
+
+    async fn forward(
+        &mut self,
+        head: RequestHead,
+        rule: Arc<Rule>,
+        conn: &quinn::Connection,
+    ) -> Result<(), Stop> {
+        let mut out = BytesMut::with_capacity(512);
+        let reuse = self
+            .up
+            .as_ref()
+            .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
+        let mut new_recv = None;
+        if !reuse {
+            if let Some(old) = self.up.take() {
+                let mut send = old.send;
+                let _ = send.finish();
+            }
+            match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
+                Ok(Ok((send, recv))) => {
+                    Preface {
+                        kind: StreamKind::Http1,
+                        tunnel_id: rule.tunnel_id,
+                        visitor: self.peer,
+                    }
+                    .encode(&mut out);
+                    self.up = Some(Upstream {
+                        rule: rule.clone(),
+                        send,
+                    });
+                    new_recv = Some(recv);
+                }
+                Ok(Err(e)) => {
+                    debug!(host = %rule.host, "cannot open a stream to the client: {e}");
+                    return self
+                        .answer_locally(&head, respond::client_gone(&rule.host))
+                        .await;
+                }
+                Err(_) => {
+                    info!(host = %rule.host, "no free stream towards the client within {OPEN_STREAM_TIMEOUT:?}");
+                    return self
+                        .answer_locally(&head, respond::client_busy(&rule.host))
+                        .await;
+                }
+            }
+        }
+        head.write_forwarded(
+            &mut out,
+            &Forwarded {
+                client_ip: self.peer.ip(),
+                proto: "http",
+            },
+        );
+        let (upgraded_tx, upgraded_rx) = if head.upgrade_websocket {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let pending = Pending::Upstream {
+            recv: new_recv,
+            host: rule,
+            head_request: head.is_head(),
+            close: !head.keep_alive,
+            upgraded: upgraded_tx,
+        };
+        // Queue before sending the body: the response side must be reading
+        // for `Expect: 100-continue` to work.
+        self.tx.send(pending).await.map_err(|_| Stop)?;
+        let Some(up) = self.up.as_mut() else {
+            return Err(Stop);
+        };
+        if up.send.write_chunk(out.freeze()).await.is_err() {
+            return Err(Stop);
+        }
+        let sent = match head.body {
+            BodyKind::None => Ok(()),
+            BodyKind::Length(n) => self.forward_length(n).await,
+            BodyKind::Chunked => self.forward_chunked().await,
+        };
+        if sent.is_err() {
+            if let Some(mut up) = self.up.take() {
+                let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
+            }
+            return Err(Stop);
+        }
+        if let Some(rx) = upgraded_rx {
+            if rx.await.unwrap_or(false) {
+                self.relay_upgraded().await;
+                return Err(Stop);
+            }
+        }
+        Ok(())
+    }
+
+    async fn forward_length(&mut self, mut n: u64) -> Result<(), Stop> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            let take = (self.buf.len() as u64).min(n) as usize;
+            let chunk = self.buf.split_to(take).freeze();
+            n -= take as u64;
+            let up = self.up.as_mut().ok_or(Stop)?;
+            up.send.write_chunk(chunk).await.map_err(|_| Stop)?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the visitor's chunked body and re-encodes it canonically
+    /// (sizes in hex, no extensions, trailers dropped).
+    async fn forward_chunked(&mut self) -> Result<(), Stop> {
+        let limits = &self.state.config.http_limits;
+        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+        loop {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            match dec.step(&self.buf) {
+                Ok(ChunkStep::Data(0)) | Ok(ChunkStep::Framing(0)) => self.read_more().await?,
+                Ok(ChunkStep::Data(n)) => {
+                    let data = self.buf.split_to(n).freeze();
+                    let mut size_line = BytesMut::with_capacity(20);
+                    size_line.put_slice(format!("{n:x}\r\n").as_bytes());
+                    let mut pieces = [size_line.freeze(), data, Bytes::from_static(b"\r\n")];
+                    let up = self.up.as_mut().ok_or(Stop)?;
+                    up.send
+                        .write_all_chunks(&mut pieces)
+                        .await
+                        .map_err(|_| Stop)?;
+                }
+                Ok(ChunkStep::Framing(n)) => {
+                    let _ = self.buf.split_to(n);
+                }
+                Ok(ChunkStep::Done(n)) => {
+                    let _ = self.buf.split_to(n);
+                    let up = self.up.as_mut().ok_or(Stop)?;
+                    up.send
+                        .write_chunk(Bytes::from_static(b"0\r\n\r\n"))
+                        .await
+                        .map_err(|_| Stop)?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    debug!(peer = %self.peer, "bad chunked body: {e}");
+                    return Err(Stop);
+                }
+            }
+        }
+    }
+
+    /// After a 101: visitor bytes go upstream raw until either side closes.
+    async fn relay_upgraded(&mut self) {
+        let Some(up) = self.up.as_mut() else { return };
+        if !self.buf.is_empty()
+            && up
+                .send
+                .write_chunk(self.buf.split().freeze())
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let _ = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+    }
+}
+
+fn host_text(head: &RequestHead) -> String {
+    match normalise_host(head.host()) {
+        Some(h) => h.into_owned(),
+        None => String::from_utf8_lossy(head.host()).into_owned(),
+    }
+}
+
+fn reject_page(e: &HeadError) -> ErrorPage {
+    respond::bad_request(e.status(), &e.to_string())
+}
+
+struct ResponseSide {
+    state: Arc<State>,
+    wr: OwnedWriteHalf,
+    rx: mpsc::Receiver<Pending>,
+    recv: Option<RecvStream>,
+    /// Bytes read from `recv` and not yet relayed.
+    leftover: Bytes,
+    /// The current stream could not be served: every request on it gets this.
+    failed: Option<ErrorPage>,
+}
+
+enum After {
+    KeepAlive,
+    Close,
+}
+
+/// Why relaying one response failed.
+enum RelayError {
+    /// Before anything reached the visitor: a 502 page can still be sent.
+    NothingSent(String),
+    /// Mid-response: only closing is left.
+    Broken,
+}
+
+impl ResponseSide {
+    async fn run(mut self) {
+        while let Some(item) = self.rx.recv().await {
+            let after = match item {
+                Pending::Local { page, close } => {
+                    if self.wr.write_all(&page).await.is_err() {
+                        return;
+                    }
+                    if close {
+                        After::Close
+                    } else {
+                        After::KeepAlive
+                    }
+                }
+                Pending::Upstream {
+                    recv,
+                    host,
+                    head_request,
+                    close,
+                    upgraded,
+                } => {
+                    if let Some(r) = recv {
+                        if let Some(mut old) = self.recv.replace(r) {
+                            let _ = old.stop(VarInt::from_u32(0));
+                        }
+                        self.leftover = Bytes::new();
+                        self.failed = self.read_reply(&host.host).await;
+                    }
+                    if let Some(page) = &self.failed {
+                        let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                        After::Close
+                    } else {
+                        match self.relay(head_request, upgraded).await {
+                            Ok(a) if close => {
+                                let _ = a;
+                                After::Close
+                            }
+                            Ok(a) => a,
+                            Err(RelayError::NothingSent(why)) => {
+                                info!(host = %host.host, "502: {why}");
+                                let page = respond::local_failed(&host.host, &why);
+                                let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                                After::Close
+                            }
+                            Err(RelayError::Broken) => After::Close,
+                        }
+                    }
+                }
+            };
+            if let After::Close = after {
+                break;
+            }
+        }
+        let _ = self.wr.shutdown().await;
+    }
+
+    /// Reads the client's reply on a new stream: `None` if the local service
+    /// was reached, else the page every request on this stream gets.
+    async fn read_reply(&mut self, host: &str) -> Option<ErrorPage> {
+        let recv = self.recv.as_mut()?;
+        let mut buf = BytesMut::new();
+        let reply = timeout(
+            Duration::from_secs(30),
+            read_message(recv, &mut buf, Reply::decode),
+        )
+        .await;
+        match reply {
+            Ok(Ok(Some(Reply::Connected))) => {
+                self.leftover = buf.freeze();
+                None
+            }
+            Ok(Ok(Some(Reply::Failed { code, message }))) => {
+                info!(%host, "502: {message}");
+                Some(match code {
+                    ReplyCode::Refused => respond::local_refused(host, &message),
+                    _ => respond::local_failed(host, &message),
+                })
+            }
+            Ok(Ok(None)) | Ok(Err(StreamError::Truncated)) => {
+                info!(%host, "502: the tunnel client closed the stream without answering");
+                Some(respond::client_gone(host))
+            }
+            Ok(Err(e)) => {
+                info!(%host, "502: tunnel stream failed: {e}");
+                Some(respond::client_gone(host))
+            }
+            Err(_) => {
+                info!(%host, "504: the tunnel client did not answer in time");
+                Some(ErrorPage::new(
+                    504,
+                    "tunnel-timeout",
+                    "The tunnel did not answer",
+                    format!(
+                        "The tunnel client for <code>{}</code> did not answer in time.",
+                        respond::escape(host)
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The next bytes of the current stream (leftover first). `Ok(None)` at
+    /// the stream's end.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
+        if !self.leftover.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.leftover)));
+        }
+        let recv = self.recv.as_mut().ok_or("no stream")?;
+        match recv.read_chunk(IO_CHUNK, true).await {
+            Ok(Some(c)) => Ok(Some(c.bytes)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("tunnel stream failed: {e}")),
+        }
+    }
+
+    /// Relays one response (and any interim 1xx before it).
+    async fn relay(
+        &mut self,
+        head_request: bool,
+        upgraded: Option<oneshot::Sender<bool>>,
+    ) -> Result<After, RelayError> {
+        let max_head = self.state.config.http_limits.max_head;
+        let mut sent_any = false;
+        let fail = |sent: bool, why: String| {
+            if sent {
+                RelayError::Broken
+            } else {
+                RelayError::NothingSent(why)
+            }
+        };
+        loop {
+            // Accumulate a head (usually one chunk).
+            let mut head_buf = BytesMut::new();
+            let head = loop {
+                if !head_buf.is_empty() {
+                    match ResponseHead::parse(&head_buf, head_request, max_head) {
+                        Ok(Some(h)) => break h,
+                        Ok(None) => {}
+                        Err(e) => return Err(fail(sent_any, e.to_string())),
+                    }
+                }
+                match self.next_chunk().await {
+                    Ok(Some(c)) => head_buf.extend_from_slice(&c),
+                    Ok(None) => {
+                        return Err(fail(
+                            sent_any,
+                            "the local service closed the connection without a response".into(),
+                        ))
+                    }
+                    Err(e) => return Err(fail(sent_any, e)),
+                }
+            };
+            let head_bytes = head_buf.split_to(head.head_len).freeze();
+            self.leftover = head_buf.freeze();
+            self.wr
+                .write_all(&head_bytes)
+                .await
+                .map_err(|_| RelayError::Broken)?;
+            sent_any = true;
+            if head.is_interim() {
+                continue;
+            }
+            let result = match head.body {
+                ResponseBody::None => Ok(()),
+                ResponseBody::Length(n) => self.relay_length(n).await,
+                ResponseBody::Chunked => self.relay_chunked().await,
+                ResponseBody::UntilClose => {
+                    self.relay_to_end().await?;
+                    return Ok(After::Close);
+                }
+                ResponseBody::Upgrade => {
+                    if let Some(tx) = upgraded {
+                        let _ = tx.send(true);
+                        self.relay_to_end().await?;
+                    }
+                    return Ok(After::Close);
+                }
+            };
+            if let Some(tx) = upgraded {
+                let _ = tx.send(false);
+            }
+            result?;
+            return Ok(if head.keep_alive {
+                After::KeepAlive
+            } else {
+                After::Close
+            });
+        }
+    }
+
+    async fn relay_length(&mut self, mut n: u64) -> Result<(), RelayError> {
+        while n > 0 {
+            let mut chunk = match self.next_chunk().await {
+                Ok(Some(c)) => c,
+                _ => return Err(RelayError::Broken),
+            };
+            if chunk.len() as u64 > n {
+                self.leftover = chunk.split_off(n as usize);
+            }
+            n -= chunk.len() as u64;
+            self.wr
+                .write_all(&chunk)
+                .await
+                .map_err(|_| RelayError::Broken)?;
+        }
+        Ok(())
+    }
+
+    /// Relays chunked bytes as they are, using the decoder only to find
+    /// where the body ends.
+    async fn relay_chunked(&mut self) -> Result<(), RelayError> {
+        let limits = &self.state.config.http_limits;
+        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+        loop {
+            let mut chunk = match self.next_chunk().await {
+                Ok(Some(c)) => c,
+                _ => return Err(RelayError::Broken),
+            };
+            let mut used = 0;
+            let mut done = false;
+            while used < chunk.len() {
+                match dec.step(&chunk[used..]) {
+                    Ok(ChunkStep::Data(n)) | Ok(ChunkStep::Framing(n)) => used += n,
+                    Ok(ChunkStep::Done(n)) => {
+                        used += n;
+                        done = true;
+                        break;
+                    }
+                    Err(e) => {
+                        debug!("local service sent bad chunked framing: {e}");
+                        return Err(RelayError::Broken);
+                    }
+                }
+            }
+            if done {
+                self.leftover = chunk.split_off(used);
+            }
+            self.wr
+                .write_all(&chunk)
+                .await
+                .map_err(|_| RelayError::Broken)?;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn relay_to_end(&mut self) -> Result<(), RelayError> {
+        loop {
+            match self.next_chunk().await {
+                Ok(Some(c)) => self
+                    .wr
+                    .write_all(&c)
+                    .await
+                    .map_err(|_| RelayError::Broken)?,
+                Ok(None) => return Ok(()),
+                Err(_) => return Err(RelayError::Broken),
+            }
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Responses the server writes itself: short pages that say what happened
+//! and what to do, plus an `X-Tunnel-Error` code for scripts.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        431 => "Request Header Fields Too Large",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Error",
+    }
+}
+
+/// Escapes text for HTML.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// What went wrong, for the page and the `X-Tunnel-Error` header.
+#[derive(Debug, Clone)]
+pub struct ErrorPage {
+    pub status: u16,
+    /// Machine-readable code, e.g. `tunnel-not-found`, `local-refused`.
+    pub code: &'static str,
+    pub title: &'static str,
+    /// One or two sentences, already HTML-escaped.
+    pub detail_html: String,
+}
+
+impl ErrorPage {
+    pub fn new(status: u16, code: &'static str, title: &'static str, detail_html: String) -> Self {
+        ErrorPage {
+            status,
+            code,
+            title,
+            detail_html,
+        }
+    }
+
+    /// The whole response. `close`: add `Connection: close`. `head`: the
+    /// request was HEAD (headers only).
+    pub fn render(&self, close: bool, head: bool) -> Bytes {
+        let body = format!(
+            "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{s} {t}</title></head>\n\
+             <body><h1>{t}</h1>\n<p>{d}</p>\n<hr><p><small>tunnel-server &middot; {s} {r}</small></p></body></html>\n",
+            s = self.status,
+            t = self.title,
+            d = self.detail_html,
+            r = reason(self.status),
+        );
+        let mut out = BytesMut::with_capacity(body.len() + 200);
+        out.put_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-store\r\nX-Tunnel-Error: {}\r\n{}\r\n",
+                self.status,
+                reason(self.status),
+                body.len(),
+                self.code,
+                if close { "Connection: close\r\n" } else { "" }
+            )
+            .as_bytes(),
+        );
+        if !head {
+            out.put_slice(body.as_bytes());
+        }
+        out.freeze()
+    }
+}
+
+pub fn not_found(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        404,
+        "tunnel-not-found",
+        "Tunnel not found",
+        format!(
+            "No tunnel is registered for <code>{}</code>. Check the URL that tunnel-client printed; \
+             the tunnel may have been stopped.",
+            escape(host)
+        ),
+    )
+}
+
+pub fn bad_request(status: u16, what: &str) -> ErrorPage {
+    let code = match status {
+        408 => "request-timeout",
+        414 => "uri-too-long",
+        431 => "headers-too-large",
+        505 => "version-not-supported",
+        _ => "bad-request",
+    };
+    ErrorPage::new(status, code, reason(status), format!("{}.", escape(what)))
+}
+
+pub fn local_refused(host: &str, detail: &str) -> ErrorPage {
+    ErrorPage::new(
+        502,
+        "local-refused",
+        "The local service refused the connection",
+        format!(
+            "The tunnel <code>{}</code> is connected, but the service it forwards to is not answering: {}. \
+             Start your app (or check the port given to <code>tunnel-client --expose</code>) and reload.",
+            escape(host),
+            escape(detail)
+        ),
+    )
+}
+
+pub fn local_failed(host: &str, detail: &str) -> ErrorPage {
+    ErrorPage::new(
+        502,
+        "local-error",
+        "The local service failed",
+        format!(
+            "The tunnel <code>{}</code> could not get a response from the local service: {}.",
+            escape(host),
+            escape(detail)
+        ),
+    )
+}
+
+pub fn client_gone(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        502,
+        "tunnel-offline",
+        "The tunnel's client is offline",
+        format!(
+            "The tunnel <code>{}</code> exists, but its tunnel-client is not connected right now. \
+             If it is reconnecting, retry in a few seconds.",
+            escape(host)
+        ),
+    )
+}
+
+pub fn client_busy(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        503,
+        "tunnel-busy",
+        "The tunnel is at capacity",
+        format!(
+            "The tunnel <code>{}</code> has too many open connections right now. Retry shortly.",
+            escape(host)
+        ),
+    )
+}

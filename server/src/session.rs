@@ -1,0 +1,247 @@
+//! One client connection: handshake, hello and auth, then registrations on
+//! the control stream until the connection ends.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use tunnel_lib::io::read_message;
+use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
+use tunnel_lib::proto::{close, Control, ErrorCode, PROTOCOL_VERSION};
+use tunnel_lib::quic::explain;
+
+use crate::registry::{Owner, Session};
+use crate::State;
+
+/// Runs one client connection to its end.
+pub(crate) async fn serve(
+    state: Arc<State>,
+    incoming: quinn::Incoming,
+    shutdown: CancellationToken,
+) {
+    let remote = incoming.remote_address();
+    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            info!(%remote, "client handshake failed: {}", explain(&e));
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "client handshake timed out");
+            return;
+        }
+    };
+    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_hello(&conn)).await;
+    let (mut send, mut recv, mut buf, token, client_id, version) = match hello {
+        Ok(Ok(h)) => h,
+        Ok(Err(why)) => {
+            debug!(%remote, "client gave no hello: {why}");
+            conn.close(
+                VarInt::from_u32(close::PROTOCOL_ERROR),
+                b"expected a hello on the control stream",
+            );
+            return;
+        }
+        Err(_) => {
+            debug!(%remote, "client sent no hello in time");
+            conn.close(VarInt::from_u32(close::PROTOCOL_ERROR), b"hello timed out");
+            return;
+        }
+    };
+    if version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version mismatch: the server speaks {PROTOCOL_VERSION}, the client {version}; \
+             install matching versions of tunnel-client and tunnel-server"
+        );
+        info!(%remote, "{msg}");
+        refuse(
+            &conn,
+            &mut send,
+            ErrorCode::VersionMismatch,
+            close::VERSION_MISMATCH,
+            &msg,
+        )
+        .await;
+        return;
+    }
+    let owner = if state.tokens.is_empty() {
+        Owner::Anonymous
+    } else {
+        match tunnel_lib::auth::match_token(&state.tokens, &token) {
+            Some(i) => Owner::Token(i),
+            None => {
+                info!(%remote, "client rejected: wrong or missing token");
+                let msg = "the server rejected the token: check --token (or TUNNEL_TOKEN) against the server's --token";
+                refuse(
+                    &conn,
+                    &mut send,
+                    ErrorCode::Unauthorized,
+                    close::UNAUTHORIZED,
+                    msg,
+                )
+                .await;
+                return;
+            }
+        }
+    };
+
+    let (session, stale) = state
+        .registry
+        .add_session(conn.clone(), owner, client_id, remote);
+    if let Some(old) = stale {
+        debug!(
+            session = old.id,
+            "replaced by a newer connection of the same client"
+        );
+        old.conn.close(
+            VarInt::from_u32(close::DISCONNECTED),
+            b"replaced by a newer connection of the same client",
+        );
+    }
+    info!(%remote, session = session.id, "client connected");
+
+    let mut out = BytesMut::new();
+    Control::Welcome {
+        version: PROTOCOL_VERSION,
+        session_id: session.id,
+    }
+    .encode(&mut out);
+    let ok = send.write_all(&out).await.is_ok()
+        && control_loop(&state, &session, &mut send, &mut recv, &mut buf, &shutdown).await;
+    if ok && shutdown.is_cancelled() {
+        let mut out = BytesMut::new();
+        Control::GoingAway {
+            reason: "server shutting down".into(),
+        }
+        .encode(&mut out);
+        let _ = send.write_all(&out).await;
+        conn.close(
+            VarInt::from_u32(close::GOING_AWAY),
+            b"server shutting down; reconnect later",
+        );
+    }
+    state.registry.end_session(&session);
+    let why = conn
+        .close_reason()
+        .map(|e| explain(&e))
+        .unwrap_or_else(|| "control stream ended".into());
+    info!(%remote, session = session.id, "client disconnected: {why}");
+    conn.close(VarInt::from_u32(close::NORMAL), b"session ended");
+}
+
+type Hello = (SendStream, RecvStream, BytesMut, String, [u8; 16], u16);
+
+async fn accept_hello(conn: &quinn::Connection) -> Result<Hello, String> {
+    let (send, mut recv) = conn.accept_bi().await.map_err(|e| explain(&e))?;
+    let mut buf = BytesMut::new();
+    match read_message(&mut recv, &mut buf, Control::decode)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(Control::Hello {
+            version,
+            token,
+            client_id,
+            ..
+        }) => Ok((send, recv, buf, token, client_id, version)),
+        Some(other) => Err(format!("unexpected first message {other:?}")),
+        None => Err("control stream closed".into()),
+    }
+}
+
+/// Sends an error frame, gives it a moment to arrive, then closes the
+/// connection with `code` (whose reason carries the message too, in case the
+/// frame is lost in the close).
+async fn refuse(
+    conn: &quinn::Connection,
+    send: &mut SendStream,
+    code: ErrorCode,
+    close_code: u32,
+    msg: &str,
+) {
+    let mut out = BytesMut::new();
+    Control::Error {
+        request_id: 0,
+        code,
+        message: msg.to_owned(),
+    }
+    .encode(&mut out);
+    if send.write_all(&out).await.is_ok() && send.finish().is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), send.stopped()).await;
+    }
+    conn.close(VarInt::from_u32(close_code), msg.as_bytes());
+}
+
+/// Serves registrations until the client goes, the control stream ends or
+/// the server shuts down. Returns whether the connection is still usable.
+async fn control_loop(
+    state: &State,
+    session: &Arc<Session>,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    shutdown: &CancellationToken,
+) -> bool {
+    loop {
+        let msg = tokio::select! {
+            // read_chunk (inside read_message) is cancel-safe and `buf`
+            // keeps any partial frame, so losing this race loses nothing.
+            m = read_message(recv, buf, Control::decode) => m,
+            _ = session.conn.closed() => return false,
+            _ = shutdown.cancelled() => return true,
+        };
+        let reply = match msg {
+            Ok(Some(Control::Register {
+                request_id,
+                subdomain,
+                local,
+            })) => match state.registry.register(session, &subdomain) {
+                Ok(r) => {
+                    info!(session = session.id, host = %r.hostname, %local, "tunnel registered");
+                    Control::Registered {
+                        request_id,
+                        tunnel_id: r.tunnel_id,
+                        hostname: r.hostname,
+                        url: r.url,
+                    }
+                }
+                Err(refusal) => {
+                    debug!(
+                        session = session.id,
+                        "registration refused: {}", refusal.message
+                    );
+                    Control::Error {
+                        request_id,
+                        code: refusal.code,
+                        message: refusal.message,
+                    }
+                }
+            },
+            Ok(Some(other)) => {
+                warn!(session = session.id, "unexpected control message {other:?}");
+                session.conn.close(
+                    VarInt::from_u32(close::PROTOCOL_ERROR),
+                    b"unexpected control message",
+                );
+                return false;
+            }
+            Ok(None) => return false,
+            Err(e) => {
+                debug!(session = session.id, "control stream: {e}");
+                session.conn.close(
+                    VarInt::from_u32(close::PROTOCOL_ERROR),
+                    b"malformed control message",
+                );
+                return false;
+            }
+        };
+        let mut out = BytesMut::new();
+        reply.encode(&mut out);
+        if send.write_all(&out).await.is_err() {
+            return false;
+        }
+    }
+}

@@ -1,0 +1,367 @@
+use bytes::{Bytes, BytesMut};
+
+use super::scan::Scan;
+use super::*;
+
+fn limits() -> Limits {
+    Limits::default()
+}
+
+/// Scans and parses a whole head the way the edge does.
+fn parse(input: &[u8]) -> Result<(RequestHead, usize), HeadError> {
+    let mut buf = input;
+    let mut skipped = 0;
+    loop {
+        let mut sc = HeadScanner::new();
+        match sc.scan(buf, &limits())? {
+            Scan::Complete(n) => {
+                let head = RequestHead::parse(Bytes::copy_from_slice(&buf[..n]), &limits())?;
+                return Ok((head, skipped + n));
+            }
+            Scan::SkipEmptyLines(n) => {
+                skipped += n;
+                buf = &buf[n..];
+            }
+            Scan::Partial => return Err(HeadError::Malformed("incomplete (test)")),
+        }
+    }
+}
+
+fn forwarded(input: &[u8]) -> String {
+    let (head, _) = parse(input).unwrap();
+    let mut out = BytesMut::new();
+    head.write_forwarded(
+        &mut out,
+        &Forwarded {
+            client_ip: "203.0.113.7".parse().unwrap(),
+            proto: "http",
+        },
+    );
+    String::from_utf8(out.to_vec()).unwrap()
+}
+
+#[test]
+fn simple_get_is_canonicalised() {
+    let out = forwarded(b"GET /a?b=1 HTTP/1.1\r\nHost: App.localhost:8000\r\nAccept: */*\r\n\r\n");
+    assert_eq!(
+        out,
+        "GET /a?b=1 HTTP/1.1\r\nHost: App.localhost:8000\r\nAccept: */*\r\nX-Forwarded-For: 203.0.113.7\r\n\
+         X-Forwarded-Proto: http\r\nX-Forwarded-Host: App.localhost:8000\r\n\r\n"
+    );
+}
+
+#[test]
+fn forwarded_head_drops_hop_by_hop_and_appends_xff() {
+    let out = forwarded(
+        b"POST /x HTTP/1.1\r\nHost: a.localhost\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\n\
+          Keep-Alive: timeout=5\r\nTE: trailers\r\nX-Forwarded-For: 1.1.1.1, 2.2.2.2\r\nX-Forwarded-For: 3.3.3.3\r\n\
+          X-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\nContent-Length: 5\r\n\r\n",
+    );
+    assert!(!out.contains("X-Secret"), "{out}");
+    assert!(!out.contains("Keep-Alive"), "{out}");
+    assert!(!out.contains("TE:"), "{out}");
+    assert!(!out.contains("evil"), "{out}");
+    assert!(
+        out.contains("X-Forwarded-For: 1.1.1.1, 2.2.2.2, 3.3.3.3, 203.0.113.7\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("X-Forwarded-Proto: http\r\n"), "{out}");
+    assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+    assert_eq!(out.matches("\r\nHost:").count(), 1);
+}
+
+#[test]
+fn framing_and_connection_semantics() {
+    let (h, _) =
+        parse(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+    assert_eq!(h.body, BodyKind::Chunked);
+    assert!(h.keep_alive);
+    let (h, _) = parse(b"GET / HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
+    assert!(!h.keep_alive);
+    let (h, _) = parse(b"GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").unwrap();
+    assert!(h.keep_alive);
+    let (h, _) = parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").unwrap();
+    assert!(!h.keep_alive);
+    let (h, _) =
+        parse(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .unwrap();
+    assert!(h.upgrade_websocket);
+    let (h, _) =
+        parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n").unwrap();
+    assert!(!h.upgrade_websocket);
+    let out = forwarded(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: x\r\n\r\n");
+    assert!(
+        !out.contains("h2c") && !out.contains("HTTP2-Settings") && !out.contains("pgrade"),
+        "{out}"
+    );
+    let out = forwarded(b"GET http://a.localhost/p?q HTTP/1.1\r\nHost: a.localhost\r\n\r\n");
+    assert!(out.starts_with("GET /p?q HTTP/1.1\r\n"), "{out}");
+    let out = forwarded(b"GET http://a.localhost HTTP/1.1\r\nHost: a.localhost\r\n\r\n");
+    assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+    let (_, used) = parse(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(used, 4 + 27);
+}
+
+#[test]
+fn rejects_with_the_right_status() {
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(17 * 1024));
+    let many_headers = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "X-A: 1\r\n".repeat(100)
+    );
+    let big_head = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(65 * 1024)
+    );
+    let cases: Vec<(&[u8], u16)> = vec![
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 2\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 501),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\n\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", 400),
+        (b"GET http://b/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", 405),
+        (b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
+        (long_target.as_bytes(), 414),
+        (many_headers.as_bytes(), 431),
+        (big_head.as_bytes(), 431),
+    ];
+    for (input, status) in cases {
+        match parse(input) {
+            Ok(_) => panic!(
+                "accepted: {:?}",
+                String::from_utf8_lossy(&input[..input.len().min(120)])
+            ),
+            Err(e) => assert_eq!(
+                e.status(),
+                status,
+                "{e}: {:?}",
+                String::from_utf8_lossy(&input[..input.len().min(120)])
+            ),
+        }
+    }
+}
+
+#[test]
+fn head_scan_split_at_every_byte_agrees() {
+    let inputs: Vec<&[u8]> = vec![
+        b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY",
+        b"\r\nPOST /u HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 3\r\n\r\nabc",
+        b"GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\rX: y\r\n\r\n",
+    ];
+    for input in inputs {
+        let whole = parse(input)
+            .map(|(h, n)| (n, h.host().to_owned(), h.body))
+            .map_err(|e| e.status());
+        for split in 0..=input.len() {
+            // Feed the first part, then all of it, with one scanner per head.
+            let mut buf = input;
+            let mut skipped = 0;
+            let mut sc = HeadScanner::new();
+            let mut fed = split;
+            let res = loop {
+                match sc.scan(&buf[..fed.min(buf.len())], &limits()) {
+                    Err(e) => break Err(e.status()),
+                    Ok(Scan::SkipEmptyLines(n)) => {
+                        skipped += n;
+                        buf = &buf[n..];
+                        fed = fed.saturating_sub(n);
+                        sc = HeadScanner::new();
+                    }
+                    Ok(Scan::Partial) if fed >= buf.len() => break Err(0),
+                    Ok(Scan::Partial) => fed = buf.len(),
+                    Ok(Scan::Complete(n)) => {
+                        break RequestHead::parse(Bytes::copy_from_slice(&buf[..n]), &limits())
+                            .map(|h| (skipped + n, h.host().to_owned(), h.body))
+                            .map_err(|e| e.status())
+                    }
+                }
+            };
+            assert_eq!(
+                res,
+                whole,
+                "split at {split} of {:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+}
+
+#[test]
+fn scanner_is_linear_for_a_trickled_head() {
+    // One byte at a time over a 60 KiB head: each byte is looked at once.
+    let input = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX: {}\r\n\r\n",
+        "v".repeat(60 * 1024)
+    );
+    let mut sc = HeadScanner::new();
+    let mut done = None;
+    for end in 1..=input.len() {
+        if let Scan::Complete(n) = sc.scan(&input.as_bytes()[..end], &limits()).unwrap() {
+            done = Some(n);
+        }
+    }
+    assert_eq!(done, Some(input.len()));
+}
+
+/// Decodes a whole chunked body fed in the given pieces.
+fn dechunk(pieces: &[&[u8]]) -> Result<(Vec<u8>, usize), ChunkError> {
+    let mut d = ChunkedDecoder::new(64, 256);
+    let mut data = Vec::new();
+    let mut consumed = 0;
+    for piece in pieces {
+        let mut rest = *piece;
+        while !rest.is_empty() && !d.is_done() {
+            match d.step(rest)? {
+                ChunkStep::Data(n) => {
+                    data.extend_from_slice(&rest[..n]);
+                    rest = &rest[n..];
+                    consumed += n;
+                }
+                ChunkStep::Framing(n) | ChunkStep::Done(n) => {
+                    rest = &rest[n..];
+                    consumed += n;
+                }
+            }
+        }
+    }
+    if d.is_done() {
+        Ok((data, consumed))
+    } else {
+        Err(ChunkError::InvalidSize)
+    }
+}
+
+#[test]
+fn chunked_decoding_split_at_every_byte() {
+    let body: &[u8] =
+        b"5\r\nhello\r\n1;ext=1\r\n \r\nA\r\n0123456789\r\n0\r\nTrailer: x\r\n\r\nNEXT";
+    let (data, used) = dechunk(&[body]).unwrap();
+    assert_eq!(data, b"hello 0123456789");
+    assert_eq!(used, body.len() - 4);
+    for split in 0..=body.len() {
+        let got = dechunk(&[&body[..split], &body[split..]]).unwrap();
+        assert_eq!(got, (data.clone(), used), "split at {split}");
+    }
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    assert_eq!(dechunk(&bytes).unwrap(), (data, used));
+}
+
+#[test]
+fn chunked_rejects_bad_framing() {
+    let bad: Vec<&[u8]> = vec![
+        b"\r\nhello\r\n0\r\n\r\n",       // empty size
+        b"g\r\n",                        // non-hex
+        b"0x5\r\nhello\r\n0\r\n\r\n",    // prefixed
+        b"+5\r\nhello\r\n0\r\n\r\n",     // sign
+        b"1000000000000000\r\n",         // 16 digits
+        b"5\r\nhelloXX0\r\n\r\n",        // data not followed by CRLF
+        b"5\nhello\r\n0\r\n\r\n",        // bare LF after size
+        b"5;a\nb\r\nhello\r\n0\r\n\r\n", // bare LF in extension
+        b"5 \r\nhello\r\n0\r\n\r\n",     // whitespace without extension
+        b"0\r\nX: y\n\r\n",              // bare LF in trailer
+    ];
+    for b in bad {
+        assert!(
+            dechunk(&[b]).is_err(),
+            "accepted {:?}",
+            String::from_utf8_lossy(b)
+        );
+    }
+    let long_ext = format!("5;{}\r\nhello\r\n0\r\n\r\n", "e".repeat(100));
+    assert_eq!(
+        dechunk(&[long_ext.as_bytes()]),
+        Err(ChunkError::InvalidExtension)
+    );
+    let long_trailer = format!("0\r\nX: {}\r\n\r\n", "t".repeat(300));
+    assert_eq!(
+        dechunk(&[long_trailer.as_bytes()]),
+        Err(ChunkError::InvalidTrailer)
+    );
+}
+
+#[test]
+fn response_framing() {
+    let p = |s: &[u8], head: bool| ResponseHead::parse(s, head, 64 * 1024).unwrap().unwrap();
+    assert_eq!(
+        p(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).body,
+        ResponseBody::Length(5)
+    );
+    assert_eq!(
+        p(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).body,
+        ResponseBody::None
+    );
+    assert_eq!(
+        p(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+            false
+        )
+        .body,
+        ResponseBody::None
+    );
+    assert_eq!(
+        p(
+            b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false
+        )
+        .body,
+        ResponseBody::None
+    );
+    assert_eq!(
+        p(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            false
+        )
+        .body,
+        ResponseBody::Chunked
+    );
+    let r = p(b"HTTP/1.1 200 OK\r\n\r\n", false);
+    assert_eq!((r.body, r.keep_alive), (ResponseBody::UntilClose, false));
+    let r = p(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.body, ResponseBody::Upgrade);
+    assert!(p(b"HTTP/1.1 100 Continue\r\n\r\n", false).is_interim());
+    let r = p(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+    assert!(!r.keep_alive);
+    assert!(
+        ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n", false, 1024)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ResponseHead::parse(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", false, 1024).is_err()
+    );
+    assert!(ResponseHead::parse(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        false,
+        1024
+    )
+    .is_err());
+    assert!(ResponseHead::parse(b"garbage\r\n\r\n", false, 1024).is_err());
+}

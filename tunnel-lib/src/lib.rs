@@ -1,0 +1,46 @@
+//! Shared code of the tunnel.
+//!
+//! # Layout
+//!
+//! Two sans-IO cores take bytes and return decisions; they know nothing of
+//! sockets, tasks or time, so they are tested exhaustively (round trips, input
+//! split at every byte) and fuzzed:
+//!
+//! - [`proto`]: the control protocol (hello, register, errors, going away) and
+//!   the per-stream preface/reply, length-delimited and versioned.
+//! - [`http1`]: HTTP/1.1 request-head parsing with the RFC 9112 rules that
+//!   `httparse` leaves to us, body framing state machines, response-head
+//!   parsing, and re-serialisation of the head we forward.
+//!
+//! With the default `io` feature come the thin async adapters both binaries
+//! share:
+//!
+//! - [`tls`]: certificates (dev self-signed generation, PEM loading) and the
+//!   client's server-verification modes (webpki roots, trust file, pinned
+//!   SHA-256 fingerprint). One crypto provider: ring.
+//! - [`quic`]: quinn endpoint and transport configuration from [`limits`].
+//! - [`io`]: stream readers and the splice between a QUIC stream and a TCP
+//!   socket, plus listen helpers (backlog, TCP_NODELAY).
+//! - [`backoff`]: exponential backoff with full jitter.
+//! - [`paths`]: where the dev server keeps its state (and the client finds it).
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod error;
+pub mod http1;
+pub mod limits;
+pub mod proto;
+
+#[cfg(feature = "io")]
+pub mod backoff;
+#[cfg(feature = "io")]
+pub mod io;
+#[cfg(feature = "io")]
+pub mod paths;
+#[cfg(feature = "io")]
+pub mod quic;
+#[cfg(feature = "io")]
+pub mod tls;
+
+pub use error::ProtoError;

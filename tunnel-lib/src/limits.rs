@@ -1,0 +1,50 @@
+//! Every limit of the system in one place, with its reason. Config fields
+//! default to these values.
+
+use std::time::Duration;
+
+/// Largest control frame (hello, register, ...). Control messages are small;
+/// anything larger is a confused or hostile peer.
+pub const MAX_CONTROL_FRAME: usize = 16 * 1024;
+
+/// Largest subdomain label we assign or accept (DNS label limit).
+pub const MAX_SUBDOMAIN_LEN: usize = 63;
+
+/// Deadline for a QUIC handshake plus the hello exchange.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for the per-stream preface to arrive at the client.
+pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline for the client to dial the local service.
+pub const LOCAL_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the server waits for a free stream slot towards a client before
+/// answering 503 (the client's concurrent-stream limit is reached).
+pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// QUIC keep-alive and idle timeout: a silent peer is known dead after
+/// `QUIC_IDLE_TIMEOUT`.
+pub const QUIC_KEEP_ALIVE: Duration = Duration::from_secs(5);
+pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Streams the server may have open towards one client at once: one per
+/// proxied visitor connection. Past it, `open_bi` waits (bounded by
+/// `OPEN_STREAM_TIMEOUT`).
+pub const MAX_STREAMS_PER_CLIENT: u32 = 4096;
+
+/// QUIC flow-control windows: the ceiling on bytes buffered per stream and
+/// per connection, whatever the body size.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+
+/// Largest chunk read from a QUIC stream or a TCP socket at once.
+pub const IO_CHUNK: usize = 64 * 1024;
+
+/// Listen backlog for the public HTTP listener: absorbs bursts of new
+/// visitor connections.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// How long shutdown waits for in-flight work before cutting it.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);

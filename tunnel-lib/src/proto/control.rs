@@ -1,0 +1,219 @@
+//! Control-stream messages.
+
+use bytes::{BufMut, BytesMut};
+
+use super::codec::{decode_frame, patch_len, put_string, Reader};
+use crate::error::ProtoError;
+use crate::limits::MAX_CONTROL_FRAME;
+
+/// Why a request on the control stream failed. Carried on the wire as a
+/// `u16`; unknown codes from a newer peer survive as `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// The token was missing or wrong. Fatal: the client exits.
+    Unauthorized,
+    /// Protocol versions differ. Fatal.
+    VersionMismatch,
+    /// The requested subdomain is held by a live session or reserved for
+    /// another token.
+    NameTaken,
+    /// The requested subdomain is not a valid DNS label.
+    InvalidName,
+    /// A server limit (tunnels per client, clients) was reached.
+    LimitReached,
+    /// The peer sent something out of order or malformed.
+    ProtocolError,
+    /// Anything else went wrong on the server.
+    Internal,
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn to_u16(self) -> u16 {
+        match self {
+            Self::Unauthorized => 1,
+            Self::VersionMismatch => 2,
+            Self::NameTaken => 3,
+            Self::InvalidName => 4,
+            Self::LimitReached => 5,
+            Self::ProtocolError => 6,
+            Self::Internal => 7,
+            Self::Other(c) => c,
+        }
+    }
+    pub fn from_u16(c: u16) -> Self {
+        match c {
+            1 => Self::Unauthorized,
+            2 => Self::VersionMismatch,
+            3 => Self::NameTaken,
+            4 => Self::InvalidName,
+            5 => Self::LimitReached,
+            6 => Self::ProtocolError,
+            7 => Self::Internal,
+            c => Self::Other(c),
+        }
+    }
+}
+
+/// One control-stream message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Client → server, first message. `client_id` is random per client
+    /// process: a reconnect from the same process may take over its own
+    /// stale session at once.
+    Hello {
+        version: u16,
+        token: String,
+        client_id: [u8; 16],
+        agent: String,
+    },
+    /// Server → client: authenticated.
+    Welcome { version: u16, session_id: u64 },
+    /// Client → server: expose one tunnel. `subdomain` empty means "assign
+    /// one". `local` is what the client forwards to, for display and logs.
+    Register {
+        request_id: u32,
+        subdomain: String,
+        local: String,
+    },
+    /// Server → client: the tunnel is live at `url`; data streams for it carry
+    /// `tunnel_id`.
+    Registered {
+        request_id: u32,
+        tunnel_id: u32,
+        hostname: String,
+        url: String,
+    },
+    /// Either way: a request failed (`request_id` 0 for the session itself).
+    Error {
+        request_id: u32,
+        code: ErrorCode,
+        message: String,
+    },
+    /// Server → client: the server is shutting down; reconnect with backoff.
+    GoingAway { reason: String },
+}
+
+const T_HELLO: u8 = 0x01;
+const T_WELCOME: u8 = 0x02;
+const T_REGISTER: u8 = 0x03;
+const T_REGISTERED: u8 = 0x04;
+const T_ERROR: u8 = 0x05;
+const T_GOING_AWAY: u8 = 0x06;
+
+impl Control {
+    /// Appends this message as one frame.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u32(0);
+        match self {
+            Control::Hello {
+                version,
+                token,
+                client_id,
+                agent,
+            } => {
+                dst.put_u8(T_HELLO);
+                dst.put_u16(*version);
+                put_string(dst, token);
+                dst.extend_from_slice(client_id);
+                put_string(dst, agent);
+            }
+            Control::Welcome {
+                version,
+                session_id,
+            } => {
+                dst.put_u8(T_WELCOME);
+                dst.put_u16(*version);
+                dst.put_u64(*session_id);
+            }
+            Control::Register {
+                request_id,
+                subdomain,
+                local,
+            } => {
+                dst.put_u8(T_REGISTER);
+                dst.put_u32(*request_id);
+                put_string(dst, subdomain);
+                put_string(dst, local);
+            }
+            Control::Registered {
+                request_id,
+                tunnel_id,
+                hostname,
+                url,
+            } => {
+                dst.put_u8(T_REGISTERED);
+                dst.put_u32(*request_id);
+                dst.put_u32(*tunnel_id);
+                put_string(dst, hostname);
+                put_string(dst, url);
+            }
+            Control::Error {
+                request_id,
+                code,
+                message,
+            } => {
+                dst.put_u8(T_ERROR);
+                dst.put_u32(*request_id);
+                dst.put_u16(code.to_u16());
+                put_string(dst, message);
+            }
+            Control::GoingAway { reason } => {
+                dst.put_u8(T_GOING_AWAY);
+                put_string(dst, reason);
+            }
+        }
+        patch_len(dst, start);
+    }
+
+    /// Takes one message off the front of `buf`; `Ok(None)` until a whole
+    /// frame is there.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Control>, ProtoError> {
+        let Some(frame) = decode_frame(buf, MAX_CONTROL_FRAME)? else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(&frame, "control frame");
+        let msg = match r.u8()? {
+            T_HELLO => {
+                let version = r.u16()?;
+                let token = r.string()?;
+                let mut client_id = [0u8; 16];
+                client_id.copy_from_slice(r.take(16)?);
+                let agent = r.string()?;
+                Control::Hello {
+                    version,
+                    token,
+                    client_id,
+                    agent,
+                }
+            }
+            T_WELCOME => Control::Welcome {
+                version: r.u16()?,
+                session_id: r.u64()?,
+            },
+            T_REGISTER => Control::Register {
+                request_id: r.u32()?,
+                subdomain: r.string()?,
+                local: r.string()?,
+            },
+            T_REGISTERED => Control::Registered {
+                request_id: r.u32()?,
+                tunnel_id: r.u32()?,
+                hostname: r.string()?,
+                url: r.string()?,
+            },
+            T_ERROR => Control::Error {
+                request_id: r.u32()?,
+                code: ErrorCode::from_u16(r.u16()?),
+                message: r.string()?,
+            },
+            T_GOING_AWAY => Control::GoingAway {
+                reason: r.string()?,
+            },
+            t => return Err(ProtoError::UnknownType(t)),
+        };
+        r.finish()?;
+        Ok(Some(msg))
+    }
+}

@@ -1,0 +1,123 @@
+//! quinn configuration: ALPN, transport limits from [`crate::limits`], and
+//! errors explained in words a person can act on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use quinn::{ConnectionError, TransportConfig, TransportErrorCode, VarInt};
+
+use crate::limits::*;
+use crate::proto::{close, ALPN};
+use crate::tls::{client_crypto, server_crypto, CertPair, ServerTrust, TlsError};
+
+/// Which end of the tunnel a transport configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+/// Transport limits. Streams flow server → client (one per visitor
+/// connection), so the *client* grants many bidirectional streams and the
+/// server only a few (the control stream).
+pub fn transport(side: Side) -> TransportConfig {
+    let mut t = TransportConfig::default();
+    t.max_idle_timeout(Some(
+        VarInt::from_u32(QUIC_IDLE_TIMEOUT.as_millis() as u32).into(),
+    ));
+    t.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
+    t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
+    t.send_window(SEND_WINDOW);
+    t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    t.max_concurrent_bidi_streams(VarInt::from_u32(match side {
+        Side::Server => 4,
+        Side::Client => MAX_STREAMS_PER_CLIENT,
+    }));
+    t
+}
+
+pub fn server_config(pair: CertPair) -> Result<quinn::ServerConfig, TlsError> {
+    let mut crypto = server_crypto(pair)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport(Side::Server)));
+    Ok(cfg)
+}
+
+pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TlsError> {
+    let mut crypto = client_crypto(trust)?;
+    crypto.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
+    cfg.transport_config(Arc::new(transport(Side::Client)));
+    Ok(cfg)
+}
+
+/// A server endpoint on an already-bound UDP socket (tests pass port 0).
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    cfg: quinn::ServerConfig,
+) -> std::io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(cfg),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+}
+
+/// A client endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    quinn::Endpoint::client(bind)
+}
+
+/// TLS alert `no_application_protocol` (120) as a QUIC crypto error.
+fn is_alpn_mismatch(code: TransportErrorCode) -> bool {
+    code == TransportErrorCode::crypto(120)
+}
+
+/// Whether the peer closed the connection because protocol versions differ.
+pub fn is_version_mismatch(e: &ConnectionError) -> bool {
+    match e {
+        ConnectionError::ConnectionClosed(c) => is_alpn_mismatch(c.error_code),
+        ConnectionError::TransportError(t) => is_alpn_mismatch(t.code),
+        ConnectionError::ApplicationClosed(a) => {
+            a.error_code == VarInt::from_u32(close::VERSION_MISMATCH)
+        }
+        _ => false,
+    }
+}
+
+/// A connection error in words a person can act on.
+pub fn explain(e: &ConnectionError) -> String {
+    if is_version_mismatch(e) {
+        return format!(
+            "protocol version mismatch: this side speaks {}, the peer does not; install matching versions of \
+             tunnel-client and tunnel-server",
+            String::from_utf8_lossy(ALPN)
+        );
+    }
+    match e {
+        ConnectionError::TimedOut => {
+            "the peer stopped answering (idle timeout); check the network or the server's UDP port"
+                .into()
+        }
+        ConnectionError::ApplicationClosed(a) => {
+            let reason = String::from_utf8_lossy(&a.reason);
+            format!("closed by the peer: {reason}")
+        }
+        ConnectionError::TransportError(t) => format!("TLS/QUIC handshake failed: {t}"),
+        ConnectionError::ConnectionClosed(c) => format!("the peer closed the connection: {c}"),
+        ConnectionError::LocallyClosed => "closed locally".into(),
+        other => other.to_string(),
+    }
+}

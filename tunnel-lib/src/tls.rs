@@ -1,0 +1,310 @@
+//! Certificates and server verification. One crypto provider: ring.
+//!
+//! The client always verifies the server, in one of three ways
+//! ([`ServerTrust`]): the webpki roots (a real certificate), a trust file
+//! (`--server-cert`: a self-signed certificate or a private CA, with the
+//! host name checked), or a pinned SHA-256 fingerprint of the server's
+//! certificate (`--server-fingerprint`, and the dev certificate the client
+//! finds on the same machine). There is no "accept anything" mode.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use thiserror::Error;
+
+use crate::paths::{DEV_CERT_FILE, DEV_KEY_FILE};
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}; check the state directory's permissions or pass --state-dir")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no PEM certificate; pass a PEM file (-----BEGIN CERTIFICATE-----)")]
+    NoCertificate { path: PathBuf },
+    #[error("{path} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)")]
+    NoKey { path: PathBuf },
+    #[error("invalid fingerprint {0:?}: expected 64 hex digits of a SHA-256, optionally prefixed sha256: and with colons")]
+    BadFingerprint(String),
+    #[error("generating the dev certificate failed: {0}")]
+    Generate(String),
+    #[error("TLS configuration rejected: {0}")]
+    Config(String),
+}
+
+/// The one crypto provider of the project.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its private key.
+#[derive(Debug)]
+pub struct CertPair {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+/// SHA-256 of a certificate's DER.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    crate::auth::token_digest_bytes(cert.as_ref())
+}
+
+/// `sha256:` and 64 lower-case hex digits.
+pub fn fingerprint_string(fp: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(71);
+    s.push_str("sha256:");
+    for b in fp {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+/// Accepts `sha256:ab12…`, `AB:12:…` or plain hex.
+pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], TlsError> {
+    let t = s.trim();
+    let t = t
+        .strip_prefix("sha256:")
+        .or_else(|| t.strip_prefix("SHA256:"))
+        .unwrap_or(t);
+    let hex: String = t.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 {
+        return Err(TlsError::BadFingerprint(s.to_owned()));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)
+            .map_err(|_| TlsError::BadFingerprint(s.to_owned()))?;
+    }
+    Ok(out)
+}
+
+/// Parses PEM certificates.
+pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+        .filter_map(Result::ok)
+        .collect();
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM certificate file (async).
+pub async fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = tokio::fs::read(path)
+        .await
+        .map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    parse_certs(&pem, path)
+}
+
+/// Reads a certificate chain and key from PEM files (async).
+pub async fn load_pair(cert: &Path, key: &Path) -> Result<CertPair, TlsError> {
+    let chain = read_certs(cert).await?;
+    let pem = tokio::fs::read(key)
+        .await
+        .map_err(|source| TlsError::Read {
+            path: key.to_owned(),
+            source,
+        })?;
+    let key = rustls_pemfile::private_key(&mut &pem[..])
+        .ok()
+        .flatten()
+        .ok_or_else(|| TlsError::NoKey {
+            path: key.to_owned(),
+        })?;
+    Ok(CertPair { chain, key })
+}
+
+/// The dev certificate in `dir`: loaded if present, otherwise generated
+/// (self-signed for `names`) and written with the key readable by the owner
+/// only. Returns whether it was generated now.
+pub async fn load_or_generate_dev(
+    dir: &Path,
+    names: Vec<String>,
+) -> Result<(CertPair, bool), TlsError> {
+    let cert_path = dir.join(DEV_CERT_FILE);
+    let key_path = dir.join(DEV_KEY_FILE);
+    if tokio::fs::try_exists(&cert_path).await.unwrap_or(false)
+        && tokio::fs::try_exists(&key_path).await.unwrap_or(false)
+    {
+        return Ok((load_pair(&cert_path, &key_path).await?, false));
+    }
+    // Key generation is CPU work: off the runtime's workers.
+    let generated = tokio::task::spawn_blocking(move || rcgen::generate_simple_self_signed(names))
+        .await
+        .map_err(|e| TlsError::Generate(e.to_string()))?
+        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    let cert_pem = generated.cert.pem();
+    let key_pem = generated.key_pair.serialize_pem();
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|source| TlsError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+    write_atomic(&key_path, key_pem.as_bytes(), 0o600).await?;
+    write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).await?;
+    let pair = CertPair {
+        chain: vec![generated.cert.der().clone()],
+        key: PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into()),
+    };
+    Ok((pair, true))
+}
+
+/// Writes via a temporary file and a rename, so a reader (the client looking
+/// for the dev certificate) never sees half a file.
+async fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
+    use tokio::io::AsyncWriteExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .await
+        .map_err(err)?;
+    f.write_all(data).await.map_err(err)?;
+    f.sync_all().await.map_err(err)?;
+    drop(f);
+    tokio::fs::rename(&tmp, path).await.map_err(err)
+}
+
+/// How the client verifies the server.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// The webpki root store (Mozilla's roots): real certificates.
+    WebPki,
+    /// Trust anchors from a file: a self-signed server certificate or a
+    /// private CA. The host name is checked.
+    Roots(Vec<CertificateDer<'static>>),
+    /// The server's certificate must have one of these SHA-256 fingerprints.
+    /// The handshake signature is still verified; the host name is not.
+    Pinned(Vec<[u8; 32]>),
+}
+
+/// rustls client configuration for `trust`, TLS 1.3 only (QUIC).
+pub fn client_crypto(trust: &ServerTrust) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let cfg = match trust {
+        ServerTrust::WebPki => {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        ServerTrust::Roots(certs) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs {
+                roots
+                    .add(c.clone())
+                    .map_err(|e| TlsError::Config(format!("trust file certificate: {e}")))?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        ServerTrust::Pinned(pins) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pins: pins.clone(),
+                provider,
+            }))
+            .with_no_client_auth(),
+    };
+    Ok(cfg)
+}
+
+/// rustls server configuration, TLS 1.3 only (QUIC).
+pub fn server_crypto(pair: CertPair) -> Result<rustls::ServerConfig, TlsError> {
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(pair.chain, pair.key)
+        .map_err(|e| TlsError::Config(format!("certificate and key do not fit together: {e}")))
+}
+
+/// Accepts exactly the pinned certificates; signatures are verified with the
+/// provider's algorithms, so the server must hold the private key.
+#[derive(Debug)]
+struct PinnedVerifier {
+    pins: Vec<[u8; 32]>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let fp = fingerprint(end_entity);
+        if self.pins.iter().any(|p| p == &fp) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the server's certificate ({}) is not the pinned one; if the server's certificate changed, \
+                 pass its new fingerprint with --server-fingerprint or its file with --server-cert",
+                fingerprint_string(&fp)
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
