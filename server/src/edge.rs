@@ -110,6 +110,9 @@ struct RequestSide {
     up: Option<Upstream>,
 }
 
+// Returned once per request and moved straight into use: boxing the head
+// would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(RequestHead),
     /// EOF, idle timeout or shutdown between requests: close quietly.

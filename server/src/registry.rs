@@ -348,6 +348,24 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Operator action: closes the connection of the client serving `host`
+    /// (it will reconnect and get its name back). Returns whether one was.
+    pub fn disconnect_host(&self, host: &str, reason: &str) -> bool {
+        match self.session_for(host) {
+            Some(s) => {
+                s.conn.close(
+                    quinn::VarInt::from_u32(tunnel_lib::proto::close::DISCONNECTED),
+                    reason.as_bytes(),
+                );
+                self.end_session(&s);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The labels mutex guards a plain Vec in synchronous code only; a poisoned
 /// lock still holds a valid Vec.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -377,24 +395,6 @@ mod tests {
         assert_eq!(normalise_label("MyApp").unwrap(), "myapp");
         for bad in ["", "-a", "a-", "a.b", "a_b", &"x".repeat(64)] {
             assert!(normalise_label(bad).is_err(), "{bad}");
-        }
-    }
-}
-
-impl Registry {
-    /// Operator action: closes the connection of the client serving `host`
-    /// (it will reconnect and get its name back). Returns whether one was.
-    pub fn disconnect_host(&self, host: &str, reason: &str) -> bool {
-        match self.session_for(host) {
-            Some(s) => {
-                s.conn.close(
-                    quinn::VarInt::from_u32(tunnel_lib::proto::close::DISCONNECTED),
-                    reason.as_bytes(),
-                );
-                self.end_session(&s);
-                true
-            }
-            None => false,
         }
     }
 }

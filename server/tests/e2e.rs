@@ -1,0 +1,338 @@
+//! The tunnel end to end: a hyper backend, a tunnel server and client, all
+//! on 127.0.0.1 port 0, with real QUIC and TLS.
+
+// #[tokio::test] expands to a block_on outside any runtime: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use support::*;
+use tunnel_client::Status;
+
+#[tokio::test]
+async fn get_through_the_tunnel_with_forwarded_headers() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, None));
+    let tunnels = client.online(1).await;
+    let url = &tunnels[0].url;
+    assert!(
+        url.starts_with("http://") && url.contains(".localhost:"),
+        "{url}"
+    );
+    let host = host_of(url);
+
+    let mut v = visitor(server.http).await;
+    let resp = v.send_request(get(&host, "/hello")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_text(resp).await, "hello from app");
+
+    // Host matching ignores case and port.
+    let upper = host
+        .to_ascii_uppercase()
+        .replace(&format!(":{}", server.http.port()), "");
+    let resp = v.send_request(get(&upper, "/headers")).await.unwrap();
+    let text = body_text(resp).await;
+    assert!(text.contains("x-forwarded-for: 127.0.0.1\n"), "{text}");
+    assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
+    assert!(
+        text.contains(&format!("x-forwarded-host: {upper}\n")),
+        "{text}"
+    );
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn twenty_requests_on_one_keep_alive_connection() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("keepalive")));
+    let host = host_of(&client.online(1).await[0].url);
+    assert!(host.starts_with("keepalive.localhost"));
+
+    let mut v = visitor(server.http).await;
+    for i in 0..20 {
+        let resp = v.send_request(get(&host, "/hello")).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(body_text(resp).await, "hello from app");
+    }
+    // One visitor connection is one stream is one local connection.
+    assert_eq!(backend.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(backend.requests.load(Ordering::SeqCst), 20);
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+const BIG: usize = 50 * 1024 * 1024;
+
+#[tokio::test]
+async fn fifty_mib_download_and_upload_are_intact() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, None));
+    let host = host_of(&client.online(1).await[0].url);
+    let expected = pattern(0, BIG);
+    let want = sha256_hex(&expected);
+
+    // Download, hashed as it streams.
+    let mut v = visitor(server.http).await;
+    let resp = v
+        .send_request(get(&host, &format!("/bytes/{BIG}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(d) = frame.unwrap().into_data() {
+            len += d.len();
+            ctx.update(&d);
+        }
+    }
+    assert_eq!(len, BIG);
+    assert_eq!(hex(ctx.finish().as_ref()), want);
+
+    // Upload (Content-Length), on the same connection.
+    let resp = v
+        .send_request(post(&host, "/upload", Bytes::from(expected)))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_text(resp).await, format!("{BIG} {want}"));
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_upload_is_reframed_and_intact() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, None));
+    let host = host_of(&client.online(1).await[0].url);
+
+    let mut req =
+        format!("POST /upload HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .into_bytes();
+    let mut all = Vec::new();
+    for (i, size) in [1usize, 10, 4096, 70_000, 3].into_iter().enumerate() {
+        let data = pattern(i as u64 * 1000, size);
+        req.extend_from_slice(format!("{size:X};ext=1\r\n").as_bytes());
+        req.extend_from_slice(&data);
+        req.extend_from_slice(b"\r\n");
+        all.extend_from_slice(&data);
+    }
+    req.extend_from_slice(b"0\r\nX-Trailer: dropped\r\n\r\n");
+    let raw = raw_exchange(server.http, &req).await;
+    assert_eq!(raw.status, 200, "{}", raw.head);
+    assert_eq!(
+        String::from_utf8(raw.body).unwrap(),
+        format!("{} {}", all.len(), sha256_hex(&all))
+    );
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn streamed_response_arrives_in_pieces() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, None));
+    let host = host_of(&client.online(1).await[0].url);
+
+    let mut v = visitor(server.http).await;
+    let resp = v.send_request(get(&host, "/stream")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // The backend writes piece n+1 only after we have seen piece n: a tunnel
+    // that held the response until its end would stall here.
+    let mut seen = String::new();
+    for i in 0..3 {
+        let frame = tokio::time::timeout(WAIT, body.frame())
+            .await
+            .expect("piece arrived")
+            .unwrap()
+            .unwrap();
+        let data = frame.into_data().unwrap();
+        seen.push_str(std::str::from_utf8(&data).unwrap());
+        assert!(seen.ends_with(&format!("piece-{i};")), "{seen}");
+        backend.step.notify_one();
+    }
+    assert_eq!(seen, "piece-0;piece-1;piece-2;");
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_host_gets_404_naming_it() {
+    let server = TestServer::start().await;
+    let raw = raw_exchange(
+        server.http,
+        b"GET / HTTP/1.1\r\nHost: Nobody-Here.localhost:8000\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 404);
+    assert!(
+        raw.head.contains("X-Tunnel-Error: tunnel-not-found"),
+        "{}",
+        raw.head
+    );
+    assert!(String::from_utf8_lossy(&raw.body).contains("nobody-here.localhost"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn app_down_gets_502_saying_it_refused() {
+    // A port with nothing listening.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(closed, None));
+    let host = host_of(&client.online(1).await[0].url);
+    let raw = raw_exchange(
+        server.http,
+        format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(raw.status, 502);
+    assert!(
+        raw.head.contains("X-Tunnel-Error: local-refused"),
+        "{}",
+        raw.head
+    );
+    let body = String::from_utf8_lossy(&raw.body);
+    assert!(body.contains("refused the connection"), "{body}");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_token_is_rejected_without_retrying() {
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: vec!["right".into()],
+        ..Default::default()
+    })
+    .await;
+    let backend = Backend::start("app").await;
+    let mut cfg = server.client_config(backend.addr, None);
+    cfg.token = Some("wrong".into());
+    let client = TestClient::start(cfg);
+    let res = tokio::time::timeout(WAIT, client.task)
+        .await
+        .expect("client gave up by itself")
+        .unwrap();
+    let err = res.expect_err("a wrong token is fatal");
+    assert!(
+        matches!(err, tunnel_client::ClientError::Unauthorized(_)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("rejected the token"), "{err}");
+
+    // And the right one works.
+    let mut cfg = server.client_config(backend.addr, None);
+    cfg.token = Some("right".into());
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn client_comes_back_with_the_same_url_after_a_drop() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: vec!["t".into()],
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = server.client_config(backend.addr, None);
+    cfg.token = Some("t".into());
+    let mut client = TestClient::start(cfg);
+    let first = client.online(1).await;
+    let host = host_of(&first[0].url);
+    let hostname = first[0].hostname.clone();
+
+    assert!(server
+        .registry
+        .disconnect_host(&hostname, "test drops the client"));
+    // The route is gone at once...
+    let raw = raw_exchange(
+        server.http,
+        format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(raw.status == 404 || raw.status == 200, "{}", raw.status);
+    // ...and the client reconnects and gets the same URL back.
+    let second = client.online(2).await;
+    assert_eq!(second[0].url, first[0].url);
+    let mut v = visitor(server.http).await;
+    let resp = v.send_request(get(&host, "/hello")).await.unwrap();
+    assert_eq!(body_text(resp).await, "hello from app");
+
+    // Someone else cannot take a name held by a live session.
+    let mut other = server.client_config(backend.addr, Some(hostname.split('.').next().unwrap()));
+    other.token = Some("t".into());
+    let intruder = TestClient::start(other);
+    let res = tokio::time::timeout(WAIT, intruder.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(res, Err(tunnel_client::ClientError::NameTaken(_))),
+        "{res:?}"
+    );
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn two_clients_each_get_only_their_own_traffic() {
+    let a = Backend::start("A").await;
+    let b = Backend::start("B").await;
+    let server = TestServer::start().await;
+    let mut ca = TestClient::start(server.client_config(a.addr, Some("alpha")));
+    let mut cb = TestClient::start(server.client_config(b.addr, Some("beta")));
+    let ha = host_of(&ca.online(1).await[0].url);
+    let hb = host_of(&cb.online(1).await[0].url);
+
+    let mut v = visitor(server.http).await;
+    for i in 0..10 {
+        let (host, want) = if i % 3 == 0 {
+            (&hb, "hello from B")
+        } else {
+            (&ha, "hello from A")
+        };
+        // One visitor connection, requests alternating between tunnels.
+        let resp = v.send_request(get(host, "/hello")).await.unwrap();
+        assert_eq!(body_text(resp).await, want, "request {i}");
+    }
+    assert_eq!(a.requests.load(Ordering::SeqCst), 6);
+    assert_eq!(b.requests.load(Ordering::SeqCst), 4);
+    assert!(!matches!(*ca.status.borrow(), Status::Reconnecting { .. }));
+
+    ca.stop().await;
+    cb.stop().await;
+    server.stop().await;
+    a.stop().await;
+    b.stop().await;
+}

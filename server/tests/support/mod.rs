@@ -1,0 +1,425 @@
+//! Test support: a real HTTP backend (hyper), a tunnel server and clients
+//! on 127.0.0.1 port 0, and small raw-HTTP helpers. Readiness comes from the
+//! client's status channel, never from sleeping.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use tunnel_client::{Status, TunnelInfo, TunnelSpec};
+use tunnel_server::{Config, Listeners, Registry, Server};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Deterministic test data: byte i is (i * 7 + i / 251) mod 256.
+pub fn pattern(offset: u64, len: usize) -> Vec<u8> {
+    (offset..offset + len as u64)
+        .map(|i| (i.wrapping_mul(7).wrapping_add(i / 251)) as u8)
+        .collect()
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A hyper backend that records what reaches it.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// Requests served.
+    pub requests: Arc<AtomicUsize>,
+    /// `/stream` waits on this between its pieces.
+    pub step: Arc<Notify>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(tag: &'static str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let step = Arc::new(Notify::new());
+        let stop = CancellationToken::new();
+        let (c, r, s, st) = (
+            connections.clone(),
+            requests.clone(),
+            step.clone(),
+            stop.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (tcp, _) = tokio::select! {
+                    a = listener.accept() => a.unwrap(),
+                    _ = st.cancelled() => break,
+                };
+                c.fetch_add(1, Ordering::SeqCst);
+                let (r, s) = (r.clone(), s.clone());
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(tag, req, r.clone(), s.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                });
+            }
+            conns.abort_all();
+        });
+        Backend {
+            addr,
+            connections,
+            requests,
+            step,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).boxed()
+}
+
+async fn handle(
+    tag: &'static str,
+    req: Request<Incoming>,
+    requests: Arc<AtomicUsize>,
+    step: Arc<Notify>,
+) -> Result<Response<BoxBody>, Infallible> {
+    requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let resp = if path == "/hello" {
+        Response::new(full(format!("hello from {tag}")))
+    } else if path == "/headers" {
+        let mut out = format!("{} {} {:?}\n", req.method(), req.uri(), req.version());
+        for (k, v) in req.headers() {
+            out.push_str(&format!("{}: {}\n", k, v.to_str().unwrap_or("?")));
+        }
+        Response::new(full(out))
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap();
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+        tokio::spawn(async move {
+            let mut off = 0u64;
+            while off < n {
+                let len = (n - off).min(256 * 1024) as usize;
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(pattern(off, len)))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                off += len as u64;
+            }
+        });
+        let body = tokio_stream_from(rx);
+        let mut r = Response::new(BodyExt::boxed(body));
+        r.headers_mut()
+            .insert("content-length", n.to_string().parse().unwrap());
+        r
+    } else if path == "/upload" {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut len = 0u64;
+        let mut body = req.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                len += data.len() as u64;
+                ctx.update(&data);
+            }
+        }
+        Response::new(full(format!("{len} {}", hex(ctx.finish().as_ref()))))
+    } else if path == "/stream" {
+        // Three pieces; after each, wait for the test to say it saw it.
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+        tokio::spawn(async move {
+            for i in 0..3 {
+                if tx
+                    .send(Ok(Frame::data(Bytes::from(format!("piece-{i};")))))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if i < 2 {
+                    step.notified().await;
+                }
+            }
+        });
+        Response::new(BodyExt::boxed(tokio_stream_from(rx)))
+    } else {
+        let mut r = Response::new(full("no such path"));
+        *r.status_mut() = hyper::StatusCode::NOT_FOUND;
+        r
+    };
+    Ok(resp)
+}
+
+/// An mpsc receiver as a `Stream`, without pulling in a stream crate.
+fn tokio_stream_from<T>(
+    rx: mpsc::Receiver<T>,
+) -> impl hyper::body::Body<Data = Bytes, Error = Infallible>
+where
+    T: Into<Result<Frame<Bytes>, Infallible>> + Send + 'static,
+{
+    struct RxBody<T>(mpsc::Receiver<T>);
+    impl<T: Into<Result<Frame<Bytes>, Infallible>>> hyper::body::Body for RxBody<T> {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.0.poll_recv(cx).map(|o| o.map(Into::into))
+        }
+    }
+    RxBody(rx)
+}
+
+/// A running tunnel server.
+pub struct TestServer {
+    pub http: SocketAddr,
+    pub quic: SocketAddr,
+    pub registry: Arc<Registry>,
+    pub state_dir: tempfile::TempDir,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(Config::default()).await
+    }
+
+    pub async fn start_with(mut config: Config) -> TestServer {
+        let state_dir = tempfile::tempdir().unwrap();
+        config.state_dir = Some(state_dir.path().to_owned());
+        let listeners = Listeners::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .unwrap();
+        let server = Server::bind(config, listeners).await.unwrap();
+        let (http, quic, registry) = (server.http_addr(), server.quic_addr(), server.registry());
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { server.run(s).await.unwrap() });
+        TestServer {
+            http,
+            quic,
+            registry,
+            state_dir,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn client_config(
+        &self,
+        local: SocketAddr,
+        subdomain: Option<&str>,
+    ) -> tunnel_client::Config {
+        tunnel_client::Config {
+            server: self.quic.to_string(),
+            tunnels: vec![TunnelSpec {
+                local: local.to_string(),
+                subdomain: subdomain.map(Into::into),
+            }],
+            // The client finds the dev certificate by itself, as on a laptop.
+            dev_state_dir: Some(self.state_dir.path().to_owned()),
+            backoff_base: Duration::from_millis(50),
+            backoff_cap: Duration::from_millis(500),
+            ..Default::default()
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("server run() returned")
+            .unwrap();
+    }
+}
+
+/// A running tunnel client.
+pub struct TestClient {
+    pub status: watch::Receiver<Status>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), tunnel_client::ClientError>>,
+}
+
+impl TestClient {
+    pub fn start(config: tunnel_client::Config) -> TestClient {
+        let (tx, status) = watch::channel(Status::Connecting);
+        let shutdown = CancellationToken::new();
+        let s = shutdown.clone();
+        let task = tokio::spawn(async move { tunnel_client::run(config, s, tx).await });
+        TestClient {
+            status,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits until online with a generation of at least `generation`.
+    pub async fn online(&mut self, generation: u64) -> Vec<TunnelInfo> {
+        let st = tokio::time::timeout(
+            WAIT,
+            self.status.wait_for(
+                |s| matches!(s, Status::Online { generation: g, .. } if *g >= generation),
+            ),
+        )
+        .await
+        .expect("client came online")
+        .expect("client still running")
+        .clone();
+        match st {
+            Status::Online { tunnels, .. } => tunnels,
+            _ => unreachable!(),
+        }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client run() returned")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Host part of a tunnel URL (`http://name.localhost:port` → `name.localhost:port`).
+pub fn host_of(url: &str) -> String {
+    url.trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+/// A hyper HTTP/1 connection to the server's public listener.
+pub async fn visitor(http: SocketAddr) -> hyper::client::conn::http1::SendRequest<BoxBody> {
+    let tcp = TcpStream::connect(http).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+pub fn get(host: &str, path: &str) -> Request<BoxBody> {
+    Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+pub fn post(host: &str, path: &str, body: Bytes) -> Request<BoxBody> {
+    Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", host)
+        .body(full(body))
+        .unwrap()
+}
+
+pub async fn body_text(resp: Response<Incoming>) -> String {
+    let b = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&b).into_owned()
+}
+
+/// A raw response: status, head text, body.
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+/// Sends raw bytes and reads one response framed by Content-Length (or to
+/// EOF when it has none).
+pub async fn raw_exchange(http: SocketAddr, request: &[u8]) -> Raw {
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    read_raw_response(&mut tcp).await
+}
+
+pub async fn read_raw_response(tcp: &mut TcpStream) -> Raw {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let status: u16 = head[9..12].parse().unwrap();
+    let len = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap())
+    });
+    let mut body = buf[head_end..].to_vec();
+    match len {
+        Some(len) => {
+            while body.len() < len {
+                let mut chunk = vec![0u8; 65536];
+                let n = tokio::time::timeout(WAIT, tcp.read(&mut chunk))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(n > 0, "closed mid-body");
+                body.extend_from_slice(&chunk[..n]);
+            }
+            body.truncate(len);
+        }
+        None => {
+            tokio::time::timeout(WAIT, tcp.read_to_end(&mut body))
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+    Raw { status, head, body }
+}
