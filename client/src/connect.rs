@@ -234,6 +234,7 @@ async fn session(
                     Target {
                         local: spec.local.clone(),
                         addrs,
+                        preferred: Default::default(),
                     },
                 );
             }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -19,6 +20,10 @@ use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode};
 pub(crate) struct Target {
     pub(crate) local: String,
     pub(crate) addrs: Vec<SocketAddr>,
+    /// Index of the address that answered last: tried first next time
+    /// (`localhost` resolves to `::1` first, while many apps listen on
+    /// 127.0.0.1 only).
+    pub(crate) preferred: AtomicUsize,
 }
 
 pub(crate) type Targets = Arc<HashMap<u32, Target>>;
@@ -80,10 +85,16 @@ async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
         ReplyCode::Unreachable,
         format!("{} did not resolve to any address", target.local),
     );
-    for addr in &target.addrs {
+    let first = target.preferred.load(Ordering::Relaxed);
+    let n = target.addrs.len();
+    for i in (0..n).map(|k| (first + k) % n) {
+        let addr = &target.addrs[i];
         match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
+                if i != first {
+                    target.preferred.store(i, Ordering::Relaxed);
+                }
                 return Ok(tcp);
             }
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {

@@ -80,6 +80,9 @@ pub struct Config {
     pub max_tunnels_per_client: usize,
     pub http_limits: Limits,
     pub timeouts: Timeouts,
+    /// Largest request body accepted (413 beyond). `None`: no limit (bodies
+    /// stream with bounded memory whatever their size).
+    pub max_body: Option<u64>,
 }
 
 impl Default for Config {
@@ -99,6 +102,7 @@ impl Default for Config {
             max_tunnels_per_client: 32,
             http_limits: Limits::default(),
             timeouts: Timeouts::default(),
+            max_body: None,
         }
     }
 }

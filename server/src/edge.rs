@@ -10,6 +10,13 @@
 //!
 //! The halves talk through a bounded queue of pending exchanges (the
 //! pipelining depth), and both run inside the one connection task.
+//!
+//! A rejected request never opens a stream: head errors, declared lengths
+//! over the limit and bad chunked bytes that arrived with the head are
+//! answered before anything goes upstream. A body that turns bad later is
+//! aborted: the stream is reset (the local service sees an incomplete
+//! request and a reset, never a complete request made of the bad bytes) and
+//! the visitor gets the error page in its turn.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +32,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use tunnel_lib::http1::scan::Scan;
 use tunnel_lib::http1::{
     BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, HeadScanner, RequestHead,
     ResponseBody, ResponseHead,
@@ -40,8 +48,8 @@ use crate::State;
 /// Requests forwarded but not yet answered, per visitor connection.
 const MAX_PIPELINE: usize = 16;
 
-/// Pieces of a body the server discards (for a request it answers itself)
-/// before it gives up and closes instead.
+/// Body bytes the server reads and drops (for a request it answers itself)
+/// before it closes the connection instead.
 const MAX_DISCARD: u64 = 1024 * 1024;
 
 enum Pending {
@@ -51,11 +59,15 @@ enum Pending {
     /// stream when `Some`, else the current one).
     Upstream {
         recv: Option<RecvStream>,
-        host: Arc<Rule>,
+        rule: Arc<Rule>,
         head_request: bool,
         close: bool,
         /// For an upgrade request: told whether the upgrade happened.
         upgraded: Option<oneshot::Sender<bool>>,
+        /// The request side gave up on this request's body: answer with this
+        /// page (if nothing of the response was sent yet) and close; `None`:
+        /// just close. Dropped unsent when the request went out whole.
+        abort: oneshot::Receiver<Option<ErrorPage>>,
     },
 }
 
@@ -84,6 +96,7 @@ pub(crate) async fn serve(
         recv: None,
         leftover: Bytes::new(),
         failed: None,
+        sent_any: false,
     }
     .run();
     tokio::pin!(requests, responses);
@@ -120,7 +133,8 @@ enum HeadRead {
     Reject(ErrorPage),
 }
 
-/// Why the request side stopped mid-request: the connection is done.
+/// The request side stops: the connection is done once the response side
+/// has answered what is queued.
 struct Stop;
 
 impl RequestSide {
@@ -156,9 +170,8 @@ impl RequestSide {
                 break;
             }
         }
-        if let Some(up) = self.up.take() {
-            let mut send = up.send;
-            let _ = send.finish();
+        if let Some(mut up) = self.up.take() {
+            let _ = up.send.finish();
         }
     }
 
@@ -173,19 +186,19 @@ impl RequestSide {
             if !self.buf.is_empty() {
                 deadline.get_or_insert_with(|| Instant::now() + t.head);
                 match scanner.scan(&self.buf, limits) {
-                    Ok(tunnel_lib::http1::scan::Scan::Complete(n)) => {
+                    Ok(Scan::Complete(n)) => {
                         let raw = self.buf.split_to(n).freeze();
                         return match RequestHead::parse(raw, limits) {
                             Ok(h) => HeadRead::Head(h),
                             Err(e) => HeadRead::Reject(reject_page(&e)),
                         };
                     }
-                    Ok(tunnel_lib::http1::scan::Scan::SkipEmptyLines(n)) => {
+                    Ok(Scan::SkipEmptyLines(n)) => {
                         let _ = self.buf.split_to(n);
                         scanner = HeadScanner::new();
                         continue;
                     }
-                    Ok(tunnel_lib::http1::scan::Scan::Partial) => {}
+                    Ok(Scan::Partial) => {}
                     Err(e) => return HeadRead::Reject(reject_page(&e)),
                 }
             }
@@ -198,10 +211,11 @@ impl RequestSide {
                     Ok(Ok(n)) => n,
                     Ok(Err(_)) => return HeadRead::Idle,
                     Err(_) => {
+                        debug!(peer = %self.peer, "408: request head not complete within {:?}", t.head);
                         return HeadRead::Reject(respond::bad_request(
                             408,
                             "the request head did not arrive in time",
-                        ))
+                        ));
                     }
                 },
                 None => tokio::select! {
@@ -237,26 +251,34 @@ impl RequestSide {
         if close {
             return Err(Stop);
         }
-        if let BodyKind::Length(n) = head.body {
-            self.discard(n).await?;
+        if let BodyKind::Length(mut n) = head.body {
+            while n > 0 {
+                if self.buf.is_empty() {
+                    self.read_more().await.map_err(|_| Stop)?;
+                }
+                let take = (self.buf.len() as u64).min(n) as usize;
+                let _ = self.buf.split_to(take);
+                n -= take as u64;
+            }
         }
         Ok(())
     }
 
-    async fn discard(&mut self, mut n: u64) -> Result<(), Stop> {
-        loop {
-            let take = (self.buf.len() as u64).min(n) as usize;
-            let _ = self.buf.split_to(take);
-            n -= take as u64;
-            if n == 0 {
-                return Ok(());
-            }
-            self.read_more().await?;
-        }
+    /// Rejects a request before anything of it went upstream.
+    async fn reject(&mut self, page: ErrorPage, head: &RequestHead) -> Result<(), Stop> {
+        let _ = self
+            .tx
+            .send(Pending::Local {
+                page: page.render(true, head.is_head()),
+                close: true,
+            })
+            .await;
+        Err(Stop)
     }
 
     /// Reads more visitor bytes into `buf`, within the body idle timeout.
-    async fn read_more(&mut self) -> Result<(), Stop> {
+    /// `Err(None)`: the visitor went away or stalled (nothing to answer).
+    async fn read_more(&mut self) -> Result<(), Option<ErrorPage>> {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(IO_CHUNK);
         }
@@ -267,7 +289,44 @@ impl RequestSide {
         .await
         {
             Ok(Ok(n)) if n > 0 => Ok(()),
-            _ => Err(Stop),
+            _ => Err(None),
+        }
+    }
+
+    /// What can be judged before anything is forwarded: the declared length
+    /// against the body limit, and the chunked bytes that arrived with the
+    /// head.
+    fn precheck_body(&self, head: &RequestHead) -> Result<(), ErrorPage> {
+        let cfg = &self.state.config;
+        match head.body {
+            BodyKind::Length(n) if cfg.max_body.is_some_and(|m| n > m) => {
+                Err(too_large(cfg.max_body))
+            }
+            BodyKind::Chunked => {
+                let limits = &cfg.http_limits;
+                let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+                let mut data = 0u64;
+                let mut rest: &[u8] = &self.buf;
+                while !rest.is_empty() && !dec.is_done() {
+                    let n = match dec.step(rest) {
+                        Ok(ChunkStep::Data(n)) => {
+                            data += n as u64;
+                            n
+                        }
+                        Ok(ChunkStep::Framing(n)) | Ok(ChunkStep::Done(n)) => n,
+                        Err(e) => return Err(bad_body(e)),
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    rest = &rest[n..];
+                }
+                match cfg.max_body {
+                    Some(m) if data > m => Err(too_large(cfg.max_body)),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 
@@ -277,6 +336,9 @@ impl RequestSide {
         rule: Arc<Rule>,
         conn: &quinn::Connection,
     ) -> Result<(), Stop> {
+        if let Err(page) = self.precheck_body(&head) {
+            return self.reject(page, &head).await;
+        }
         let mut out = BytesMut::with_capacity(512);
         let reuse = self
             .up
@@ -284,9 +346,8 @@ impl RequestSide {
             .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
         let mut new_recv = None;
         if !reuse {
-            if let Some(old) = self.up.take() {
-                let mut send = old.send;
-                let _ = send.finish();
+            if let Some(mut old) = self.up.take() {
+                let _ = old.send.finish();
             }
             match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
                 Ok(Ok((send, recv))) => {
@@ -309,7 +370,7 @@ impl RequestSide {
                         .await;
                 }
                 Err(_) => {
-                    info!(host = %rule.host, "no free stream towards the client within {OPEN_STREAM_TIMEOUT:?}");
+                    info!(host = %rule.host, "503: no free stream towards the client within {OPEN_STREAM_TIMEOUT:?}");
                     return self
                         .answer_locally(&head, respond::client_busy(&rule.host))
                         .await;
@@ -323,40 +384,48 @@ impl RequestSide {
                 proto: "http",
             },
         );
-        let (upgraded_tx, upgraded_rx) = if head.upgrade_websocket {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        } else {
-            (None, None)
+        let (upgraded_tx, upgraded_rx) = match head.upgrade_websocket {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
         };
+        let (abort_tx, abort_rx) = oneshot::channel();
         let pending = Pending::Upstream {
             recv: new_recv,
-            host: rule,
+            rule,
             head_request: head.is_head(),
             close: !head.keep_alive,
             upgraded: upgraded_tx,
+            abort: abort_rx,
         };
-        // Queue before sending the body: the response side must be reading
+        // Queued before the body is sent: the response side must be reading
         // for `Expect: 100-continue` to work.
         self.tx.send(pending).await.map_err(|_| Stop)?;
-        let Some(up) = self.up.as_mut() else {
-            return Err(Stop);
+        let sent = match self.up.as_mut() {
+            Some(up) => match up.send.write_chunk(out.freeze()).await {
+                Ok(()) => match head.body {
+                    BodyKind::None => Ok(()),
+                    BodyKind::Length(n) => self.forward_length(n).await,
+                    BodyKind::Chunked => self.forward_chunked().await,
+                },
+                Err(_) => Err(None),
+            },
+            None => Err(None),
         };
-        if up.send.write_chunk(out.freeze()).await.is_err() {
-            return Err(Stop);
-        }
-        let sent = match head.body {
-            BodyKind::None => Ok(()),
-            BodyKind::Length(n) => self.forward_length(n).await,
-            BodyKind::Chunked => self.forward_chunked().await,
-        };
-        if sent.is_err() {
+        if let Err(page) = sent {
+            // Tell the response side first, then cut the stream.
+            let _ = abort_tx.send(page);
             if let Some(mut up) = self.up.take() {
                 let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
             }
             return Err(Stop);
         }
+        drop(abort_tx);
         if let Some(rx) = upgraded_rx {
+            // No further request is read until the upgrade is decided; a
+            // refused upgrade leaves the connection in HTTP mode.
             if rx.await.unwrap_or(false) {
                 self.relay_upgraded().await;
                 return Err(Stop);
@@ -365,7 +434,12 @@ impl RequestSide {
         Ok(())
     }
 
-    async fn forward_length(&mut self, mut n: u64) -> Result<(), Stop> {
+    async fn write_upstream(&mut self, chunk: Bytes) -> Result<(), Option<ErrorPage>> {
+        let up = self.up.as_mut().ok_or(None)?;
+        up.send.write_chunk(chunk).await.map_err(|_| None)
+    }
+
+    async fn forward_length(&mut self, mut n: u64) -> Result<(), Option<ErrorPage>> {
         while n > 0 {
             if self.buf.is_empty() {
                 self.read_more().await?;
@@ -373,17 +447,18 @@ impl RequestSide {
             let take = (self.buf.len() as u64).min(n) as usize;
             let chunk = self.buf.split_to(take).freeze();
             n -= take as u64;
-            let up = self.up.as_mut().ok_or(Stop)?;
-            up.send.write_chunk(chunk).await.map_err(|_| Stop)?;
+            self.write_upstream(chunk).await?;
         }
         Ok(())
     }
 
     /// Decodes the visitor's chunked body and re-encodes it canonically
     /// (sizes in hex, no extensions, trailers dropped).
-    async fn forward_chunked(&mut self) -> Result<(), Stop> {
+    async fn forward_chunked(&mut self) -> Result<(), Option<ErrorPage>> {
         let limits = &self.state.config.http_limits;
+        let max_body = self.state.config.max_body;
         let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+        let mut total = 0u64;
         loop {
             if self.buf.is_empty() {
                 self.read_more().await?;
@@ -391,31 +466,30 @@ impl RequestSide {
             match dec.step(&self.buf) {
                 Ok(ChunkStep::Data(0)) | Ok(ChunkStep::Framing(0)) => self.read_more().await?,
                 Ok(ChunkStep::Data(n)) => {
+                    total += n as u64;
+                    if max_body.is_some_and(|m| total > m) {
+                        return Err(Some(too_large(max_body)));
+                    }
                     let data = self.buf.split_to(n).freeze();
                     let mut size_line = BytesMut::with_capacity(20);
                     size_line.put_slice(format!("{n:x}\r\n").as_bytes());
                     let mut pieces = [size_line.freeze(), data, Bytes::from_static(b"\r\n")];
-                    let up = self.up.as_mut().ok_or(Stop)?;
+                    let up = self.up.as_mut().ok_or(None)?;
                     up.send
                         .write_all_chunks(&mut pieces)
                         .await
-                        .map_err(|_| Stop)?;
+                        .map_err(|_| None)?;
                 }
                 Ok(ChunkStep::Framing(n)) => {
                     let _ = self.buf.split_to(n);
                 }
                 Ok(ChunkStep::Done(n)) => {
                     let _ = self.buf.split_to(n);
-                    let up = self.up.as_mut().ok_or(Stop)?;
-                    up.send
-                        .write_chunk(Bytes::from_static(b"0\r\n\r\n"))
-                        .await
-                        .map_err(|_| Stop)?;
-                    return Ok(());
+                    return self.write_upstream(Bytes::from_static(b"0\r\n\r\n")).await;
                 }
                 Err(e) => {
-                    debug!(peer = %self.peer, "bad chunked body: {e}");
-                    return Err(Stop);
+                    debug!(peer = %self.peer, "400: bad chunked body: {e}");
+                    return Err(Some(bad_body(e)));
                 }
             }
         }
@@ -448,6 +522,20 @@ fn reject_page(e: &HeadError) -> ErrorPage {
     respond::bad_request(e.status(), &e.to_string())
 }
 
+fn bad_body(e: tunnel_lib::http1::ChunkError) -> ErrorPage {
+    respond::bad_request(400, &format!("malformed request body: {e}"))
+}
+
+fn too_large(max: Option<u64>) -> ErrorPage {
+    respond::bad_request(
+        413,
+        &format!(
+            "the request body is larger than this server accepts ({} bytes)",
+            max.unwrap_or(0)
+        ),
+    )
+}
+
 struct ResponseSide {
     state: Arc<State>,
     wr: OwnedWriteHalf,
@@ -457,6 +545,8 @@ struct ResponseSide {
     leftover: Bytes,
     /// The current stream could not be served: every request on it gets this.
     failed: Option<ErrorPage>,
+    /// Whether any byte of the current response reached the visitor.
+    sent_any: bool,
 }
 
 enum After {
@@ -476,48 +566,48 @@ impl ResponseSide {
     async fn run(mut self) {
         while let Some(item) = self.rx.recv().await {
             let after = match item {
-                Pending::Local { page, close } => {
-                    if self.wr.write_all(&page).await.is_err() {
-                        return;
-                    }
-                    if close {
-                        After::Close
-                    } else {
-                        After::KeepAlive
-                    }
-                }
+                Pending::Local { page, close } => match self.wr.write_all(&page).await {
+                    Err(_) => return,
+                    Ok(()) if close => After::Close,
+                    Ok(()) => After::KeepAlive,
+                },
                 Pending::Upstream {
                     recv,
-                    host,
+                    rule,
                     head_request,
                     close,
                     upgraded,
+                    abort,
                 } => {
-                    if let Some(r) = recv {
-                        if let Some(mut old) = self.recv.replace(r) {
-                            let _ = old.stop(VarInt::from_u32(0));
+                    self.sent_any = false;
+                    let abort = async move {
+                        match abort.await {
+                            Ok(page) => page,
+                            // The request went out whole: nothing to abort.
+                            Err(_) => std::future::pending().await,
                         }
-                        self.leftover = Bytes::new();
-                        self.failed = self.read_reply(&host.host).await;
-                    }
-                    if let Some(page) = &self.failed {
-                        let _ = self.wr.write_all(&page.render(true, head_request)).await;
-                        After::Close
-                    } else {
-                        match self.relay(head_request, upgraded).await {
-                            Ok(a) if close => {
-                                let _ = a;
-                                After::Close
-                            }
-                            Ok(a) => a,
-                            Err(RelayError::NothingSent(why)) => {
-                                info!(host = %host.host, "502: {why}");
-                                let page = respond::local_failed(&host.host, &why);
+                    };
+                    let outcome = tokio::select! {
+                        biased;
+                        page = abort => Err(page),
+                        r = self.exchange(recv, &rule.host, head_request, upgraded) => Ok(r),
+                    };
+                    match outcome {
+                        Err(page) => {
+                            if let (Some(page), false) = (page, self.sent_any) {
                                 let _ = self.wr.write_all(&page.render(true, head_request)).await;
-                                After::Close
                             }
-                            Err(RelayError::Broken) => After::Close,
+                            After::Close
                         }
+                        Ok(Ok(_)) if close => After::Close,
+                        Ok(Ok(after)) => after,
+                        Ok(Err(RelayError::NothingSent(why))) => {
+                            info!(host = %rule.host, "502: {why}");
+                            let page = respond::local_failed(&rule.host, &why);
+                            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                            After::Close
+                        }
+                        Ok(Err(RelayError::Broken)) => After::Close,
                     }
                 }
             };
@@ -526,6 +616,29 @@ impl ResponseSide {
             }
         }
         let _ = self.wr.shutdown().await;
+    }
+
+    /// One upstream exchange: the stream's reply (when it is new), then the
+    /// response.
+    async fn exchange(
+        &mut self,
+        recv: Option<RecvStream>,
+        host: &str,
+        head_request: bool,
+        upgraded: Option<oneshot::Sender<bool>>,
+    ) -> Result<After, RelayError> {
+        if let Some(r) = recv {
+            if let Some(mut old) = self.recv.replace(r) {
+                let _ = old.stop(VarInt::from_u32(0));
+            }
+            self.leftover = Bytes::new();
+            self.failed = self.read_reply(host).await;
+        }
+        if let Some(page) = &self.failed {
+            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+            return Ok(After::Close);
+        }
+        self.relay(head_request, upgraded).await
     }
 
     /// Reads the client's reply on a new stream: `None` if the local service
@@ -587,6 +700,14 @@ impl ResponseSide {
         }
     }
 
+    async fn write(&mut self, data: &[u8]) -> Result<(), RelayError> {
+        self.sent_any = true;
+        self.wr
+            .write_all(data)
+            .await
+            .map_err(|_| RelayError::Broken)
+    }
+
     /// Relays one response (and any interim 1xx before it).
     async fn relay(
         &mut self,
@@ -594,14 +715,6 @@ impl ResponseSide {
         upgraded: Option<oneshot::Sender<bool>>,
     ) -> Result<After, RelayError> {
         let max_head = self.state.config.http_limits.max_head;
-        let mut sent_any = false;
-        let fail = |sent: bool, why: String| {
-            if sent {
-                RelayError::Broken
-            } else {
-                RelayError::NothingSent(why)
-            }
-        };
         loop {
             // Accumulate a head (usually one chunk).
             let mut head_buf = BytesMut::new();
@@ -610,27 +723,22 @@ impl ResponseSide {
                     match ResponseHead::parse(&head_buf, head_request, max_head) {
                         Ok(Some(h)) => break h,
                         Ok(None) => {}
-                        Err(e) => return Err(fail(sent_any, e.to_string())),
+                        Err(e) => return Err(self.fail(e.to_string())),
                     }
                 }
                 match self.next_chunk().await {
                     Ok(Some(c)) => head_buf.extend_from_slice(&c),
                     Ok(None) => {
-                        return Err(fail(
-                            sent_any,
+                        return Err(self.fail(
                             "the local service closed the connection without a response".into(),
                         ))
                     }
-                    Err(e) => return Err(fail(sent_any, e)),
+                    Err(e) => return Err(self.fail(e)),
                 }
             };
             let head_bytes = head_buf.split_to(head.head_len).freeze();
             self.leftover = head_buf.freeze();
-            self.wr
-                .write_all(&head_bytes)
-                .await
-                .map_err(|_| RelayError::Broken)?;
-            sent_any = true;
+            self.write(&head_bytes).await?;
             if head.is_interim() {
                 continue;
             }
@@ -662,6 +770,14 @@ impl ResponseSide {
         }
     }
 
+    fn fail(&self, why: String) -> RelayError {
+        if self.sent_any {
+            RelayError::Broken
+        } else {
+            RelayError::NothingSent(why)
+        }
+    }
+
     async fn relay_length(&mut self, mut n: u64) -> Result<(), RelayError> {
         while n > 0 {
             let mut chunk = match self.next_chunk().await {
@@ -672,10 +788,7 @@ impl ResponseSide {
                 self.leftover = chunk.split_off(n as usize);
             }
             n -= chunk.len() as u64;
-            self.wr
-                .write_all(&chunk)
-                .await
-                .map_err(|_| RelayError::Broken)?;
+            self.write(&chunk).await?;
         }
         Ok(())
     }
@@ -709,10 +822,7 @@ impl ResponseSide {
             if done {
                 self.leftover = chunk.split_off(used);
             }
-            self.wr
-                .write_all(&chunk)
-                .await
-                .map_err(|_| RelayError::Broken)?;
+            self.write(&chunk).await?;
             if done {
                 return Ok(());
             }
@@ -722,11 +832,7 @@ impl ResponseSide {
     async fn relay_to_end(&mut self) -> Result<(), RelayError> {
         loop {
             match self.next_chunk().await {
-                Ok(Some(c)) => self
-                    .wr
-                    .write_all(&c)
-                    .await
-                    .map_err(|_| RelayError::Broken)?,
+                Ok(Some(c)) => self.write(&c).await?,
                 Ok(None) => return Ok(()),
                 Err(_) => return Err(RelayError::Broken),
             }

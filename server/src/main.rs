@@ -56,6 +56,9 @@ struct Cli {
     /// Concurrent tunnel clients.
     #[arg(long, default_value_t = 1024)]
     max_clients: usize,
+    /// Largest request body in bytes (413 beyond) [default: no limit; bodies stream with bounded memory].
+    #[arg(long)]
+    max_body: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         name_grace: Duration::from_secs(cli.name_grace),
         max_visitors: cli.max_visitors,
         max_clients: cli.max_clients,
+        max_body: cli.max_body,
         ..Config::default()
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,7 @@ fn reason(status: u16) -> &'static str {
         408 => "Request Timeout",
         413 => "Content Too Large",
         414 => "URI Too Long",
+        417 => "Expectation Failed",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -105,6 +106,7 @@ pub fn not_found(host: &str) -> ErrorPage {
 pub fn bad_request(status: u16, what: &str) -> ErrorPage {
     let code = match status {
         408 => "request-timeout",
+        413 => "body-too-large",
         414 => "uri-too-long",
         431 => "headers-too-large",
         505 => "version-not-supported",

@@ -26,6 +26,8 @@ pub enum HeadError {
     MethodNotAllowed(&'static str),
     #[error("HTTP version not supported")]
     UnsupportedVersion,
+    #[error("unsupported Expect value: only 100-continue is")]
+    ExpectationFailed,
 }
 
 impl HeadError {
@@ -38,6 +40,7 @@ impl HeadError {
             HeadError::UnsupportedTransferCoding => 501,
             HeadError::MethodNotAllowed(_) => 405,
             HeadError::UnsupportedVersion => 505,
+            HeadError::ExpectationFailed => 417,
         }
     }
 }
@@ -265,7 +268,7 @@ impl RequestHead {
                 if eq_ic(value, "100-continue") {
                     expect_continue = true;
                 } else {
-                    return Err(HeadError::Malformed("unsupported Expect value"));
+                    return Err(HeadError::ExpectationFailed);
                 }
             }
             headers.push(Header {

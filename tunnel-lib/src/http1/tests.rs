@@ -144,7 +144,7 @@ fn rejects_with_the_right_status() {
         (b"GET foo HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
-        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
         (long_target.as_bytes(), 414),
         (many_headers.as_bytes(), 431),
         (big_head.as_bytes(), 431),
