@@ -423,3 +423,111 @@ pub async fn read_raw_response(tcp: &mut TcpStream) -> Raw {
     }
     Raw { status, head, body }
 }
+
+/// A backend that answers from a script of raw bytes and records, per
+/// connection, every byte it receives.
+pub struct RawBackend {
+    pub addr: SocketAddr,
+    pub received: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The scripted answer for a request head.
+fn script(head: &str) -> &'static [u8] {
+    let path = head.split(' ').nth(1).unwrap_or("");
+    match path {
+        "/204" => b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+        "/304" => b"HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n",
+        "/head" => b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
+        "/malformed" => b"HTTP/1.1 2OO Fine\r\nContent-Length: 2\r\n\r\nok",
+        "/bad-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        "/early-close" => b"",
+        "/chunked" => {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
+        "/continue" => {
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone"
+        }
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    }
+}
+
+impl RawBackend {
+    pub async fn start() -> RawBackend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received: Arc<std::sync::Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let stop = CancellationToken::new();
+        let (rec, st) = (received.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let (mut tcp, _) = tokio::select! {
+                    a = listener.accept() => a.unwrap(),
+                    _ = st.cancelled() => break,
+                };
+                let idx = {
+                    let mut r = rec.lock().unwrap();
+                    r.push(Vec::new());
+                    r.len() - 1
+                };
+                let rec = rec.clone();
+                conns.spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = [0u8; 16384];
+                    loop {
+                        let n = match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        rec.lock().unwrap()[idx].extend_from_slice(&chunk[..n]);
+                        pending.extend_from_slice(&chunk[..n]);
+                        // Answer each complete bodiless head in turn.
+                        while let Some(p) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&pending[..p]).into_owned();
+                            pending.drain(..p + 4);
+                            let answer = script(&head);
+                            if answer.is_empty() {
+                                return;
+                            }
+                            if tcp.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+            conns.abort_all();
+        });
+        RawBackend {
+            addr,
+            received,
+            stop,
+            task,
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+
+    pub fn all_received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().concat()
+    }
+
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Reads until the peer closes (or WAIT passes, which fails the test).
+pub async fn expect_close(tcp: &mut TcpStream) {
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest))
+        .await
+        .expect("connection closed in time");
+    // A reset after the response counts as closed too.
+    let _ = r;
+}

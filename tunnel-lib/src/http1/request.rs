@@ -117,6 +117,27 @@ const DROPPED: &[&str] = &[
     "x-forwarded-proto",
 ];
 
+/// 505 only for a well-formed request line naming another HTTP version
+/// (`GET / HTTP/2.0`); anything else that trips the version check is 400.
+fn version_error(buf: &[u8]) -> HeadError {
+    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
+    let parts: Vec<&[u8]> = line.split(|b| *b == b' ').collect();
+    match parts.as_slice() {
+        [m, t, v]
+            if !m.is_empty()
+                && !t.is_empty()
+                && v.len() == 8
+                && v.starts_with(b"HTTP/")
+                && v[5].is_ascii_digit()
+                && v[6] == b'.'
+                && v[7].is_ascii_digit() =>
+        {
+            HeadError::UnsupportedVersion
+        }
+        _ => HeadError::Malformed("invalid request line"),
+    }
+}
+
 fn valid_host(v: &[u8]) -> bool {
     if v.is_empty() {
         return false;
@@ -183,7 +204,7 @@ impl RequestHead {
             Ok(httparse::Status::Complete(n)) if n == buf.len() => {}
             Ok(_) => return Err(HeadError::Malformed("incomplete head")),
             Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-            Err(httparse::Error::Version) => return Err(HeadError::UnsupportedVersion),
+            Err(httparse::Error::Version) => return Err(version_error(buf)),
             Err(httparse::Error::HeaderName) => {
                 return Err(HeadError::Malformed("invalid header name"))
             }
