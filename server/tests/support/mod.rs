@@ -531,3 +531,24 @@ pub async fn expect_close(tcp: &mut TcpStream) {
     // A reset after the response counts as closed too.
     let _ = r;
 }
+
+/// A WebSocket echo backend (tokio-tungstenite): echoes every text and
+/// binary message; closes when the peer closes.
+pub async fn ws_echo_backend() -> (SocketAddr, JoinHandle<()>) {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_close() {
+                break;
+            }
+            if msg.is_text() || msg.is_binary() {
+                ws.send(msg).await.unwrap();
+            }
+        }
+    });
+    (addr, task)
+}

@@ -1,0 +1,352 @@
+//! HTTP/1.1 behaviour at the edge: pipelining, per-request routing,
+//! response framing (HEAD, 1xx, 204, 304), malformed responses, upgrades,
+//! streaming and deadlines.
+
+// #[tokio::test] expands to a block_on outside any runtime: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_with_a_404_between() {
+    let a = Backend::start("A").await;
+    let b = Backend::start("B").await;
+    let server = TestServer::start().await;
+    let mut ca = TestClient::start(server.client_config(a.addr, Some("a")));
+    let mut cb = TestClient::start(server.client_config(b.addr, Some("b")));
+    ca.online(1).await;
+    cb.online(1).await;
+
+    // Five requests in one write: A, unknown, B, A (HEAD), A.
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(
+        b"GET /hello HTTP/1.1\r\nHost: a.localhost\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: nobody.localhost\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: B.localhost\r\n\r\n\
+          HEAD /hello HTTP/1.1\r\nHost: a.localhost\r\n\r\n\
+          GET /hello HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "404", "200", "200", "200"], "{text}");
+    let bodies: Vec<&str> = text.matches("hello from ").collect();
+    assert_eq!(bodies.len(), 3, "HEAD has no body: {text}");
+    let order: Vec<char> = text
+        .match_indices("hello from ")
+        .map(|(i, _)| text.as_bytes()[i + 11] as char)
+        .collect();
+    assert_eq!(order, ['A', 'B', 'A'], "{text}");
+
+    ca.stop().await;
+    cb.stop().await;
+    server.stop().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn response_framing_keeps_pairs_aligned() {
+    let backend = RawBackend::start().await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+
+    // 204 and 304 with a (lying) Content-Length, HEAD with one, 1xx, then a
+    // chunked response and a plain one: all on one connection.
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(
+        b"GET /204 HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
+          GET /304 HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
+          HEAD /head HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
+          GET /continue HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
+          GET /chunked HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
+          GET /last HTTP/1.1\r\nHost: t.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
+        .await
+        .expect("no response waits for a body that never comes")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(
+        statuses,
+        ["204", "304", "200", "100", "200", "200", "200"],
+        "{text}"
+    );
+    assert!(
+        text.ends_with("hello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        "{text}"
+    );
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_or_missing_responses_give_502_and_a_fresh_local_connection() {
+    let backend = RawBackend::start().await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    for path in ["/malformed", "/bad-cl", "/early-close"] {
+        let raw = raw_exchange(
+            server.http,
+            format!("GET {path} HTTP/1.1\r\nHost: t.localhost\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(raw.status, 502, "{path}");
+        assert!(
+            raw.head.contains("X-Tunnel-Error: local-error")
+                && raw.head.contains("Connection: close"),
+            "{}",
+            raw.head
+        );
+    }
+    // Each went over its own local connection: a bad one is never reused.
+    let raw = raw_exchange(
+        server.http,
+        b"GET /fine HTTP/1.1\r\nHost: t.localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(backend.connections(), 4);
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_round_trip() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: t.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").await.unwrap();
+    // The body is sent only after the interim response arrives.
+    let mut buf = vec![0u8; 64];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("100 Continue arrived")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100 Continue\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    tcp.write_all(b"hello").await.unwrap();
+    let raw = read_raw_response(&mut tcp).await;
+    assert_eq!(raw.status, 200);
+    assert_eq!(
+        String::from_utf8(raw.body).unwrap(),
+        format!("5 {}", sha256_hex(b"hello"))
+    );
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn websocket_echo_holds_many_messages_and_closes_both_ways() {
+    let (ws_addr, ws_task) = ws_echo_backend().await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(ws_addr, Some("ws")));
+    client.online(1).await;
+
+    let tcp = TcpStream::connect(server.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.localhost/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..500 {
+        let msg = if i % 2 == 0 {
+            Message::text(format!("message {i}"))
+        } else {
+            Message::binary(vec![i as u8; i])
+        };
+        ws.send(msg.clone()).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg, "message {i}");
+    }
+    // Our close reaches the backend, whose end closes the visitor side.
+    ws.close(None).await.unwrap();
+    tokio::time::timeout(WAIT, ws_task)
+        .await
+        .expect("backend saw the close")
+        .unwrap();
+    let rest = tokio::time::timeout(WAIT, async {
+        while let Some(m) = ws.next().await {
+            if m.is_err() {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "visitor side closed");
+    client.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn refused_upgrade_stays_http_and_h2c_is_stripped() {
+    let backend = RawBackend::start().await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    // The backend answers 200 to the upgrade request: no upgrade.
+    tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: t.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let raw = read_raw_response(&mut tcp).await;
+    assert_eq!(raw.status, 200);
+    tcp.write_all(b"GET /again HTTP/1.1\r\nHost: t.localhost\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n").await.unwrap();
+    let raw = read_raw_response(&mut tcp).await;
+    assert_eq!(raw.status, 200, "still HTTP on the same connection");
+    let seen = String::from_utf8(backend.all_received()).unwrap();
+    assert!(
+        seen.contains("GET /ws HTTP/1.1\r\nHost: t.localhost\r\n")
+            && seen.contains("Upgrade: websocket\r\n"),
+        "{seen}"
+    );
+    let again = &seen[seen.find("GET /again").unwrap()..];
+    assert!(
+        !again.to_ascii_lowercase().contains("upgrade") && !again.contains("HTTP2-Settings"),
+        "{again}"
+    );
+    assert_eq!(backend.connections(), 1);
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_as_written() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(
+        b"GET /stream HTTP/1.1\r\nHost: t.localhost\r\nAccept: text/event-stream\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The app writes event n+1 only after this visitor has seen event n.
+    let mut seen = String::new();
+    for i in 0..3 {
+        let want = format!("piece-{i};");
+        while !seen.contains(&want) {
+            let mut buf = [0u8; 4096];
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+                .await
+                .expect("event arrived while the app waits")
+                .unwrap();
+            assert!(n > 0);
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        backend.step.notify_one();
+    }
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_trickled_head_is_cut_at_the_deadline_while_others_are_served() {
+    let backend = Backend::start("app").await;
+    let mut config = tunnel_server::Config::default();
+    config.timeouts.head = Duration::from_millis(800);
+    let server = TestServer::start_with(config).await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+
+    let http = server.http;
+    let trickler = tokio::spawn(async move {
+        let mut tcp = TcpStream::connect(http).await.unwrap();
+        let head = b"GET /hello HTTP/1.1\r\nHost: t.localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        for b in head {
+            tick.tick().await;
+            // One byte at a time: every read is fast, the head never completes.
+            if tcp.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+        read_raw_response(&mut tcp).await
+    });
+    // Meanwhile, others are served normally.
+    let mut v = visitor(server.http).await;
+    for _ in 0..20 {
+        let resp = v.send_request(get("t.localhost", "/hello")).await.unwrap();
+        assert_eq!(body_text(resp).await, "hello from app");
+    }
+    let raw = trickler.await.unwrap();
+    assert_eq!(raw.status, 408);
+    assert!(raw.head.contains("Connection: close"));
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_declared_body_gets_413_before_anything_is_forwarded() {
+    let backend = RawBackend::start().await;
+    let config = tunnel_server::Config {
+        max_body: Some(1000),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    let raw = raw_exchange(
+        server.http,
+        b"POST /up HTTP/1.1\r\nHost: t.localhost\r\nContent-Length: 1001\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 413);
+    // A chunked body that grows past the limit after the head went out.
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(b"POST /up HTTP/1.1\r\nHost: t.localhost\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        tcp.write_all(b"12C\r\n").await.unwrap();
+        tcp.write_all(&[b'x'; 300]).await.unwrap();
+        if tcp.write_all(b"\r\n").await.is_err() {
+            break;
+        }
+    }
+    let raw = read_raw_response(&mut tcp).await;
+    assert_eq!(raw.status, 413);
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
