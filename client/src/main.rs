@@ -75,10 +75,7 @@ fn main() -> ExitCode {
         server_fingerprint: cli.server_fingerprint,
         ..Config::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tunnel_lib::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -74,12 +74,14 @@ impl Listeners {
             addr: http,
             source,
         })?;
-        let quic_s = std::net::UdpSocket::bind(quic).map_err(|source| ServerError::Bind {
-            what: "QUIC",
-            flag: "--quic",
-            addr: quic,
-            source,
-        })?;
+        let (quic_s, granted) =
+            tunnel_lib::quic::udp_socket(quic).map_err(|source| ServerError::Bind {
+                what: "QUIC",
+                flag: "--quic",
+                addr: quic,
+                source,
+            })?;
+        tunnel_lib::quic::warn_small_buffer(granted);
         Ok(Listeners {
             http: http_l,
             quic: quic_s,

@@ -85,10 +85,7 @@ fn main() -> ExitCode {
         max_body: cli.max_body,
         ..Config::default()
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tunnel_lib::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

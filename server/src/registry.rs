@@ -342,6 +342,23 @@ impl Registry {
         self.sessions.iter().map(|(_, s)| s).collect()
     }
 
+    /// Adds a rule for `label` pointing at `session_id` without a session
+    /// or a name claim: for benchmarks of the lookup path only.
+    #[doc(hidden)]
+    pub fn add_static_route(&self, label: &str, session_id: u64, tunnel_id: u32) {
+        let host: Box<str> = format!("{label}.{}", self.domain).into();
+        let rule = Arc::new(Rule {
+            host: host.clone(),
+            session_id,
+            tunnel_id,
+        });
+        self.routes.rcu(|table| {
+            let mut t = RouteTable::clone(table);
+            t.insert(host.clone(), rule.clone());
+            t
+        });
+    }
+
     /// The session serving `host`, if any.
     pub fn session_for(&self, host: &str) -> Option<Arc<Session>> {
         self.route(host.as_bytes()).and_then(|(_, s)| s)

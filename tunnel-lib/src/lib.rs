@@ -23,6 +23,7 @@
 //!   socket, plus listen helpers (backlog, TCP_NODELAY).
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`paths`]: where the dev server keeps its state (and the client finds it).
+//! - [`runtime`]: the tokio runtime of both binaries (`TUNNEL_WORKER_THREADS`).
 
 #![forbid(unsafe_code)]
 
@@ -40,6 +41,8 @@ pub mod io;
 pub mod paths;
 #[cfg(feature = "io")]
 pub mod quic;
+#[cfg(feature = "io")]
+pub mod runtime;
 #[cfg(feature = "io")]
 pub mod tls;
 

@@ -48,3 +48,9 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// How long shutdown waits for in-flight work before cutting it.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// UDP socket buffers for the QUIC endpoints. The kernel default (about
+/// 208 KiB) overflows under bulk transfer: dropped datagrams, congestion
+/// back-off and retransmits. The kernel caps the request at
+/// `net.core.rmem_max` / `wmem_max`.
+pub const UDP_BUFFER: usize = 4 * 1024 * 1024;

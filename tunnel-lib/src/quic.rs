@@ -57,6 +57,38 @@ pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TlsErro
     Ok(cfg)
 }
 
+/// A UDP socket for a QUIC endpoint, with buffers sized for bulk transfer.
+/// Returns the socket and the receive buffer the kernel granted.
+pub fn udp_socket(addr: SocketAddr) -> std::io::Result<(std::net::UdpSocket, usize)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Dual-stack where the OS allows it; ignore where it does not.
+        let _ = sock.set_only_v6(false);
+    }
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = sock.set_recv_buffer_size(UDP_BUFFER);
+    let _ = sock.set_send_buffer_size(UDP_BUFFER);
+    sock.bind(&addr.into())?;
+    let granted = sock.recv_buffer_size().unwrap_or(0);
+    Ok((sock.into(), granted))
+}
+
+/// Warns once if the kernel granted much less UDP buffer than asked for.
+pub fn warn_small_buffer(granted: usize) {
+    // Linux reports twice the usable size.
+    if granted < UDP_BUFFER {
+        tracing::warn!(
+            "the UDP receive buffer is {} KiB (asked for {} KiB): bulk transfers may drop packets. \
+             Raise it with: sysctl -w net.core.rmem_max={} net.core.wmem_max={}",
+            granted / 1024,
+            UDP_BUFFER / 1024,
+            UDP_BUFFER,
+            UDP_BUFFER
+        );
+    }
+}
+
 /// A server endpoint on an already-bound UDP socket (tests pass port 0).
 pub fn server_endpoint(
     socket: std::net::UdpSocket,

@@ -1,0 +1,622 @@
+//! End-to-end load harness: `cargo run --release -p tunnel-benches --bin load`.
+//!
+//! Builds the release binaries, starts a backend (nginx with a config this
+//! harness writes, or a small built-in keep-alive server when nginx is not
+//! installed), a tunnel-server and a tunnel-client, and drives `wrk` against
+//! the backend directly and through the tunnel, alternating the two over
+//! several rounds, all on 127.0.0.1. Reports per scenario: req/s, p50, p99,
+//! transfer/s, the tunnel's CPU (server + client) per request or per GiB,
+//! their peak RSS, errors, and the tunnel/direct ratio from the same run.
+//!
+//! Options: `--duration SECS` (10), `--rounds N` (3), `--quick` (3 s, 1
+//! round), `--only NAME` (a scenario), `--markdown FILE` (also write the
+//! table there). Environment passed through to both tunnel processes (e.g.
+//! `TUNNEL_WORKER_THREADS`) is how levers are compared.
+
+// A harness program, not the product: it blocks on child processes and
+// files on purpose, outside any async runtime (the built-in backend runs on
+// its own thread).
+#![allow(clippy::disallowed_methods)]
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Opts {
+    duration: u64,
+    rounds: usize,
+    only: Option<String>,
+    markdown: Option<PathBuf>,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        duration: 10,
+        rounds: 3,
+        only: None,
+        markdown: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--duration" => {
+                o.duration = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--duration SECS")
+            }
+            "--rounds" => {
+                o.rounds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--rounds N")
+            }
+            "--quick" => {
+                o.duration = 3;
+                o.rounds = 1;
+            }
+            "--only" => o.only = args.next(),
+            "--markdown" => o.markdown = args.next().map(PathBuf::from),
+            other => {
+                eprintln!("unknown option {other}; see the top of benches/src/bin/load.rs");
+                std::process::exit(2);
+            }
+        }
+    }
+    o
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {cmd}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_seconds(pid: u32, tck: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ut: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let st: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    (ut + st) / tck
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| {
+            l.strip_prefix(field)
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0)
+}
+
+fn reset_peak(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+#[derive(Default, Clone)]
+struct WrkResult {
+    requests: f64,
+    rps: f64,
+    p50_us: f64,
+    p99_us: f64,
+    bytes_per_s: f64,
+    errors: u64,
+    bytes: f64,
+}
+
+fn parse_time_us(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => v,
+        "ms" => v * 1e3,
+        "s" => v * 1e6,
+        "m" => v * 60e6,
+        _ => f64::NAN,
+    }
+}
+
+fn parse_size(s: &str) -> f64 {
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len()));
+    let v: f64 = num.parse().unwrap_or(0.0);
+    match unit {
+        "B" => v,
+        "KB" => v * 1024.0,
+        "MB" => v * 1024.0 * 1024.0,
+        "GB" => v * 1024.0 * 1024.0 * 1024.0,
+        "TB" => v * 1024f64.powi(4),
+        _ => v,
+    }
+}
+
+fn parse_wrk(out: &str) -> WrkResult {
+    let mut r = WrkResult::default();
+    for line in out.lines() {
+        let t = line.trim();
+        let w: Vec<&str> = t.split_whitespace().collect();
+        if t.starts_with("50%") && w.len() >= 2 {
+            r.p50_us = parse_time_us(w[1]);
+        } else if t.starts_with("99%") && w.len() >= 2 {
+            r.p99_us = parse_time_us(w[1]);
+        } else if t.starts_with("Requests/sec:") {
+            r.rps = w[1].parse().unwrap_or(0.0);
+        } else if t.starts_with("Transfer/sec:") {
+            r.bytes_per_s = parse_size(w[1]);
+        } else if t.contains("requests in") {
+            r.requests = w[0].parse().unwrap_or(0.0);
+            r.bytes = w
+                .get(4)
+                .map(|s| parse_size(s.trim_end_matches(" read")))
+                .unwrap_or(0.0);
+        } else if t.starts_with("Socket errors:") {
+            r.errors += t
+                .split(|c: char| !c.is_ascii_digit())
+                .filter(|s| !s.is_empty())
+                .map(|s| s.parse::<u64>().unwrap_or(0))
+                .sum::<u64>();
+        } else if t.starts_with("Non-2xx or 3xx responses:") {
+            r.errors += w.last().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    r
+}
+
+struct Scenario {
+    name: &'static str,
+    path: &'static str,
+    conns: u32,
+    close: bool,
+    bulk: bool,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "100 B, 50 keep-alive conns",
+        path: "/100",
+        conns: 50,
+        close: false,
+        bulk: false,
+    },
+    Scenario {
+        name: "100 B, 400 keep-alive conns",
+        path: "/100",
+        conns: 400,
+        close: false,
+        bulk: false,
+    },
+    Scenario {
+        name: "1 MiB, 50 conns",
+        path: "/1m",
+        conns: 50,
+        close: false,
+        bulk: true,
+    },
+    Scenario {
+        name: "new connection per request, 50 conns",
+        path: "/100",
+        conns: 50,
+        close: true,
+        bulk: false,
+    },
+];
+
+fn wrk(url: &str, host: Option<&str>, s: &Scenario, duration: u64) -> WrkResult {
+    let mut cmd = Command::new("wrk");
+    cmd.args([
+        "-t1",
+        &format!("-c{}", s.conns),
+        &format!("-d{duration}s"),
+        "--latency",
+        "--timeout",
+        "5s",
+    ]);
+    if let Some(h) = host {
+        cmd.args(["-H", &format!("Host: {h}")]);
+    }
+    if s.close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    cmd.arg(format!("{url}{}", s.path));
+    let out = cmd.output().expect("wrk runs");
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// nginx with a config written here: 100-byte and 1 MiB responses.
+fn start_nginx(dir: &Path) -> (Proc, u16) {
+    let port = free_port();
+    std::fs::write(dir.join("1m.bin"), vec![b'x'; 1024 * 1024]).unwrap();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
+         client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
+         server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {d};\n\
+         location = /100 {{ default_type text/plain; return 200 \"{body}\"; }}\n\
+         location = /1m {{ default_type application/octet-stream; try_files /1m.bin =404; }}\n  }}\n}}\n",
+        d = dir.display(),
+        body = "x".repeat(100),
+    );
+    std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx starts");
+    wait_port(port);
+    (Proc(child), port)
+}
+
+/// The fallback backend: keep-alive HTTP/1.1 on a current-thread runtime.
+fn start_builtin() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let small: &'static [u8] = Box::leak(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",
+                    "x".repeat(100)
+                )
+                .into_bytes()
+                .into_boxed_slice(),
+            );
+            let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
+            big.extend(std::iter::repeat_n(b'x', 1 << 20));
+            let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut have = 0;
+                    loop {
+                        let Ok(n) = tcp.read(&mut buf[have..]).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        have += n;
+                        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
+                        {
+                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                            let resp = if head.starts_with("get /1m") {
+                                big
+                            } else {
+                                small
+                            };
+                            if tcp.write_all(resp).await.is_err() {
+                                return;
+                            }
+                            if head.contains("connection: close") {
+                                return;
+                            }
+                            buf.copy_within(end + 4..have, 0);
+                            have -= end + 4;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    wait_port(port);
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn spawn_lines(cmd: &mut Command) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("binary starts");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (Proc(child), rx)
+}
+
+/// Holds `n` visitor connections open after one request each; returns the
+/// tunnel's RSS growth per connection in bytes (server + client), for
+/// connections with a live stream and local connection.
+fn idle_connections(http: SocketAddr, host: &str, pids: &[u32], n: usize) -> (f64, f64) {
+    let rss = || pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>() as f64 * 1024.0;
+    let before = rss();
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        conns.push(TcpStream::connect(http).expect("connect"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let connected = rss();
+    let req = format!("GET /100 HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    for c in &mut conns {
+        c.write_all(req.as_bytes()).unwrap();
+    }
+    let mut buf = vec![0u8; 4096];
+    for c in &mut conns {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = 0;
+        while got < 100 {
+            let k = c.read(&mut buf).expect("response");
+            assert!(k > 0, "closed");
+            got += k;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let used = rss();
+    drop(conns);
+    ((connected - before) / n as f64, (used - before) / n as f64)
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 1000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+fn fmt_rate(b: f64) -> String {
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB/s", b / 1024f64.powi(3))
+    } else {
+        format!("{:.1} MiB/s", b / 1024f64.powi(2))
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+fn main() {
+    let o = opts();
+    if !have("wrk") {
+        eprintln!(
+            "wrk is not installed: apt-get install -y wrk (and nginx-light for the nginx backend)"
+        );
+        std::process::exit(1);
+    }
+    let root = workspace_root();
+    eprintln!("building release binaries...");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "tunnel-server",
+            "-p",
+            "tunnel-client",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(st.success(), "release build failed");
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let server_bin = target.join("release/tunnel-server");
+    let client_bin = target.join("release/tunnel-client");
+
+    let dir = std::env::temp_dir().join(format!("tunnel-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_nginx, backend_port, backend_name) = if have("nginx") {
+        let (p, port) = start_nginx(&dir);
+        (Some(p), port, "nginx (1 worker)")
+    } else {
+        (
+            None,
+            start_builtin(),
+            "built-in keep-alive server (nginx not installed)",
+        )
+    };
+
+    let (server, server_lines) = spawn_lines(
+        Command::new(&server_bin)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(&dir)
+            .env("RUST_LOG", "warn"),
+    );
+    let ready = server_lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server ready line");
+    let field = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap()
+            .to_owned()
+    };
+    let http: SocketAddr = field("http=").parse().unwrap();
+    let quic = field("quic=");
+    let (client, client_lines) = spawn_lines(
+        Command::new(&client_bin)
+            .args([
+                "--server",
+                &quic,
+                "--expose",
+                &format!("127.0.0.1:{backend_port}"),
+                "--subdomain",
+                "bench",
+                "--server-cert",
+            ])
+            .arg(dir.join("cert.pem"))
+            .env("RUST_LOG", "warn"),
+    );
+    let url_line = client_lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("client URL line");
+    eprintln!("tunnel: {url_line}; backend: {backend_name}");
+    let host = "bench.localhost";
+    let pids = [server.0.id(), client.0.id()];
+    let tck = clk_tck();
+    let direct_url = format!("http://127.0.0.1:{backend_port}");
+    let tunnel_url = format!("http://{http}");
+
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "| scenario | direct req/s | tunnel req/s | **ratio** | p50 direct / tunnel | p99 direct / tunnel | tunnel transfer/s | tunnel CPU | peak RSS (server + client) | errors |"
+    );
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|---|");
+    for s in SCENARIOS {
+        if o.only.as_deref().is_some_and(|n| !s.name.contains(n)) {
+            continue;
+        }
+        let mut d_runs = Vec::new();
+        let mut t_runs = Vec::new();
+        let mut cpu_per = Vec::new();
+        let mut peak = 0u64;
+        for round in 0..o.rounds {
+            eprintln!("{} — round {}/{}", s.name, round + 1, o.rounds);
+            d_runs.push(wrk(&direct_url, None, s, o.duration));
+            pids.iter().for_each(|p| reset_peak(*p));
+            let c0: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+            let t = wrk(&tunnel_url, Some(host), s, o.duration);
+            let c1: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+            peak = peak.max(pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum());
+            cpu_per.push(if s.bulk {
+                (c1 - c0) / (t.bytes / 1024f64.powi(3)).max(1e-9)
+            } else {
+                (c1 - c0) / t.requests.max(1.0) * 1e6
+            });
+            t_runs.push(t);
+        }
+        let m = |v: &[WrkResult], f: fn(&WrkResult) -> f64| median(v.iter().map(f).collect());
+        let (drps, trps) = (m(&d_runs, |r| r.rps), m(&t_runs, |r| r.rps));
+        let errors: u64 = t_runs.iter().map(|r| r.errors).sum::<u64>()
+            + d_runs.iter().map(|r| r.errors).sum::<u64>();
+        let cpu = median(cpu_per);
+        let _ = writeln!(
+            table,
+            "| {} | {:.0} | {:.0} | **{:.2}** | {} / {} | {} / {} | {} | {} | {:.1} MiB | {} |",
+            s.name,
+            drps,
+            trps,
+            trps / drps.max(1.0),
+            fmt_us(m(&d_runs, |r| r.p50_us)),
+            fmt_us(m(&t_runs, |r| r.p50_us)),
+            fmt_us(m(&d_runs, |r| r.p99_us)),
+            fmt_us(m(&t_runs, |r| r.p99_us)),
+            fmt_rate(m(&t_runs, |r| r.bytes_per_s)),
+            if s.bulk {
+                format!("{cpu:.2} s/GiB")
+            } else {
+                format!("{cpu:.1} µs/req")
+            },
+            peak as f64 / 1024.0,
+            errors,
+        );
+        eprint!("{table}");
+    }
+    if o.only.as_deref().is_none_or(|n| "idle".contains(n)) {
+        let (connected, with_stream) = idle_connections(http, host, &pids, 1000);
+        let _ = writeln!(
+            table,
+            "\n1000 idle visitor connections: {:.1} KiB each once connected, {:.1} KiB each after one request \
+             (a live QUIC stream and local connection), server + client RSS growth.",
+            connected / 1024.0,
+            with_stream / 1024.0
+        );
+    }
+    let _ = writeln!(
+        table,
+        "\nBackend: {backend_name}. wrk -t1, {}s per run, {} round(s), direct and tunnel alternating; medians. \
+         CPU: user+system seconds of tunnel-server + tunnel-client during the tunnel runs.",
+        o.duration, o.rounds
+    );
+    println!("{table}");
+    if let Some(path) = o.markdown {
+        std::fs::write(path, &table).unwrap();
+    }
+    drop(client);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
