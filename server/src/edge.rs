@@ -18,6 +18,7 @@
 //! request and a reset, never a complete request made of the bad bytes) and
 //! the visitor gets the error page in its turn.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,16 +90,7 @@ pub(crate) async fn serve(
         up: None,
     }
     .run(soft);
-    let responses = ResponseSide {
-        state,
-        wr,
-        rx,
-        recv: None,
-        leftover: Bytes::new(),
-        failed: None,
-        sent_any: false,
-    }
-    .run();
+    let responses = ResponseSide::new(state, wr, rx).run();
     tokio::pin!(requests, responses);
     tokio::select! {
         // The response side decides when the connection ends (close after a
@@ -541,12 +533,30 @@ struct ResponseSide {
     wr: OwnedWriteHalf,
     rx: mpsc::Receiver<Pending>,
     recv: Option<RecvStream>,
-    /// Bytes read from `recv` and not yet relayed.
-    leftover: Bytes,
+    /// Chunks read from `recv` and not yet relayed (a response's end may
+    /// fall inside a chunk: the rest waits here for the next response).
+    pending: VecDeque<Bytes>,
+    /// What goes to the visitor with the next `writev`.
+    out: Vec<Bytes>,
     /// The current stream could not be served: every request on it gets this.
     failed: Option<ErrorPage>,
     /// Whether any byte of the current response reached the visitor.
     sent_any: bool,
+}
+
+impl ResponseSide {
+    fn new(state: Arc<State>, wr: OwnedWriteHalf, rx: mpsc::Receiver<Pending>) -> Self {
+        ResponseSide {
+            state,
+            wr,
+            rx,
+            recv: None,
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            failed: None,
+            sent_any: false,
+        }
+    }
 }
 
 enum After {
@@ -631,13 +641,14 @@ impl ResponseSide {
             if let Some(mut old) = self.recv.replace(r) {
                 let _ = old.stop(VarInt::from_u32(0));
             }
-            self.leftover = Bytes::new();
+            self.pending.clear();
             self.failed = self.read_reply(host).await;
         }
         if let Some(page) = &self.failed {
             let _ = self.wr.write_all(&page.render(true, head_request)).await;
             return Ok(After::Close);
         }
+        self.out.clear();
         self.relay(head_request, upgraded).await
     }
 
@@ -653,7 +664,9 @@ impl ResponseSide {
         .await;
         match reply {
             Ok(Ok(Some(Reply::Connected))) => {
-                self.leftover = buf.freeze();
+                if !buf.is_empty() {
+                    self.pending.push_back(buf.freeze());
+                }
                 None
             }
             Ok(Ok(Some(Reply::Failed { code, message }))) => {
@@ -686,64 +699,94 @@ impl ResponseSide {
         }
     }
 
-    /// The next bytes of the current stream (leftover first). `Ok(None)` at
-    /// the stream's end.
-    async fn next_chunk(&mut self) -> Result<Option<Bytes>, String> {
-        if !self.leftover.is_empty() {
-            return Ok(Some(std::mem::take(&mut self.leftover)));
+    /// Makes sure `pending` holds bytes. `Ok(false)` at the stream's end.
+    async fn fill(&mut self) -> Result<bool, String> {
+        if !self.pending.is_empty() {
+            return Ok(true);
         }
         let recv = self.recv.as_mut().ok_or("no stream")?;
-        match recv.read_chunk(IO_CHUNK, true).await {
-            Ok(Some(c)) => Ok(Some(c.bytes)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(format!("tunnel stream failed: {e}")),
-        }
+        let mut got = Vec::new();
+        std::mem::swap(&mut got, &mut self.out);
+        let before = got.len();
+        let r = tunnel_lib::io::read_batch(recv, &mut got).await;
+        self.pending.extend(got.drain(before..));
+        std::mem::swap(&mut got, &mut self.out);
+        r.map_err(|e| format!("tunnel stream failed: {e}"))
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), RelayError> {
+    /// Sends what is batched in `out` with one `writev`.
+    async fn flush(&mut self) -> Result<(), RelayError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
         self.sent_any = true;
-        self.wr
-            .write_all(data)
+        tunnel_lib::io::write_all_bufs(&mut self.wr, &mut self.out)
             .await
             .map_err(|_| RelayError::Broken)
     }
 
-    /// Relays one response (and any interim 1xx before it).
+    fn fail(&self, why: String) -> RelayError {
+        if self.sent_any {
+            RelayError::Broken
+        } else {
+            RelayError::NothingSent(why)
+        }
+    }
+
+    /// Takes the next response head off `pending` (parsed in place when it
+    /// arrived in one chunk, the common case).
+    async fn next_head(&mut self, head_request: bool) -> Result<(ResponseHead, Bytes), RelayError> {
+        let max_head = self.state.config.http_limits.max_head;
+        let mut acc: Option<BytesMut> = None;
+        loop {
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(self
+                        .fail("the local service closed the connection without a response".into()))
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+            let Some(chunk) = self.pending.pop_front() else {
+                continue;
+            };
+            let mut data = match acc.take() {
+                None => chunk,
+                Some(mut a) => {
+                    a.extend_from_slice(&chunk);
+                    a.freeze()
+                }
+            };
+            match ResponseHead::parse(&data, head_request, max_head) {
+                Ok(Some(h)) => {
+                    let rest = data.split_off(h.head_len);
+                    if !rest.is_empty() {
+                        self.pending.push_front(rest);
+                    }
+                    return Ok((h, data));
+                }
+                Ok(None) => acc = Some(BytesMut::from(&data[..])),
+                Err(e) => return Err(self.fail(e.to_string())),
+            }
+        }
+    }
+
+    /// Relays one response (and any interim 1xx before it). The head goes
+    /// out in the same `writev` as the body bytes that came with it.
     async fn relay(
         &mut self,
         head_request: bool,
         upgraded: Option<oneshot::Sender<bool>>,
     ) -> Result<After, RelayError> {
-        let max_head = self.state.config.http_limits.max_head;
         loop {
-            // Accumulate a head (usually one chunk).
-            let mut head_buf = BytesMut::new();
-            let head = loop {
-                if !head_buf.is_empty() {
-                    match ResponseHead::parse(&head_buf, head_request, max_head) {
-                        Ok(Some(h)) => break h,
-                        Ok(None) => {}
-                        Err(e) => return Err(self.fail(e.to_string())),
-                    }
-                }
-                match self.next_chunk().await {
-                    Ok(Some(c)) => head_buf.extend_from_slice(&c),
-                    Ok(None) => {
-                        return Err(self.fail(
-                            "the local service closed the connection without a response".into(),
-                        ))
-                    }
-                    Err(e) => return Err(self.fail(e)),
-                }
-            };
-            let head_bytes = head_buf.split_to(head.head_len).freeze();
-            self.leftover = head_buf.freeze();
-            self.write(&head_bytes).await?;
+            let (head, head_bytes) = self.next_head(head_request).await?;
+            self.out.push(head_bytes);
             if head.is_interim() {
+                self.flush().await?;
                 continue;
             }
             let result = match head.body {
-                ResponseBody::None => Ok(()),
+                ResponseBody::None => self.flush().await,
                 ResponseBody::Length(n) => self.relay_length(n).await,
                 ResponseBody::Chunked => self.relay_chunked().await,
                 ResponseBody::UntilClose => {
@@ -752,6 +795,7 @@ impl ResponseSide {
                 }
                 ResponseBody::Upgrade => {
                     if let Some(tx) = upgraded {
+                        self.flush().await?;
                         let _ = tx.send(true);
                         self.relay_to_end().await?;
                     }
@@ -770,27 +814,26 @@ impl ResponseSide {
         }
     }
 
-    fn fail(&self, why: String) -> RelayError {
-        if self.sent_any {
-            RelayError::Broken
-        } else {
-            RelayError::NothingSent(why)
-        }
-    }
-
     async fn relay_length(&mut self, mut n: u64) -> Result<(), RelayError> {
-        while n > 0 {
-            let mut chunk = match self.next_chunk().await {
-                Ok(Some(c)) => c,
-                _ => return Err(RelayError::Broken),
-            };
-            if chunk.len() as u64 > n {
-                self.leftover = chunk.split_off(n as usize);
+        loop {
+            while n > 0 {
+                let Some(mut chunk) = self.pending.pop_front() else {
+                    break;
+                };
+                if chunk.len() as u64 > n {
+                    self.pending.push_front(chunk.split_off(n as usize));
+                }
+                n -= chunk.len() as u64;
+                self.out.push(chunk);
             }
-            n -= chunk.len() as u64;
-            self.write(&chunk).await?;
+            self.flush().await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if !matches!(self.fill().await, Ok(true)) {
+                return Err(RelayError::Broken);
+            }
         }
-        Ok(())
     }
 
     /// Relays chunked bytes as they are, using the decoder only to find
@@ -799,41 +842,44 @@ impl ResponseSide {
         let limits = &self.state.config.http_limits;
         let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
         loop {
-            let mut chunk = match self.next_chunk().await {
-                Ok(Some(c)) => c,
-                _ => return Err(RelayError::Broken),
-            };
-            let mut used = 0;
-            let mut done = false;
-            while used < chunk.len() {
-                match dec.step(&chunk[used..]) {
-                    Ok(ChunkStep::Data(n)) | Ok(ChunkStep::Framing(n)) => used += n,
-                    Ok(ChunkStep::Done(n)) => {
-                        used += n;
-                        done = true;
-                        break;
-                    }
-                    Err(e) => {
-                        debug!("local service sent bad chunked framing: {e}");
-                        return Err(RelayError::Broken);
+            while let Some(mut chunk) = self.pending.pop_front() {
+                let mut used = 0;
+                while used < chunk.len() && !dec.is_done() {
+                    match dec.step(&chunk[used..]) {
+                        Ok(ChunkStep::Data(k))
+                        | Ok(ChunkStep::Framing(k))
+                        | Ok(ChunkStep::Done(k)) => used += k,
+                        Err(e) => {
+                            debug!("local service sent bad chunked framing: {e}");
+                            return Err(RelayError::Broken);
+                        }
                     }
                 }
+                if dec.is_done() {
+                    if used < chunk.len() {
+                        self.pending.push_front(chunk.split_off(used));
+                    }
+                    self.out.push(chunk);
+                    return self.flush().await;
+                }
+                self.out.push(chunk);
             }
-            if done {
-                self.leftover = chunk.split_off(used);
-            }
-            self.write(&chunk).await?;
-            if done {
-                return Ok(());
+            // Everything received so far is relayed: an event reaches the
+            // visitor as soon as the app wrote it.
+            self.flush().await?;
+            if !matches!(self.fill().await, Ok(true)) {
+                return Err(RelayError::Broken);
             }
         }
     }
 
     async fn relay_to_end(&mut self) -> Result<(), RelayError> {
         loop {
-            match self.next_chunk().await {
-                Ok(Some(c)) => self.write(&c).await?,
-                Ok(None) => return Ok(()),
+            self.out.extend(self.pending.drain(..));
+            self.flush().await?;
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
                 Err(_) => return Err(RelayError::Broken),
             }
         }

@@ -66,19 +66,87 @@ pub async fn read_message<T>(
     }
 }
 
+/// How many received chunks are taken off a QUIC stream at once (each is
+/// about one packet's payload) and written with one `writev`.
+pub const BATCH: usize = 32;
+
+/// Takes up to [`BATCH`] chunks off `recv` into `out`. `Ok(false)` at the
+/// stream's end. Cancel-safe, like `read_chunks`.
+pub async fn read_batch(
+    recv: &mut RecvStream,
+    out: &mut Vec<Bytes>,
+) -> Result<bool, quinn::ReadError> {
+    let mut bufs: [Bytes; BATCH] = Default::default();
+    match recv.read_chunks(&mut bufs).await? {
+        Some(n) => {
+            out.extend(bufs.into_iter().take(n));
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Writes every buffer in `bufs` with as few `writev` calls as the socket
+/// allows, then empties `bufs` (its capacity is kept for reuse).
+pub async fn write_all_bufs<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    bufs: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    while first < bufs.len() && bufs[first].is_empty() {
+        first += 1;
+    }
+    while first < bufs.len() {
+        let mut n = {
+            let slices: smallvec::SmallVec<[std::io::IoSlice<'_>; BATCH + 2]> = bufs[first..]
+                .iter()
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            wr.write_vectored(&slices).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let len = bufs[first].len();
+            if n >= len {
+                n -= len;
+                first += 1;
+            } else {
+                bufs[first].advance(n);
+                n = 0;
+            }
+        }
+        while first < bufs.len() && bufs[first].is_empty() {
+            first += 1;
+        }
+    }
+    bufs.clear();
+    Ok(())
+}
+
 /// QUIC → TCP until the stream's FIN, then half-closes the TCP write side.
+/// Chunks are taken in batches and written with one `writev` each.
 pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     first: Bytes,
     wr: &mut W,
 ) -> Result<u64, StreamError> {
     let mut total = first.len() as u64;
+    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH + 1);
     if !first.is_empty() {
-        wr.write_all(&first).await?;
+        batch.push(first);
     }
-    while let Some(chunk) = recv.read_chunk(IO_CHUNK, true).await? {
-        total += chunk.bytes.len() as u64;
-        wr.write_all(&chunk.bytes).await?;
+    loop {
+        // Write what is there before waiting for more.
+        if !batch.is_empty() {
+            write_all_bufs(wr, &mut batch).await?;
+        }
+        if !read_batch(recv, &mut batch).await? {
+            break;
+        }
+        total += batch.iter().map(|b| b.len() as u64).sum::<u64>();
     }
     wr.shutdown().await?;
     Ok(total)
