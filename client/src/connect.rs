@@ -229,14 +229,7 @@ async fn session(
                     hostname,
                     local: spec.local.clone(),
                 });
-                targets.insert(
-                    tunnel_id,
-                    Target {
-                        local: spec.local.clone(),
-                        addrs,
-                        preferred: Default::default(),
-                    },
-                );
+                targets.insert(tunnel_id, Target::new(spec.local.clone(), addrs));
             }
             Ok(Some(Control::Error { code, message, .. })) => {
                 conn.close(VarInt::from_u32(close::NORMAL), b"registration refused");

@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use tunnel_lib::io::{read_message, splice};
-use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, PREFACE_TIMEOUT};
+use tunnel_lib::io::{read_message, splice, SpliceEnd};
+use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, LOCAL_POOL_IDLE, LOCAL_POOL_MAX, PREFACE_TIMEOUT};
 use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode};
 
 /// Where one tunnel forwards to: the addresses `local` resolved to when the
@@ -24,6 +25,47 @@ pub(crate) struct Target {
     /// (`localhost` resolves to `::1` first, while many apps listen on
     /// 127.0.0.1 only).
     pub(crate) preferred: AtomicUsize,
+    /// Idle local connections handed back at a clean HTTP boundary (the
+    /// server said `REUSE`), newest last. Touched only in synchronous code.
+    pub(crate) idle: Mutex<Vec<(TcpStream, Instant)>>,
+}
+
+impl Target {
+    pub(crate) fn new(local: String, addrs: Vec<SocketAddr>) -> Target {
+        Target {
+            local,
+            addrs,
+            preferred: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A recently idle connection that is still open, if any.
+    fn take_idle(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((tcp, since)) = idle.pop() {
+            if since.elapsed() > LOCAL_POOL_IDLE {
+                // Older ones are older still.
+                idle.clear();
+                return None;
+            }
+            // Closed by the app while idle (EOF), or sending unasked: drop it.
+            let mut probe = [0u8; 1];
+            if let Err(e) = tcp.try_read(&mut probe) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Some(tcp);
+                }
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, tcp: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < LOCAL_POOL_MAX {
+            idle.push((tcp, Instant::now()));
+        }
+    }
 }
 
 pub(crate) type Targets = Arc<HashMap<u32, Target>>;
@@ -54,7 +96,7 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
         .await;
         return;
     };
-    let mut tcp = match dial(target).await {
+    let tcp = match dial(target).await {
         Ok(t) => t,
         Err((code, message)) => {
             warn!(visitor = %preface.visitor, "{message}: is the local service running?");
@@ -67,8 +109,10 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
     if send.write_chunk(out.freeze()).await.is_err() {
         return;
     }
-    if let Err(e) = splice(&mut tcp, &mut send, &mut recv, buf.freeze()).await {
-        debug!(visitor = %preface.visitor, "stream ended: {e}");
+    match splice(tcp, &mut send, &mut recv, buf.freeze()).await {
+        Ok(SpliceEnd::Reusable(tcp)) => target.put_idle(tcp),
+        Ok(SpliceEnd::Closed) => {}
+        Err(e) => debug!(visitor = %preface.visitor, "stream ended: {e}"),
     }
 }
 
@@ -81,6 +125,9 @@ async fn reply(send: &mut SendStream, r: Reply) {
 }
 
 async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
+    if let Some(tcp) = target.take_idle() {
+        return Ok(tcp);
+    }
     let mut last = (
         ReplyCode::Unreachable,
         format!("{} did not resolve to any address", target.local),

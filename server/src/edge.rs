@@ -60,6 +60,9 @@ enum Pending {
     /// stream when `Some`, else the current one).
     Upstream {
         recv: Option<RecvStream>,
+        /// With a new stream: the send half of the stream it replaces, for
+        /// the response side to retire once that stream's last response is in.
+        old_send: Option<SendStream>,
         rule: Arc<Rule>,
         head_request: bool,
         close: bool,
@@ -70,6 +73,9 @@ enum Pending {
         /// just close. Dropped unsent when the request went out whole.
         abort: oneshot::Receiver<Option<ErrorPage>>,
     },
+    /// The request side is done; the send half of the current stream is
+    /// retired by the response side after the last response.
+    End { send: Option<SendStream> },
 }
 
 pub(crate) async fn serve(
@@ -162,9 +168,8 @@ impl RequestSide {
                 break;
             }
         }
-        if let Some(mut up) = self.up.take() {
-            let _ = up.send.finish();
-        }
+        let send = self.up.take().map(|u| u.send);
+        let _ = self.tx.send(Pending::End { send }).await;
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one
@@ -337,10 +342,9 @@ impl RequestSide {
             .as_ref()
             .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
         let mut new_recv = None;
+        let mut old_send = None;
         if !reuse {
-            if let Some(mut old) = self.up.take() {
-                let _ = old.send.finish();
-            }
+            old_send = self.up.take().map(|u| u.send);
             match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
                 Ok(Ok((send, recv))) => {
                     Preface {
@@ -386,6 +390,7 @@ impl RequestSide {
         let (abort_tx, abort_rx) = oneshot::channel();
         let pending = Pending::Upstream {
             recv: new_recv,
+            old_send,
             rule,
             head_request: head.is_head(),
             close: !head.keep_alive,
@@ -500,6 +505,8 @@ impl RequestSide {
             return;
         }
         let _ = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+        // Raw mode: the FIN above is the half-close; nothing to retire.
+        self.up = None;
     }
 }
 
@@ -516,6 +523,14 @@ fn reject_page(e: &HeadError) -> ErrorPage {
 
 fn bad_body(e: tunnel_lib::http1::ChunkError) -> ErrorPage {
     respond::bad_request(400, &format!("malformed request body: {e}"))
+}
+
+/// A response head with `Connection: close` added before its final CRLF.
+fn with_connection_close(head: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(head.len() + 19);
+    out.put_slice(&head[..head.len() - 2]);
+    out.put_slice(b"Connection: close\r\n\r\n");
+    out.freeze()
 }
 
 fn too_large(max: Option<u64>) -> ErrorPage {
@@ -542,6 +557,9 @@ struct ResponseSide {
     failed: Option<ErrorPage>,
     /// Whether any byte of the current response reached the visitor.
     sent_any: bool,
+    /// Whether the current stream's local connection is at a clean HTTP
+    /// boundary (last response complete and keep-alive): it can be reused.
+    reusable: bool,
 }
 
 impl ResponseSide {
@@ -555,7 +573,26 @@ impl ResponseSide {
             out: Vec::new(),
             failed: None,
             sent_any: false,
+            reusable: false,
         }
+    }
+
+    /// Ends the current stream: with `REUSE` on both directions when its
+    /// local connection is at a clean boundary, else a plain finish/stop.
+    fn retire(&mut self, send: Option<SendStream>) {
+        let reuse = self.reusable && self.pending.is_empty() && self.failed.is_none();
+        let code = VarInt::from_u32(if reuse { reset::REUSE } else { 0 });
+        if let Some(mut recv) = self.recv.take() {
+            let _ = recv.stop(code);
+        }
+        if let Some(mut send) = send {
+            if reuse {
+                let _ = send.reset(code);
+            } else {
+                let _ = send.finish();
+            }
+        }
+        self.reusable = false;
     }
 }
 
@@ -581,8 +618,13 @@ impl ResponseSide {
                     Ok(()) if close => After::Close,
                     Ok(()) => After::KeepAlive,
                 },
+                Pending::End { send } => {
+                    self.retire(send);
+                    After::KeepAlive
+                }
                 Pending::Upstream {
                     recv,
+                    old_send,
                     rule,
                     head_request,
                     close,
@@ -590,6 +632,9 @@ impl ResponseSide {
                     abort,
                 } => {
                     self.sent_any = false;
+                    if recv.is_some() {
+                        self.retire(old_send);
+                    }
                     let abort = async move {
                         match abort.await {
                             Ok(page) => page,
@@ -600,7 +645,7 @@ impl ResponseSide {
                     let outcome = tokio::select! {
                         biased;
                         page = abort => Err(page),
-                        r = self.exchange(recv, &rule.host, head_request, upgraded) => Ok(r),
+                        r = self.exchange(recv, &rule.host, head_request, close, upgraded) => Ok(r),
                     };
                     match outcome {
                         Err(page) => {
@@ -609,7 +654,14 @@ impl ResponseSide {
                             }
                             After::Close
                         }
-                        Ok(Ok(_)) if close => After::Close,
+                        Ok(Ok(_)) if close => {
+                            // The visitor asked to close: its request side
+                            // ends right away; retire the stream with it.
+                            if let Some(Pending::End { send }) = self.rx.recv().await {
+                                self.retire(send);
+                            }
+                            After::Close
+                        }
                         Ok(Ok(after)) => after,
                         Ok(Err(RelayError::NothingSent(why))) => {
                             info!(host = %rule.host, "502: {why}");
@@ -635,12 +687,12 @@ impl ResponseSide {
         recv: Option<RecvStream>,
         host: &str,
         head_request: bool,
+        close: bool,
         upgraded: Option<oneshot::Sender<bool>>,
     ) -> Result<After, RelayError> {
+        self.reusable = false;
         if let Some(r) = recv {
-            if let Some(mut old) = self.recv.replace(r) {
-                let _ = old.stop(VarInt::from_u32(0));
-            }
+            self.recv = Some(r);
             self.pending.clear();
             self.failed = self.read_reply(host).await;
         }
@@ -649,7 +701,7 @@ impl ResponseSide {
             return Ok(After::Close);
         }
         self.out.clear();
-        self.relay(head_request, upgraded).await
+        self.relay(head_request, close, upgraded).await
     }
 
     /// Reads the client's reply on a new stream: `None` if the local service
@@ -776,11 +828,19 @@ impl ResponseSide {
     async fn relay(
         &mut self,
         head_request: bool,
+        close: bool,
         upgraded: Option<oneshot::Sender<bool>>,
     ) -> Result<After, RelayError> {
         loop {
             let (head, head_bytes) = self.next_head(head_request).await?;
-            self.out.push(head_bytes);
+            if close && head.keep_alive && !head.is_interim() {
+                // The visitor asked to close and we will; the local service
+                // keeps its connection (reusable), so say it ourselves
+                // (RFC 9112 §9.6).
+                self.out.push(with_connection_close(&head_bytes));
+            } else {
+                self.out.push(head_bytes);
+            }
             if head.is_interim() {
                 self.flush().await?;
                 continue;
@@ -806,6 +866,7 @@ impl ResponseSide {
                 let _ = tx.send(false);
             }
             result?;
+            self.reusable = head.keep_alive;
             return Ok(if head.keep_alive {
                 After::KeepAlive
             } else {

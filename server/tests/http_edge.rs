@@ -98,7 +98,9 @@ async fn response_framing_keeps_pairs_aligned() {
         "{text}"
     );
     assert!(
-        text.ends_with("hello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        text.ends_with(
+            "hello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        ),
         "{text}"
     );
 
@@ -346,6 +348,68 @@ async fn oversized_declared_body_gets_413_before_anything_is_forwarded() {
     }
     let raw = read_raw_response(&mut tcp).await;
     assert_eq!(raw.status, 413);
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn local_connections_are_reused_across_visitor_connections_when_clean() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    // Ten visitors one after another, each closing its connection: the
+    // local connection survives them all.
+    for i in 0..10 {
+        let raw = raw_exchange(
+            server.http,
+            b"GET /hello HTTP/1.1\r\nHost: t.localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(raw.status, 200, "visitor {i}");
+        assert!(
+            raw.head.to_ascii_lowercase().contains("content-length: 14"),
+            "{}",
+            raw.head
+        );
+        assert!(
+            raw.head.ends_with("Connection: close\r\n\r\n"),
+            "the edge says it closes: {}",
+            raw.head
+        );
+        assert_eq!(raw.body, b"hello from app");
+    }
+    assert_eq!(
+        backend
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        10
+    );
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn a_local_connection_that_says_close_is_not_reused() {
+    let backend = RawBackend::start().await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    for _ in 0..3 {
+        let raw = raw_exchange(
+            server.http,
+            b"GET /closing HTTP/1.1\r\nHost: t.localhost\r\n\r\n",
+        )
+        .await;
+        assert_eq!(raw.status, 200);
+    }
+    assert_eq!(backend.connections(), 3);
     client.stop().await;
     server.stop().await;
     backend.stop().await;

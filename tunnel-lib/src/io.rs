@@ -174,24 +174,82 @@ pub async fn tcp_to_quic<R: AsyncRead + Unpin>(
     }
 }
 
+/// How a splice ended.
+#[derive(Debug)]
+pub enum SpliceEnd {
+    /// Both directions ran to their end (or the local side closed).
+    Closed,
+    /// The server ended the stream with `REUSE` at a clean HTTP boundary and
+    /// nothing was left in flight: the local connection can serve the next
+    /// stream.
+    Reusable(tokio::net::TcpStream),
+}
+
 /// Splices a QUIC stream with a TCP connection both ways. Half-closes
 /// propagate (FIN ↔ shutdown); an error on either side resets the other, so
 /// a visitor who leaves cancels the local request and a local reset ends the
-/// visitor's response.
+/// visitor's response. A `REUSE` reset from the server hands the connection
+/// back instead.
 pub async fn splice(
-    tcp: &mut tokio::net::TcpStream,
+    mut tcp: tokio::net::TcpStream,
     send: &mut SendStream,
     recv: &mut RecvStream,
     first: Bytes,
-) -> Result<(u64, u64), StreamError> {
-    let (mut rd, mut wr) = tcp.split();
-    let res = tokio::try_join!(
-        quic_to_tcp(recv, first, &mut wr),
-        tcp_to_quic(&mut rd, send)
-    );
-    if res.is_err() {
-        let _ = send.reset(VarInt::from_u32(reset::LOCAL_RESET));
-        let _ = recv.stop(VarInt::from_u32(reset::CANCELLED));
+) -> Result<SpliceEnd, StreamError> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Set while bytes read from the local service are not yet handed to the
+    // stream: a reuse then would lose them, so it is refused.
+    let local_busy = AtomicBool::new(false);
+    let outcome = {
+        let (mut rd, mut wr) = tcp.split();
+        let to_local = async {
+            match quic_to_tcp(recv, first, &mut wr).await {
+                Err(StreamError::Read(quinn::ReadError::Reset(code)))
+                    if code == VarInt::from_u32(reset::REUSE) =>
+                {
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+                Ok(_) => Ok(false),
+            }
+        };
+        let from_local = async {
+            let mut buf = BytesMut::new();
+            loop {
+                if buf.capacity() - buf.len() < 4096 {
+                    buf.reserve(IO_CHUNK);
+                }
+                let n = rd.read_buf(&mut buf).await?;
+                if n == 0 {
+                    send.finish()?;
+                    return Ok::<(), StreamError>(());
+                }
+                local_busy.store(true, Ordering::Relaxed);
+                send.write_chunk(buf.split().freeze()).await?;
+                local_busy.store(false, Ordering::Relaxed);
+            }
+        };
+        tokio::pin!(to_local, from_local);
+        tokio::select! {
+            r = &mut to_local => match r {
+                // Dropping `from_local` cancels a local read (cancel-safe).
+                Ok(true) => Ok(!local_busy.load(Ordering::Relaxed)),
+                Ok(false) => from_local.await.map(|_| false),
+                Err(e) => Err(e),
+            },
+            r = &mut from_local => match r {
+                Ok(()) => to_local.await.map(|_| false),
+                Err(e) => Err(e),
+            },
+        }
+    };
+    match outcome {
+        Ok(true) => Ok(SpliceEnd::Reusable(tcp)),
+        Ok(false) => Ok(SpliceEnd::Closed),
+        Err(e) => {
+            let _ = send.reset(VarInt::from_u32(reset::LOCAL_RESET));
+            let _ = recv.stop(VarInt::from_u32(reset::CANCELLED));
+            Err(e)
+        }
     }
-    res
 }

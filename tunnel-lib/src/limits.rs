@@ -54,3 +54,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// back-off and retransmits. The kernel caps the request at
 /// `net.core.rmem_max` / `wmem_max`.
 pub const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// Idle local connections the client keeps per tunnel for reuse, and how
+/// long one may sit idle before it is no longer trusted (many app servers
+/// close idle keep-alive connections after a few seconds; gunicorn after 2).
+pub const LOCAL_POOL_MAX: usize = 64;
+pub const LOCAL_POOL_IDLE: Duration = Duration::from_millis(1500);

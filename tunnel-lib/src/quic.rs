@@ -30,6 +30,16 @@ pub fn transport(side: Side) -> TransportConfig {
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
+    // Benchmark lever (BENCHMARKS.md): ask the peer to ACK every N
+    // ack-eliciting packets instead of every second one.
+    if let Some(n) = std::env::var("TUNNEL_ACK_THRESHOLD")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        let mut ack = quinn::AckFrequencyConfig::default();
+        ack.ack_eliciting_threshold(VarInt::from_u32(n));
+        t.ack_frequency_config(Some(ack));
+    }
     t.max_concurrent_bidi_streams(VarInt::from_u32(match side {
         Side::Server => 4,
         Side::Client => MAX_STREAMS_PER_CLIENT,

@@ -65,7 +65,10 @@ fn meaning(h: &RequestHead) -> Meaning {
         target: h.target().to_vec(),
         host: h.host().to_vec(),
         body: h.body,
-        keep_alive: h.keep_alive,
+        // HTTP/1.1 "close" is the edge's business (it closes the visitor's
+        // connection itself and keeps the local one reusable), so only
+        // HTTP/1.0's keep-alive must survive the trip.
+        keep_alive: h.keep_alive || h.version() == tunnel_lib::http1::Version::Http11,
         upgrade: h.upgrade_websocket,
         headers,
     }

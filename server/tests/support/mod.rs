@@ -443,6 +443,7 @@ fn script(head: &str) -> &'static [u8] {
         "/malformed" => b"HTTP/1.1 2OO Fine\r\nContent-Length: 2\r\n\r\nok",
         "/bad-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         "/early-close" => b"",
+        "/closing" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
         "/chunked" => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         }

@@ -478,12 +478,16 @@ impl RequestHead {
             }
             BodyKind::Chunked => dst.put_slice(b"Transfer-Encoding: chunked\r\n"),
         }
+        // HTTP/1.1 without `Connection: close`: the edge closes the visitor's
+        // connection itself, and the local connection stays reusable.
         if self.upgrade_websocket {
             dst.put_slice(b"Connection: upgrade\r\nUpgrade: websocket\r\n");
-        } else if !self.keep_alive {
-            dst.put_slice(b"Connection: close\r\n");
         } else if self.version == Version::Http10 {
-            dst.put_slice(b"Connection: keep-alive\r\n");
+            dst.put_slice(if self.keep_alive {
+                b"Connection: keep-alive\r\n"
+            } else {
+                b"Connection: close\r\n"
+            });
         }
         dst.put_slice(b"\r\n");
     }

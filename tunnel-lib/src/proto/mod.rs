@@ -60,6 +60,11 @@ pub mod reset {
     pub const CANCELLED: u32 = 0x10;
     /// The local service reset its connection.
     pub const LOCAL_RESET: u32 = 0x11;
+    /// Server → client, on both directions of a data stream: the exchange
+    /// ended at a clean HTTP boundary (every response complete, keep-alive,
+    /// nothing left over), so the client may keep the local connection for
+    /// the next stream.
+    pub const REUSE: u32 = 0x12;
 }
 
 #[cfg(test)]
