@@ -76,7 +76,7 @@ pub async fn read_batch(
     recv: &mut RecvStream,
     out: &mut Vec<Bytes>,
 ) -> Result<bool, quinn::ReadError> {
-    let mut bufs: [Bytes; BATCH] = Default::default();
+    let mut bufs: [Bytes; BATCH] = std::array::from_fn(|_| Bytes::new());
     match recv.read_chunks(&mut bufs).await? {
         Some(n) => {
             out.extend(bufs.into_iter().take(n));

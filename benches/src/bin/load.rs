@@ -540,6 +540,22 @@ fn main() {
     let direct_url = format!("http://127.0.0.1:{backend_port}");
     let tunnel_url = format!("http://{http}");
 
+        // Idle connections first, on fresh processes: later scenarios leave
+    // freed heap behind that would hide the growth.
+    let idle_line = if o.only.as_deref().is_none_or(|n| "idle".contains(n)) {
+        let base: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum();
+        let (connected, with_stream) = idle_connections(http, host, &pids, 1000);
+        format!(
+            "\n1000 idle visitor connections (fresh processes, {:.1} MiB RSS before): {:.1} KiB each once \
+             connected, {:.1} KiB each after one request (a live QUIC stream and local connection), \
+             server + client RSS growth.",
+            base as f64 / 1024.0,
+            connected / 1024.0,
+            with_stream / 1024.0
+        )
+    } else {
+        String::new()
+    };
     let mut table = String::new();
     let _ = writeln!(
         table,
@@ -596,16 +612,8 @@ fn main() {
         );
         eprint!("{table}");
     }
-    if o.only.as_deref().is_none_or(|n| "idle".contains(n)) {
-        let (connected, with_stream) = idle_connections(http, host, &pids, 1000);
-        let _ = writeln!(
-            table,
-            "\n1000 idle visitor connections: {:.1} KiB each once connected, {:.1} KiB each after one request \
-             (a live QUIC stream and local connection), server + client RSS growth.",
-            connected / 1024.0,
-            with_stream / 1024.0
-        );
-    }
+    
+        table.push_str(&idle_line);
     let _ = writeln!(
         table,
         "\nBackend: {backend_name}. wrk -t1, {}s per run, {} round(s), direct and tunnel alternating; medians. \
