@@ -85,6 +85,27 @@ pub(crate) async fn serve(
     soft: CancellationToken,
 ) {
     let _ = tcp.set_nodelay(true);
+    // A connected visitor that has sent nothing yet costs only this small
+    // future: the halves, queue and buffers are allocated once it speaks.
+    let idle = state.config.timeouts.keep_alive_idle;
+    // `peek`, not `readable()`: readiness may be reported before any byte
+    // arrives (it is, right after accept).
+    let mut probe = [0u8; 1];
+    let spoke = tokio::select! {
+        r = timeout(idle, tcp.peek(&mut probe)) => matches!(r, Ok(Ok(n)) if n > 0),
+        _ = soft.cancelled() => false,
+    };
+    if spoke {
+        Box::pin(serve_active(state, tcp, peer, soft)).await;
+    }
+}
+
+async fn serve_active(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    soft: CancellationToken,
+) {
     let (rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel(MAX_PIPELINE);
     let requests = RequestSide {

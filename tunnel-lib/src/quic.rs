@@ -30,11 +30,14 @@ pub fn transport(side: Side) -> TransportConfig {
     t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     t.send_window(SEND_WINDOW);
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-        // Benchmark levers (BENCHMARKS.md), off by default.
+    // Benchmark levers (BENCHMARKS.md), off by default.
     if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
         t.send_fairness(false);
     }
-    if let Some(mtu) = std::env::var("TUNNEL_LOOPBACK_MTU").ok().and_then(|v| v.parse::<u16>().ok()) {
+    if let Some(mtu) = std::env::var("TUNNEL_LOOPBACK_MTU")
+        .ok()
+        .and_then(|v| v.parse::<u16>().ok())
+    {
         // Loopback-only: jumbo datagrams never cross the internet.
         let mut d = quinn::MtuDiscoveryConfig::default();
         d.upper_bound(mtu);

@@ -425,6 +425,69 @@ fn idle_connections(http: SocketAddr, host: &str, pids: &[u32], n: usize) -> (f6
     ((connected - before) / n as f64, (used - before) / n as f64)
 }
 
+/// A running tunnel-server + tunnel-client pair (dropped client first).
+struct Tunnel {
+    client: Proc,
+    server: Proc,
+    http: SocketAddr,
+}
+
+impl Tunnel {
+    fn start(server_bin: &Path, client_bin: &Path, dir: &Path, backend_port: u16) -> Tunnel {
+        let (server, server_lines) = spawn_lines(
+            Command::new(server_bin)
+                .args([
+                    "--http",
+                    "127.0.0.1:0",
+                    "--quic",
+                    "127.0.0.1:0",
+                    "--state-dir",
+                ])
+                .arg(dir)
+                .env("RUST_LOG", "warn"),
+        );
+        let ready = server_lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("server ready line");
+        let field = |k: &str| {
+            ready
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap()
+                .to_owned()
+        };
+        let http: SocketAddr = field("http=").parse().unwrap();
+        let quic = field("quic=");
+        let expose = format!("127.0.0.1:{backend_port}");
+        let (client, client_lines) = spawn_lines(
+            Command::new(client_bin)
+                .args([
+                    "--server",
+                    &quic,
+                    "--expose",
+                    &expose,
+                    "--subdomain",
+                    "bench",
+                    "--server-cert",
+                ])
+                .arg(dir.join("cert.pem"))
+                .env("RUST_LOG", "warn"),
+        );
+        client_lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("client URL line");
+        Tunnel {
+            client,
+            server,
+            http,
+        }
+    }
+
+    fn pids(&self) -> [u32; 2] {
+        [self.server.0.id(), self.client.0.id()]
+    }
+}
+
 fn fmt_us(us: f64) -> String {
     if us >= 1000.0 {
         format!("{:.2} ms", us / 1000.0)
@@ -492,59 +555,18 @@ fn main() {
         )
     };
 
-    let (server, server_lines) = spawn_lines(
-        Command::new(&server_bin)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(&dir)
-            .env("RUST_LOG", "warn"),
-    );
-    let ready = server_lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("server ready line");
-    let field = |k: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
-    let http: SocketAddr = field("http=").parse().unwrap();
-    let quic = field("quic=");
-    let (client, client_lines) = spawn_lines(
-        Command::new(&client_bin)
-            .args([
-                "--server",
-                &quic,
-                "--expose",
-                &format!("127.0.0.1:{backend_port}"),
-                "--subdomain",
-                "bench",
-                "--server-cert",
-            ])
-            .arg(dir.join("cert.pem"))
-            .env("RUST_LOG", "warn"),
-    );
-    let url_line = client_lines
-        .recv_timeout(Duration::from_secs(20))
-        .expect("client URL line");
-    eprintln!("tunnel: {url_line}; backend: {backend_name}");
+    eprintln!("backend: {backend_name}");
     let host = "bench.localhost";
-    let pids = [server.0.id(), client.0.id()];
     let tck = clk_tck();
     let direct_url = format!("http://127.0.0.1:{backend_port}");
-    let tunnel_url = format!("http://{http}");
 
-        // Idle connections first, on fresh processes: later scenarios leave
+    // Idle connections first, on fresh processes: later scenarios leave
     // freed heap behind that would hide the growth.
     let idle_line = if o.only.as_deref().is_none_or(|n| "idle".contains(n)) {
+        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port);
+        let pids = t.pids();
         let base: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum();
-        let (connected, with_stream) = idle_connections(http, host, &pids, 1000);
+        let (connected, with_stream) = idle_connections(t.http, host, &pids, 1000);
         format!(
             "\n1000 idle visitor connections (fresh processes, {:.1} MiB RSS before): {:.1} KiB each once \
              connected, {:.1} KiB each after one request (a live QUIC stream and local connection), \
@@ -566,6 +588,10 @@ fn main() {
         if o.only.as_deref().is_some_and(|n| !s.name.contains(n)) {
             continue;
         }
+        // Fresh tunnel processes per scenario: the peak RSS is this scenario's.
+        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port);
+        let pids = t.pids();
+        let tunnel_url = format!("http://{}", t.http);
         let mut d_runs = Vec::new();
         let mut t_runs = Vec::new();
         let mut cpu_per = Vec::new();
@@ -612,8 +638,8 @@ fn main() {
         );
         eprint!("{table}");
     }
-    
-        table.push_str(&idle_line);
+
+    table.push_str(&idle_line);
     let _ = writeln!(
         table,
         "\nBackend: {backend_name}. wrk -t1, {}s per run, {} round(s), direct and tunnel alternating; medians. \
@@ -624,7 +650,5 @@ fn main() {
     if let Some(path) = o.markdown {
         std::fs::write(path, &table).unwrap();
     }
-    drop(client);
-    drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
