@@ -16,9 +16,7 @@ include!("../../tunnel-lib/tests/data/attack_cases.rs");
 #[tokio::test]
 async fn attacks_are_rejected_and_nothing_reaches_the_local_service() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
 
     let all: Vec<(&str, Vec<u8>, u16)> = ATTACKS
         .iter()
@@ -61,17 +59,14 @@ async fn attacks_are_rejected_and_nothing_reaches_the_local_service() {
          X-Forwarded-Host: t.localhost\r\n\r\n"
     );
 
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn the_local_service_receives_only_canonical_heads() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
 
     let cases: &[(&[u8], &str)] = &[
         (
@@ -104,7 +99,6 @@ async fn the_local_service_receives_only_canonical_heads() {
             "case {i}"
         );
     }
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }

@@ -26,26 +26,16 @@ async fn pipelined_requests_are_answered_in_order_with_a_404_between() {
     cb.online(1).await;
 
     // Five requests in one write: A, unknown, B, A (HEAD), A.
-    let mut tcp = TcpStream::connect(server.http).await.unwrap();
-    tcp.write_all(
+    let text = pipeline(
+        server.http,
         b"GET /hello HTTP/1.1\r\nHost: a.localhost\r\n\r\n\
           GET /hello HTTP/1.1\r\nHost: nobody.localhost\r\n\r\n\
           GET /hello HTTP/1.1\r\nHost: B.localhost\r\n\r\n\
           HEAD /hello HTTP/1.1\r\nHost: a.localhost\r\n\r\n\
           GET /hello HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
+    .await;
+    let statuses = statuses(&text);
     assert_eq!(statuses, ["200", "404", "200", "200", "200"], "{text}");
     let bodies: Vec<&str> = text.matches("hello from ").collect();
     assert_eq!(bodies.len(), 3, "HEAD has no body: {text}");
@@ -65,14 +55,12 @@ async fn pipelined_requests_are_answered_in_order_with_a_404_between() {
 #[tokio::test]
 async fn response_framing_keeps_pairs_aligned() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
 
     // 204 and 304 with a (lying) Content-Length, HEAD with one, 1xx, then a
     // chunked response and a plain one: all on one connection.
-    let mut tcp = TcpStream::connect(server.http).await.unwrap();
-    tcp.write_all(
+    let text = pipeline(
+        server.http,
         b"GET /204 HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
           GET /304 HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
           HEAD /head HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
@@ -80,18 +68,8 @@ async fn response_framing_keeps_pairs_aligned() {
           GET /chunked HTTP/1.1\r\nHost: t.localhost\r\n\r\n\
           GET /last HTTP/1.1\r\nHost: t.localhost\r\nConnection: close\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut all = Vec::new();
-    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
-        .await
-        .expect("no response waits for a body that never comes")
-        .unwrap();
-    let text = String::from_utf8_lossy(&all);
-    let statuses: Vec<&str> = text
-        .match_indices("HTTP/1.1 ")
-        .map(|(i, _)| &text[i + 9..i + 12])
-        .collect();
+    .await;
+    let statuses = statuses(&text);
     assert_eq!(
         statuses,
         ["204", "304", "200", "100", "200", "200", "200"],
@@ -104,17 +82,14 @@ async fn response_framing_keeps_pairs_aligned() {
         "{text}"
     );
 
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn malformed_or_missing_responses_give_502_and_a_fresh_local_connection() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     for path in ["/malformed", "/bad-cl", "/early-close"] {
         let raw = raw_exchange(
             server.http,
@@ -137,17 +112,14 @@ async fn malformed_or_missing_responses_give_502_and_a_fresh_local_connection() 
     .await;
     assert_eq!(raw.status, 200);
     assert_eq!(backend.connections(), 4);
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn expect_100_continue_round_trip() {
     let backend = Backend::start("app").await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
     tcp.write_all(b"POST /upload HTTP/1.1\r\nHost: t.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n").await.unwrap();
     // The body is sent only after the interim response arrives.
@@ -168,17 +140,14 @@ async fn expect_100_continue_round_trip() {
         String::from_utf8(raw.body).unwrap(),
         format!("5 {}", sha256_hex(b"hello"))
     );
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn websocket_echo_holds_many_messages_and_closes_both_ways() {
     let (ws_addr, ws_task) = ws_echo_backend().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(ws_addr, Some("ws")));
-    client.online(1).await;
+    let (server, client) = rig(ws_addr, "ws").await;
 
     let tcp = TcpStream::connect(server.http).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.localhost/chat", tcp)
@@ -214,16 +183,13 @@ async fn websocket_echo_holds_many_messages_and_closes_both_ways() {
     })
     .await;
     assert!(rest.is_ok(), "visitor side closed");
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
 }
 
 #[tokio::test]
 async fn refused_upgrade_stays_http_and_h2c_is_stripped() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
     // The backend answers 200 to the upgrade request: no upgrade.
     tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: t.localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
@@ -244,17 +210,14 @@ async fn refused_upgrade_stays_http_and_h2c_is_stripped() {
         "{again}"
     );
     assert_eq!(backend.connections(), 1);
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn server_sent_events_arrive_as_written() {
     let backend = Backend::start("app").await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     let mut tcp = TcpStream::connect(server.http).await.unwrap();
     tcp.write_all(
         b"GET /stream HTTP/1.1\r\nHost: t.localhost\r\nAccept: text/event-stream\r\n\r\n",
@@ -276,8 +239,7 @@ async fn server_sent_events_arrive_as_written() {
         }
         backend.step.notify_one();
     }
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
@@ -313,8 +275,7 @@ async fn a_trickled_head_is_cut_at_the_deadline_while_others_are_served() {
     let raw = trickler.await.unwrap();
     assert_eq!(raw.status, 408);
     assert!(raw.head.contains("Connection: close"));
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
@@ -348,17 +309,14 @@ async fn oversized_declared_body_gets_413_before_anything_is_forwarded() {
     }
     let raw = read_raw_response(&mut tcp).await;
     assert_eq!(raw.status, 413);
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn local_connections_are_reused_across_visitor_connections_when_clean() {
     let backend = Backend::start("app").await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     // Ten visitors one after another, each closing its connection: the
     // local connection survives them all.
     for i in 0..10 {
@@ -390,17 +348,14 @@ async fn local_connections_are_reused_across_visitor_connections_when_clean() {
         backend.requests.load(std::sync::atomic::Ordering::SeqCst),
         10
     );
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }
 
 #[tokio::test]
 async fn a_local_connection_that_says_close_is_not_reused() {
     let backend = RawBackend::start().await;
-    let server = TestServer::start().await;
-    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
-    client.online(1).await;
+    let (server, client) = rig(backend.addr, "t").await;
     for _ in 0..3 {
         let raw = raw_exchange(
             server.http,
@@ -410,7 +365,6 @@ async fn a_local_connection_that_says_close_is_not_reused() {
         assert_eq!(raw.status, 200);
     }
     assert_eq!(backend.connections(), 3);
-    client.stop().await;
-    server.stop().await;
+    unrig(server, client).await;
     backend.stop().await;
 }

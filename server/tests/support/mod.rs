@@ -553,3 +553,38 @@ pub async fn ws_echo_backend() -> (SocketAddr, JoinHandle<()>) {
     });
     (addr, task)
 }
+
+/// A tunnel server and one client exposing `local` under `subdomain`,
+/// online: the setup most tests share.
+pub async fn rig(local: SocketAddr, subdomain: &str) -> (TestServer, TestClient) {
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(local, Some(subdomain)));
+    client.online(1).await;
+    (server, client)
+}
+
+/// Stops what [`rig`] started, client first; both must end by themselves.
+pub async fn unrig(server: TestServer, client: TestClient) {
+    client.stop().await;
+    server.stop().await;
+}
+
+/// Writes `requests` (pipelined) on one connection and reads until the
+/// server closes it.
+pub async fn pipeline(http: SocketAddr, requests: &[u8]) -> String {
+    let mut tcp = TcpStream::connect(http).await.unwrap();
+    tcp.write_all(requests).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
+        .await
+        .expect("the server closed in time")
+        .unwrap();
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// The status codes of every response in `text`, in order.
+pub fn statuses(text: &str) -> Vec<&str> {
+    text.match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect()
+}
