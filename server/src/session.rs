@@ -229,6 +229,8 @@ async fn control_loop(
                 return false;
             }
             Ok(None) => return false,
+            // The connection went away under the read: not the peer's fault.
+            Err(tunnel_lib::io::StreamError::Read(_)) => return false,
             Err(e) => {
                 debug!(session = session.id, "control stream: {e}");
                 session.conn.close(
