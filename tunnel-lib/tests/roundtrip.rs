@@ -56,6 +56,12 @@ fn meaning(h: &RequestHead) -> Meaning {
                     | "x-forwarded-for"
                     | "x-forwarded-host"
                     | "x-forwarded-proto"
+                    // hop-by-hop: dropped on the way, by design
+                    | "te"
+                    | "trailer"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "upgrade"
             )
         })
         .map(|(n, v)| (String::from_utf8_lossy(n).to_ascii_lowercase(), v.to_vec()))
