@@ -20,6 +20,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,6 +109,7 @@ async fn serve_active(
 ) {
     let (rd, wr) = tcp.into_split();
     let (tx, rx) = mpsc::channel(MAX_PIPELINE);
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let requests = RequestSide {
         state: state.clone(),
         rd,
@@ -115,9 +117,10 @@ async fn serve_active(
         peer,
         tx,
         up: None,
+        in_flight: in_flight.clone(),
     }
     .run(soft);
-    let responses = ResponseSide::new(state, wr, rx).run();
+    let responses = ResponseSide::new(state, wr, rx, in_flight).run();
     tokio::pin!(requests, responses);
     tokio::select! {
         // The response side decides when the connection ends (close after a
@@ -140,6 +143,9 @@ struct RequestSide {
     peer: SocketAddr,
     tx: mpsc::Sender<Pending>,
     up: Option<Upstream>,
+    /// Exchanges forwarded upstream and not yet answered (shared with the
+    /// response side).
+    in_flight: Arc<AtomicUsize>,
 }
 
 // Returned once per request and moved straight into use: boxing the head
@@ -147,8 +153,10 @@ struct RequestSide {
 #[allow(clippy::large_enum_variant)]
 enum HeadRead {
     Head(RequestHead),
-    /// EOF, idle timeout or shutdown between requests: close quietly.
+    /// Idle timeout or shutdown between requests: close quietly.
     Idle,
+    /// The visitor closed its connection (or it failed).
+    Gone,
     Reject(ErrorPage),
 }
 
@@ -162,6 +170,16 @@ impl RequestSide {
             let head = match self.read_head(&soft).await {
                 HeadRead::Head(h) => h,
                 HeadRead::Idle => break,
+                HeadRead::Gone => {
+                    if self.in_flight.load(Ordering::Relaxed) > 0 {
+                        // The visitor left with responses pending: cancel the
+                        // local requests instead of waiting for them.
+                        if let Some(mut up) = self.up.take() {
+                            let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
+                        }
+                    }
+                    break;
+                }
                 HeadRead::Reject(page) => {
                     let _ = self
                         .tx
@@ -227,7 +245,7 @@ impl RequestSide {
             let n = match deadline {
                 Some(d) => match timeout_at(d, read).await {
                     Ok(Ok(n)) => n,
-                    Ok(Err(_)) => return HeadRead::Idle,
+                    Ok(Err(_)) => return HeadRead::Gone,
                     Err(_) => {
                         debug!(peer = %self.peer, "408: request head not complete within {:?}", t.head);
                         return HeadRead::Reject(respond::bad_request(
@@ -237,15 +255,16 @@ impl RequestSide {
                     }
                 },
                 None => tokio::select! {
-                    r = timeout(t.keep_alive_idle, read) => match r {
+                                        r = timeout(t.keep_alive_idle, read) => match r {
                         Ok(Ok(n)) => n,
-                        _ => return HeadRead::Idle,
+                        Ok(Err(_)) => return HeadRead::Gone,
+                        Err(_) => return HeadRead::Idle,
                     },
                     _ = soft.cancelled() => return HeadRead::Idle,
                 },
             };
             if n == 0 {
-                return HeadRead::Idle;
+                return HeadRead::Gone;
             }
         }
     }
@@ -421,6 +440,7 @@ impl RequestSide {
         // Queued before the body is sent: the response side must be reading
         // for `Expect: 100-continue` to work.
         self.tx.send(pending).await.map_err(|_| Stop)?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = match self.up.as_mut() {
             Some(up) => match up.send.write_chunk(out.freeze()).await {
                 Ok(()) => match head.body {
@@ -581,10 +601,17 @@ struct ResponseSide {
     /// Whether the current stream's local connection is at a clean HTTP
     /// boundary (last response complete and keep-alive): it can be reused.
     reusable: bool,
+    /// See `RequestSide::in_flight`.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ResponseSide {
-    fn new(state: Arc<State>, wr: OwnedWriteHalf, rx: mpsc::Receiver<Pending>) -> Self {
+    fn new(
+        state: Arc<State>,
+        wr: OwnedWriteHalf,
+        rx: mpsc::Receiver<Pending>,
+        in_flight: Arc<AtomicUsize>,
+    ) -> Self {
         ResponseSide {
             state,
             wr,
@@ -595,6 +622,7 @@ impl ResponseSide {
             failed: None,
             sent_any: false,
             reusable: false,
+            in_flight,
         }
     }
 
@@ -668,6 +696,7 @@ impl ResponseSide {
                         page = abort => Err(page),
                         r = self.exchange(recv, &rule.host, head_request, close, upgraded) => Ok(r),
                     };
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match outcome {
                         Err(page) => {
                             if let (Some(page), false) = (page, self.sent_any) {

@@ -336,3 +336,26 @@ async fn two_clients_each_get_only_their_own_traffic() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_visitor_who_leaves_cancels_the_local_request() {
+    let backend = Backend::start("app").await;
+    let (server, client) = rig(backend.addr, "t").await;
+    let mut tcp = tokio::net::TcpStream::connect(server.http).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    tcp.write_all(b"GET /hang HTTP/1.1\r\nHost: t.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // Wait until the request reached the app, then leave.
+    while backend.requests.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    drop(tcp);
+    // The stream is reset, the client closes the local connection, and the
+    // app's handler is dropped.
+    tokio::time::timeout(WAIT, backend.step.notified())
+        .await
+        .expect("the local request was cancelled");
+    unrig(server, client).await;
+    backend.stop().await;
+}

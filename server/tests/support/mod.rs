@@ -160,6 +160,18 @@ async fn handle(
             }
         }
         Response::new(full(format!("{len} {}", hex(ctx.finish().as_ref()))))
+    } else if path == "/hang" {
+        // Never answers; tells the test when hyper drops it (the
+        // connection went away).
+        struct Dropped(Arc<Notify>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.notify_one();
+            }
+        }
+        let _guard = Dropped(step.clone());
+        std::future::pending::<()>().await;
+        unreachable!()
     } else if path == "/stream" {
         // Three pieces; after each, wait for the test to say it saw it.
         let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
