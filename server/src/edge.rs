@@ -19,6 +19,7 @@
 //! the visitor gets the error page in its turn.
 
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -510,7 +511,7 @@ impl RequestSide {
                     }
                     let data = self.buf.split_to(n).freeze();
                     let mut size_line = BytesMut::with_capacity(20);
-                    size_line.put_slice(format!("{n:x}\r\n").as_bytes());
+                    let _ = write!(size_line, "{n:x}\r\n");
                     let mut pieces = [size_line.freeze(), data, Bytes::from_static(b"\r\n")];
                     let up = self.up.as_mut().ok_or(None)?;
                     up.send

@@ -180,10 +180,6 @@ impl Registry {
         }
     }
 
-    pub fn domain(&self) -> &str {
-        &self.domain
-    }
-
     /// The hot path: the rule and live session for a Host header value.
     pub fn route(&self, host: &[u8]) -> Option<(Arc<Rule>, Option<Arc<Session>>)> {
         let host = normalise_host(host)?;

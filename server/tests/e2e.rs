@@ -347,9 +347,9 @@ async fn a_visitor_who_leaves_cancels_the_local_request() {
         .await
         .unwrap();
     // Wait until the request reached the app, then leave.
-    while backend.requests.load(Ordering::SeqCst) == 0 {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::timeout(WAIT, backend.hung.notified())
+        .await
+        .expect("the request reached the app");
     drop(tcp);
     // The stream is reset, the client closes the local connection, and the
     // app's handler is dropped.

@@ -12,6 +12,4 @@ pub enum ProtoError {
     Malformed { what: &'static str },
     #[error("unknown message type {0:#04x}; upgrade the older of client and server")]
     UnknownType(u8),
-    #[error("protocol version mismatch: we speak {ours}, the peer speaks {theirs}; install matching versions of tunnel-client and tunnel-server")]
-    VersionMismatch { ours: u16, theirs: u16 },
 }

@@ -34,16 +34,7 @@ pub fn transport(side: Side) -> TransportConfig {
     if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
         t.send_fairness(false);
     }
-    if let Some(mtu) = std::env::var("TUNNEL_LOOPBACK_MTU")
-        .ok()
-        .and_then(|v| v.parse::<u16>().ok())
-    {
-        // Loopback-only: jumbo datagrams never cross the internet.
-        let mut d = quinn::MtuDiscoveryConfig::default();
-        d.upper_bound(mtu);
-        t.mtu_discovery_config(Some(d));
-        t.initial_mtu(mtu);
-    }
+
     // Ask the peer to ACK every N
     // ack-eliciting packets instead of every second one.
     if let Some(n) = std::env::var("TUNNEL_ACK_THRESHOLD")

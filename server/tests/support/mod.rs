@@ -48,8 +48,11 @@ pub struct Backend {
     pub connections: Arc<AtomicUsize>,
     /// Requests served.
     pub requests: Arc<AtomicUsize>,
-    /// `/stream` waits on this between its pieces.
+    /// `/stream` waits on this between its pieces; `/hang` signals it when
+    /// its request is dropped.
     pub step: Arc<Notify>,
+    /// Signalled when `/hang` has received its request.
+    pub hung: Arc<Notify>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -61,11 +64,13 @@ impl Backend {
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let step = Arc::new(Notify::new());
+        let hung = Arc::new(Notify::new());
         let stop = CancellationToken::new();
-        let (c, r, s, st) = (
+        let (c, r, s, h, st) = (
             connections.clone(),
             requests.clone(),
             step.clone(),
+            hung.clone(),
             stop.clone(),
         );
         let task = tokio::spawn(async move {
@@ -76,10 +81,10 @@ impl Backend {
                     _ = st.cancelled() => break,
                 };
                 c.fetch_add(1, Ordering::SeqCst);
-                let (r, s) = (r.clone(), s.clone());
+                let (r, s, h) = (r.clone(), s.clone(), h.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        handle(tag, req, r.clone(), s.clone())
+                        handle(tag, req, r.clone(), s.clone(), h.clone())
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
@@ -94,6 +99,7 @@ impl Backend {
             connections,
             requests,
             step,
+            hung,
             stop,
             task,
         }
@@ -116,6 +122,7 @@ async fn handle(
     req: Request<Incoming>,
     requests: Arc<AtomicUsize>,
     step: Arc<Notify>,
+    hung: Arc<Notify>,
 ) -> Result<Response<BoxBody>, Infallible> {
     requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
@@ -170,6 +177,7 @@ async fn handle(
             }
         }
         let _guard = Dropped(step.clone());
+        hung.notify_one();
         std::future::pending::<()>().await;
         unreachable!()
     } else if path == "/stream" {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::{BufMut, BytesMut};
 
 use super::codec::{decode_frame, patch_len, put_string, Reader};
-use super::ErrorCode;
+
 use crate::error::ProtoError;
 
 /// Prefaces and replies are tiny; a larger frame is garbage.
@@ -126,12 +126,6 @@ impl ReplyCode {
             4 => Self::Unreachable,
             c => Self::Other(c),
         }
-    }
-}
-
-impl From<ReplyCode> for ErrorCode {
-    fn from(c: ReplyCode) -> ErrorCode {
-        ErrorCode::Other(c.to_u16())
     }
 }
 
