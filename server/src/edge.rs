@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -40,7 +40,7 @@ use tunnel_lib::http1::{
     BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, HeadScanner, RequestHead,
     ResponseBody, ResponseHead,
 };
-use tunnel_lib::io::{read_message, StreamError};
+use tunnel_lib::io::{read_lean, read_message, StreamError};
 use tunnel_lib::limits::{IO_CHUNK, OPEN_STREAM_TIMEOUT};
 use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode, StreamKind};
 
@@ -116,7 +116,7 @@ async fn serve_active(
         rd,
         buf: BytesMut::new(),
         peer,
-        tx,
+        tx: Queue(tx),
         up: None,
         in_flight: in_flight.clone(),
     }
@@ -131,6 +131,17 @@ async fn serve_active(
     }
 }
 
+/// The request side's end of the pending-exchange queue. Exchanges are boxed:
+/// the queue's storage then costs a pointer per slot, not a whole exchange
+/// (tokio allocates 32 slots per channel whatever its bound).
+struct Queue(mpsc::Sender<Box<Pending>>);
+
+impl Queue {
+    async fn push(&self, p: Pending) -> Result<(), mpsc::error::SendError<Box<Pending>>> {
+        self.0.send(Box::new(p)).await
+    }
+}
+
 struct Upstream {
     rule: Arc<Rule>,
     send: SendStream,
@@ -142,7 +153,7 @@ struct RequestSide {
     /// Bytes read from the visitor and not yet consumed.
     buf: BytesMut,
     peer: SocketAddr,
-    tx: mpsc::Sender<Pending>,
+    tx: Queue,
     up: Option<Upstream>,
     /// Exchanges forwarded upstream and not yet answered (shared with the
     /// response side).
@@ -184,7 +195,7 @@ impl RequestSide {
                 HeadRead::Reject(page) => {
                     let _ = self
                         .tx
-                        .send(Pending::Local {
+                        .push(Pending::Local {
                             page: page.render(true, false),
                             close: true,
                         })
@@ -209,7 +220,7 @@ impl RequestSide {
             }
         }
         let send = self.up.take().map(|u| u.send);
-        let _ = self.tx.send(Pending::End { send }).await;
+        let _ = self.tx.push(Pending::End { send }).await;
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one
@@ -239,10 +250,7 @@ impl RequestSide {
                     Err(e) => return HeadRead::Reject(reject_page(&e)),
                 }
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
-            }
-            let read = self.rd.read_buf(&mut self.buf);
+            let read = read_lean(&self.rd, &mut self.buf, 4096);
             let n = match deadline {
                 Some(d) => match timeout_at(d, read).await {
                     Ok(Ok(n)) => n,
@@ -280,7 +288,7 @@ impl RequestSide {
         let close = !head.keep_alive || !discardable;
         let rendered = page.render(close, head.is_head());
         self.tx
-            .send(Pending::Local {
+            .push(Pending::Local {
                 page: rendered,
                 close,
             })
@@ -306,7 +314,7 @@ impl RequestSide {
     async fn reject(&mut self, page: ErrorPage, head: &RequestHead) -> Result<(), Stop> {
         let _ = self
             .tx
-            .send(Pending::Local {
+            .push(Pending::Local {
                 page: page.render(true, head.is_head()),
                 close: true,
             })
@@ -317,12 +325,9 @@ impl RequestSide {
     /// Reads more visitor bytes into `buf`, within the body idle timeout.
     /// `Err(None)`: the visitor went away or stalled (nothing to answer).
     async fn read_more(&mut self) -> Result<(), Option<ErrorPage>> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(IO_CHUNK);
-        }
         match timeout(
             self.state.config.timeouts.body_idle,
-            self.rd.read_buf(&mut self.buf),
+            read_lean(&self.rd, &mut self.buf, IO_CHUNK),
         )
         .await
         {
@@ -440,7 +445,7 @@ impl RequestSide {
         };
         // Queued before the body is sent: the response side must be reading
         // for `Expect: 100-continue` to work.
-        self.tx.send(pending).await.map_err(|_| Stop)?;
+        self.tx.push(pending).await.map_err(|_| Stop)?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = match self.up.as_mut() {
             Some(up) => match up.send.write_chunk(out.freeze()).await {
@@ -546,7 +551,7 @@ impl RequestSide {
         {
             return;
         }
-        let _ = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+        let _ = tunnel_lib::io::tcp_to_quic(&self.rd, &mut up.send).await;
         // Raw mode: the FIN above is the half-close; nothing to retire.
         self.up = None;
     }
@@ -588,7 +593,7 @@ fn too_large(max: Option<u64>) -> ErrorPage {
 struct ResponseSide {
     state: Arc<State>,
     wr: OwnedWriteHalf,
-    rx: mpsc::Receiver<Pending>,
+    rx: mpsc::Receiver<Box<Pending>>,
     recv: Option<RecvStream>,
     /// Chunks read from `recv` and not yet relayed (a response's end may
     /// fall inside a chunk: the rest waits here for the next response).
@@ -610,7 +615,7 @@ impl ResponseSide {
     fn new(
         state: Arc<State>,
         wr: OwnedWriteHalf,
-        rx: mpsc::Receiver<Pending>,
+        rx: mpsc::Receiver<Box<Pending>>,
         in_flight: Arc<AtomicUsize>,
     ) -> Self {
         ResponseSide {
@@ -662,7 +667,7 @@ enum RelayError {
 impl ResponseSide {
     async fn run(mut self) {
         while let Some(item) = self.rx.recv().await {
-            let after = match item {
+            let after = match *item {
                 Pending::Local { page, close } => match self.wr.write_all(&page).await {
                     Err(_) => return,
                     Ok(()) if close => After::Close,
@@ -708,7 +713,7 @@ impl ResponseSide {
                         Ok(Ok(_)) if close => {
                             // The visitor asked to close: its request side
                             // ends right away; retire the stream with it.
-                            if let Some(Pending::End { send }) = self.rx.recv().await {
+                            if let Some(Pending::End { send }) = self.rx.recv().await.map(|b| *b) {
                                 self.retire(send);
                             }
                             After::Close

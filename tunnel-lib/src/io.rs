@@ -10,8 +10,8 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::error::ProtoError;
 use crate::limits::{IO_CHUNK, LISTEN_BACKLOG};
@@ -134,7 +134,8 @@ pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     wr: &mut W,
 ) -> Result<u64, StreamError> {
     let mut total = first.len() as u64;
-    let mut batch: Vec<Bytes> = Vec::with_capacity(BATCH + 1);
+    // Sized by what arrives: a small exchange keeps a small vector.
+    let mut batch: Vec<Bytes> = Vec::new();
     if !first.is_empty() {
         batch.push(first);
     }
@@ -152,9 +153,36 @@ pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
+/// Reads what the socket has into `buf`, first reserving `want` bytes if it
+/// has less than 1 KiB of room. While the socket has nothing to read and
+/// `buf` holds no unconsumed bytes, the buffer's memory is released before
+/// waiting: an idle connection holds no read buffer. Cancel-safe.
+pub async fn read_lean<S: AsRef<TcpStream>>(
+    rd: &S,
+    buf: &mut BytesMut,
+    want: usize,
+) -> std::io::Result<usize> {
+    let tcp = rd.as_ref();
+    loop {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(want);
+        }
+        match tcp.try_read_buf(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if buf.is_empty() {
+                    *buf = BytesMut::new();
+                }
+                tcp.readable().await?;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// A read buffer that starts small and doubles (up to [`IO_CHUNK`]) while
-/// reads fill it: an idle or chatty connection costs 4 KiB, a bulk one reads
-/// 64 KiB at a time. Each read is handed on as `Bytes` without a copy.
+/// reads fill it: a chatty connection reads into 4 KiB, a bulk one 64 KiB at
+/// a time, and an idle one holds none ([`read_lean`]). Each read is handed
+/// on as `Bytes` without a copy.
 #[derive(Debug)]
 pub struct GrowBuf {
     buf: BytesMut,
@@ -176,13 +204,9 @@ impl GrowBuf {
     }
 
     /// One read; `Ok(0)` at EOF.
-    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, rd: &mut R) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(self.next);
-        }
-        let room = self.buf.capacity() - self.buf.len();
-        let n = rd.read_buf(&mut self.buf).await?;
-        if n == room {
+    pub async fn read_from<S: AsRef<TcpStream>>(&mut self, rd: &S) -> std::io::Result<usize> {
+        let n = read_lean(rd, &mut self.buf, self.next).await?;
+        if n > 0 && self.buf.capacity() == self.buf.len() {
             self.next = (self.next * 2).min(IO_CHUNK);
         }
         Ok(n)
@@ -196,8 +220,8 @@ impl GrowBuf {
 
 /// TCP → QUIC until EOF, then finishes the stream. Each read lands in a
 /// fresh region of one buffer and is handed to quinn without a copy.
-pub async fn tcp_to_quic<R: AsyncRead + Unpin>(
-    rd: &mut R,
+pub async fn tcp_to_quic<S: AsRef<TcpStream>>(
+    rd: &S,
     send: &mut SendStream,
 ) -> Result<u64, StreamError> {
     let mut total = 0u64;
@@ -240,7 +264,7 @@ pub async fn splice(
     // stream: a reuse then would lose them, so it is refused.
     let local_busy = AtomicBool::new(false);
     let outcome = {
-        let (mut rd, mut wr) = tcp.split();
+        let (rd, mut wr) = tcp.split();
         let to_local = async {
             match quic_to_tcp(recv, first, &mut wr).await {
                 Err(StreamError::Read(quinn::ReadError::Reset(code)))
@@ -255,7 +279,7 @@ pub async fn splice(
         let from_local = async {
             let mut buf = GrowBuf::new();
             loop {
-                let n = buf.read_from(&mut rd).await?;
+                let n = buf.read_from(&rd).await?;
                 if n == 0 {
                     send.finish()?;
                     return Ok::<(), StreamError>(());
