@@ -41,10 +41,10 @@ use tunnel_lib::http1::{
     ResponseBody, ResponseHead,
 };
 use tunnel_lib::io::{read_lean, read_message, StreamError};
-use tunnel_lib::limits::{IO_CHUNK, OPEN_STREAM_TIMEOUT};
+use tunnel_lib::limits::{FIRST_READ, IO_CHUNK, OPEN_STREAM_TIMEOUT};
 use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode, StreamKind};
 
-use crate::registry::{normalise_host, Rule};
+use crate::registry::{normalise_host, Rule, Session};
 use crate::respond::{self, ErrorPage};
 use crate::State;
 
@@ -142,6 +142,22 @@ impl Queue {
     }
 }
 
+/// What the request side keeps of a routed head.
+#[derive(Clone, Copy)]
+struct Facts {
+    body: BodyKind,
+    keep_alive: bool,
+    is_head: bool,
+    upgrade_websocket: bool,
+}
+
+enum Action {
+    /// The server answers with its own page.
+    Answer(ErrorPage),
+    /// The rendered head goes to the tunnel's client.
+    Forward(Bytes, Arc<Rule>, Arc<Session>),
+}
+
 struct Upstream {
     rule: Arc<Rule>,
     send: SendStream,
@@ -203,17 +219,16 @@ impl RequestSide {
                     break;
                 }
             };
-            let keep_alive = head.keep_alive;
-            let result = match self.state.registry.route(head.host()) {
-                None => {
-                    self.answer_locally(&head, respond::not_found(&host_text(&head)))
-                        .await
+            // The head is consumed here, before any await: the connection's
+            // future then holds a few facts and the rendered bytes, not the
+            // parsed head (568 bytes, which an async fn would keep twice).
+            let (facts, action) = self.route(head);
+            let keep_alive = facts.keep_alive;
+            let result = match action {
+                Action::Answer(page) => self.answer_locally(facts, page).await,
+                Action::Forward(fwd, rule, session) => {
+                    self.forward(facts, fwd, rule, &session.conn).await
                 }
-                Some((rule, None)) => {
-                    self.answer_locally(&head, respond::client_gone(&rule.host))
-                        .await
-                }
-                Some((rule, Some(session))) => self.forward(head, rule, &session.conn).await,
             };
             if result.is_err() || !keep_alive {
                 break;
@@ -221,6 +236,33 @@ impl RequestSide {
         }
         let send = self.up.take().map(|u| u.send);
         let _ = self.tx.push(Pending::End { send }).await;
+    }
+
+    /// Routes a head by its Host: the server's own page, or the forwarded
+    /// head rendered for the tunnel.
+    fn route(&self, head: RequestHead) -> (Facts, Action) {
+        let facts = Facts {
+            body: head.body,
+            keep_alive: head.keep_alive,
+            is_head: head.is_head(),
+            upgrade_websocket: head.upgrade_websocket,
+        };
+        let action = match self.state.registry.route(head.host()) {
+            None => Action::Answer(respond::not_found(&host_text(&head))),
+            Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
+            Some((rule, Some(session))) => {
+                let mut fwd = BytesMut::new();
+                head.write_forwarded(
+                    &mut fwd,
+                    &Forwarded {
+                        client_ip: self.peer.ip(),
+                        proto: "http",
+                    },
+                );
+                Action::Forward(fwd.freeze(), rule, session)
+            }
+        };
+        (facts, action)
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one
@@ -250,7 +292,7 @@ impl RequestSide {
                     Err(e) => return HeadRead::Reject(reject_page(&e)),
                 }
             }
-            let read = read_lean(&self.rd, &mut self.buf, 4096);
+            let read = read_lean(&self.rd, &mut self.buf, FIRST_READ);
             let n = match deadline {
                 Some(d) => match timeout_at(d, read).await {
                     Ok(Ok(n)) => n,
@@ -279,14 +321,14 @@ impl RequestSide {
     }
 
     /// Answers a request with the server's own page, skipping its body.
-    async fn answer_locally(&mut self, head: &RequestHead, page: ErrorPage) -> Result<(), Stop> {
+    async fn answer_locally(&mut self, head: Facts, page: ErrorPage) -> Result<(), Stop> {
         let discardable = match head.body {
             BodyKind::None => true,
             BodyKind::Length(n) => n <= MAX_DISCARD,
             BodyKind::Chunked => false,
         };
         let close = !head.keep_alive || !discardable;
-        let rendered = page.render(close, head.is_head());
+        let rendered = page.render(close, head.is_head);
         self.tx
             .push(Pending::Local {
                 page: rendered,
@@ -311,11 +353,11 @@ impl RequestSide {
     }
 
     /// Rejects a request before anything of it went upstream.
-    async fn reject(&mut self, page: ErrorPage, head: &RequestHead) -> Result<(), Stop> {
+    async fn reject(&mut self, page: ErrorPage, head: Facts) -> Result<(), Stop> {
         let _ = self
             .tx
             .push(Pending::Local {
-                page: page.render(true, head.is_head()),
+                page: page.render(true, head.is_head),
                 close: true,
             })
             .await;
@@ -339,7 +381,7 @@ impl RequestSide {
     /// What can be judged before anything is forwarded: the declared length
     /// against the body limit, and the chunked bytes that arrived with the
     /// head.
-    fn precheck_body(&self, head: &RequestHead) -> Result<(), ErrorPage> {
+    fn precheck_body(&self, head: Facts) -> Result<(), ErrorPage> {
         let cfg = &self.state.config;
         match head.body {
             BodyKind::Length(n) if cfg.max_body.is_some_and(|m| n > m) => {
@@ -373,16 +415,18 @@ impl RequestSide {
         }
     }
 
+    /// Forwards one request: `fwd` is its rendered head.
     async fn forward(
         &mut self,
-        head: RequestHead,
+        head: Facts,
+        fwd: Bytes,
         rule: Arc<Rule>,
         conn: &quinn::Connection,
     ) -> Result<(), Stop> {
-        if let Err(page) = self.precheck_body(&head) {
-            return self.reject(page, &head).await;
+        if let Err(page) = self.precheck_body(head) {
+            return self.reject(page, head).await;
         }
-        let mut out = BytesMut::with_capacity(512);
+        let mut out = fwd;
         let reuse = self
             .up
             .as_ref()
@@ -393,12 +437,16 @@ impl RequestSide {
             old_send = self.up.take().map(|u| u.send);
             match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
                 Ok(Ok((send, recv))) => {
+                    // A new stream starts with its preface, in the same chunk.
+                    let mut first = BytesMut::with_capacity(64 + out.len());
                     Preface {
                         kind: StreamKind::Http1,
                         tunnel_id: rule.tunnel_id,
                         visitor: self.peer,
                     }
-                    .encode(&mut out);
+                    .encode(&mut first);
+                    first.extend_from_slice(&out);
+                    out = first.freeze();
                     self.up = Some(Upstream {
                         rule: rule.clone(),
                         send,
@@ -408,24 +456,17 @@ impl RequestSide {
                 Ok(Err(e)) => {
                     debug!(host = %rule.host, "cannot open a stream to the client: {e}");
                     return self
-                        .answer_locally(&head, respond::client_gone(&rule.host))
+                        .answer_locally(head, respond::client_gone(&rule.host))
                         .await;
                 }
                 Err(_) => {
                     info!(host = %rule.host, "503: no free stream towards the client within {OPEN_STREAM_TIMEOUT:?}");
                     return self
-                        .answer_locally(&head, respond::client_busy(&rule.host))
+                        .answer_locally(head, respond::client_busy(&rule.host))
                         .await;
                 }
             }
         }
-        head.write_forwarded(
-            &mut out,
-            &Forwarded {
-                client_ip: self.peer.ip(),
-                proto: "http",
-            },
-        );
         let (upgraded_tx, upgraded_rx) = match head.upgrade_websocket {
             true => {
                 let (tx, rx) = oneshot::channel();
@@ -438,7 +479,7 @@ impl RequestSide {
             recv: new_recv,
             old_send,
             rule,
-            head_request: head.is_head(),
+            head_request: head.is_head,
             close: !head.keep_alive,
             upgraded: upgraded_tx,
             abort: abort_rx,
@@ -448,7 +489,7 @@ impl RequestSide {
         self.tx.push(pending).await.map_err(|_| Stop)?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         let sent = match self.up.as_mut() {
-            Some(up) => match up.send.write_chunk(out.freeze()).await {
+            Some(up) => match up.send.write_chunk(out).await {
                 Ok(()) => match head.body {
                     BodyKind::None => Ok(()),
                     BodyKind::Length(n) => self.forward_length(n).await,

@@ -368,3 +368,53 @@ async fn a_local_connection_that_says_close_is_not_reused() {
     unrig(server, client).await;
     backend.stop().await;
 }
+
+/// Heads larger than the first read buffer (2 KiB), arriving in pieces and
+/// pipelined behind each other, reach the local service whole and in order.
+#[tokio::test]
+async fn large_heads_in_pieces_arrive_whole() {
+    let a = Backend::start("A").await;
+    let (server, client) = rig(a.addr, "a").await;
+    let cookie = |c: char| c.to_string().repeat(9000);
+    let mut wire = Vec::new();
+    for c in ['x', 'y'] {
+        wire.extend_from_slice(
+            format!(
+                "GET /headers HTTP/1.1\r\nHost: a.localhost\r\nCookie: {}\r\n\r\n",
+                cookie(c)
+            )
+            .as_bytes(),
+        );
+    }
+    wire.extend_from_slice(
+        b"GET /hello HTTP/1.1\r\nHost: a.localhost\r\nConnection: close\r\n\r\n",
+    );
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    // Uneven pieces, each flushed on its own: heads straddle many reads.
+    for piece in wire.chunks(1500) {
+        tcp.write_all(piece).await.unwrap();
+        tcp.flush().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    let mut all = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut all))
+        .await
+        .expect("the server closed in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(
+        statuses(&text),
+        ["200", "200", "200"],
+        "{}",
+        &text[..text.len().min(400)]
+    );
+    let x = text
+        .find(&format!("cookie: {}\n", cookie('x')))
+        .expect("first cookie whole");
+    let y = text
+        .find(&format!("cookie: {}\n", cookie('y')))
+        .expect("second cookie whole");
+    assert!(x < y && text.ends_with("hello from A"), "order");
+    unrig(server, client).await;
+    a.stop().await;
+}

@@ -14,7 +14,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::error::ProtoError;
-use crate::limits::{IO_CHUNK, LISTEN_BACKLOG};
+use crate::limits::{FIRST_READ, IO_CHUNK, LISTEN_BACKLOG};
 use crate::proto::reset;
 
 #[derive(Debug, Error)]
@@ -180,7 +180,7 @@ pub async fn read_lean<S: AsRef<TcpStream>>(
 }
 
 /// A read buffer that starts small and doubles (up to [`IO_CHUNK`]) while
-/// reads fill it: a chatty connection reads into 4 KiB, a bulk one 64 KiB at
+/// reads fill it: a chatty connection reads into 2 KiB, a bulk one 64 KiB at
 /// a time, and an idle one holds none ([`read_lean`]). Each read is handed
 /// on as `Bytes` without a copy.
 #[derive(Debug)]
@@ -199,7 +199,7 @@ impl GrowBuf {
     pub fn new() -> Self {
         GrowBuf {
             buf: BytesMut::new(),
-            next: 4096,
+            next: FIRST_READ,
         }
     }
 

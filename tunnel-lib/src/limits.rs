@@ -42,6 +42,11 @@ pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// Largest chunk read from a QUIC stream or a TCP socket at once.
 pub const IO_CHUNK: usize = 64 * 1024;
 
+/// First read buffer of a TCP connection: most request heads and small
+/// responses fit; a read that fills it doubles the next one (up to
+/// [`IO_CHUNK`]). Held only while bytes are expected (`io::read_lean`).
+pub const FIRST_READ: usize = 2048;
+
 /// Listen backlog for the public HTTP listener: absorbs bursts of new
 /// visitor connections.
 pub const LISTEN_BACKLOG: u32 = 4096;
