@@ -25,59 +25,6 @@ fn main() {
     divan::main();
 }
 
-const SMALL: usize = 100;
-const LARGE: usize = 1 << 20;
-
-/// A keep-alive backend: `GET /100` and `GET /1m` (any other path: 100 B).
-async fn backend(listener: TcpListener, stop: CancellationToken) {
-    let small: &'static [u8] = Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {SMALL}\r\n\r\n{}",
-            "x".repeat(SMALL)
-        )
-        .into_bytes()
-        .into_boxed_slice(),
-    );
-    let mut big = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\n\r\n").into_bytes();
-    big.resize(big.len() + LARGE, b'x');
-    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-    let tracker = tokio_util::task::TaskTracker::new();
-    loop {
-        let tcp = tokio::select! {
-            r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
-            _ = stop.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let stop = stop.clone();
-        tracker.spawn(async move {
-            let mut tcp = tcp;
-            let mut buf = vec![0u8; 8192];
-            let mut have = 0;
-            loop {
-                let n = tokio::select! {
-                    r = tcp.read(&mut buf[have..]) => match r { Ok(n) if n > 0 => n, _ => return },
-                    _ = stop.cancelled() => return,
-                };
-                have += n;
-                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                    let resp = if buf[..end].starts_with(b"GET /1m") {
-                        big
-                    } else {
-                        small
-                    };
-                    if tcp.write_all(resp).await.is_err() {
-                        return;
-                    }
-                    buf.copy_within(end + 4..have, 0);
-                    have -= end + 4;
-                }
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
-}
-
 /// Backend, server and client on one runtime, and a visitor connection.
 struct Path {
     rt: Runtime,
@@ -102,7 +49,7 @@ impl Path {
         let (visitor, host) = rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let local = listener.local_addr().unwrap();
-            tokio::spawn(backend(listener, stop.clone()));
+            tokio::spawn(tunnel_benches::backend(listener, stop.clone()));
             if !through_tunnel {
                 return (TcpStream::connect(local).await.unwrap(), "direct".into());
             }

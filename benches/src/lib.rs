@@ -1,4 +1,69 @@
-//! See `benches/micro.rs` (microbenchmarks, `cargo bench -p tunnel-benches`)
-//! and `src/bin/load.rs` (the end-to-end load harness,
-//! `cargo run --release -p tunnel-benches --bin load`).
+//! See `benches/micro.rs` (microbenchmarks), `benches/path.rs` (the whole
+//! path in one process, allocations counted) and `src/bin/load.rs` (the
+//! end-to-end load harness, `cargo run --release -p tunnel-benches --bin load`).
+//! This library holds what they share: the built-in backend.
 #![forbid(unsafe_code)]
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const SMALL: usize = 100;
+pub const LARGE: usize = 1 << 20;
+
+/// A keep-alive HTTP/1.1 backend: `GET /1m` answers 1 MiB, any other path
+/// 100 bytes. Runs until `stop`, with its connections.
+pub async fn backend(listener: TcpListener, stop: CancellationToken) {
+    let small: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {SMALL}\r\n\r\n{}",
+            "x".repeat(SMALL)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let mut big = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\n\r\n").into_bytes();
+    big.resize(big.len() + LARGE, b'x');
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r { Ok((t, _)) => t, Err(_) => continue },
+            _ = stop.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let stop = stop.clone();
+        tracker.spawn(async move {
+            let mut tcp = tcp;
+            let mut buf = vec![0u8; 8192];
+            let mut have = 0;
+            loop {
+                let n = tokio::select! {
+                    r = tcp.read(&mut buf[have..]) => match r { Ok(n) if n > 0 => n, _ => return },
+                    _ = stop.cancelled() => return,
+                };
+                have += n;
+                while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                    let resp = if buf[..end].starts_with(b"GET /1m") {
+                        big
+                    } else {
+                        small
+                    };
+                    if tcp.write_all(resp).await.is_err() {
+                        return;
+                    }
+                    let close = buf[..end]
+                        .windows(17)
+                        .any(|w| w.eq_ignore_ascii_case(b"connection: close"));
+                    if close {
+                        return;
+                    }
+                    buf.copy_within(end + 4..have, 0);
+                    have -= end + 4;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

@@ -293,7 +293,8 @@ fn start_nginx(dir: &Path) -> (Proc, u16) {
     (Proc(child), port)
 }
 
-/// The fallback backend: keep-alive HTTP/1.1 on a current-thread runtime.
+/// The fallback backend (`tunnel_benches::backend`) on its own thread and
+/// current-thread runtime.
 fn start_builtin() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -303,56 +304,11 @@ fn start_builtin() -> u16 {
             .enable_all()
             .build()
             .unwrap();
+        // This thread's only job: the harness's main() is not async.
+        #[allow(clippy::disallowed_methods)]
         rt.block_on(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let small: &'static [u8] = Box::leak(
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{}",
-                    "x".repeat(100)
-                )
-                .into_bytes()
-                .into_boxed_slice(),
-            );
-            let mut big = b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n".to_vec();
-            big.extend(std::iter::repeat_n(b'x', 1 << 20));
-            let big: &'static [u8] = Box::leak(big.into_boxed_slice());
-            loop {
-                let Ok((mut tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let _ = tcp.set_nodelay(true);
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 8192];
-                    let mut have = 0;
-                    loop {
-                        let Ok(n) = tcp.read(&mut buf[have..]).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        have += n;
-                        while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n")
-                        {
-                            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                            let resp = if head.starts_with("get /1m") {
-                                big
-                            } else {
-                                small
-                            };
-                            if tcp.write_all(resp).await.is_err() {
-                                return;
-                            }
-                            if head.contains("connection: close") {
-                                return;
-                            }
-                            buf.copy_within(end + 4..have, 0);
-                            have -= end + 4;
-                        }
-                    }
-                });
-            }
+            tunnel_benches::backend(listener, tokio_util::sync::CancellationToken::new()).await
         });
     });
     wait_port(port);
