@@ -14,17 +14,18 @@ pub const LARGE: usize = 1 << 20;
 /// A keep-alive HTTP/1.1 backend: `GET /1m` answers 1 MiB, any other path
 /// 100 bytes. Runs until `stop`, with its connections.
 pub async fn backend(listener: TcpListener, stop: CancellationToken) {
-    let small: &'static [u8] = Box::leak(
-        format!(
-            "HTTP/1.1 200 OK\r\nContent-Length: {SMALL}\r\n\r\n{}",
-            "x".repeat(SMALL)
-        )
-        .into_bytes()
-        .into_boxed_slice(),
-    );
-    let mut big = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\n\r\n").into_bytes();
-    big.resize(big.len() + LARGE, b'x');
-    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    // Each response in two forms: keep-alive, and `Connection: close` for a
+    // request that asked to close (wrk reuses a connection unless the
+    // response says it closes).
+    let response = |len: usize, close: bool| -> &'static [u8] {
+        let connection = if close { "Connection: close\r\n" } else { "" };
+        let mut r =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n{connection}\r\n").into_bytes();
+        r.resize(r.len() + len, b'x');
+        Box::leak(r.into_boxed_slice())
+    };
+    let small = [response(SMALL, false), response(SMALL, true)];
+    let big = [response(LARGE, false), response(LARGE, true)];
     let tracker = tokio_util::task::TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -44,18 +45,16 @@ pub async fn backend(listener: TcpListener, stop: CancellationToken) {
                 };
                 have += n;
                 while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                    let resp = if buf[..end].starts_with(b"GET /1m") {
-                        big
-                    } else {
-                        small
-                    };
-                    if tcp.write_all(resp).await.is_err() {
-                        return;
-                    }
-                    let close = buf[..end]
+                    let head = &buf[..end];
+                    let close = head
                         .windows(17)
                         .any(|w| w.eq_ignore_ascii_case(b"connection: close"));
-                    if close {
+                    let sizes = if head.starts_with(b"GET /1m") {
+                        &big
+                    } else {
+                        &small
+                    };
+                    if tcp.write_all(sizes[close as usize]).await.is_err() || close {
                         return;
                     }
                     buf.copy_within(end + 4..have, 0);
