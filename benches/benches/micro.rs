@@ -3,12 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use divan::{black_box, Bencher};
-use tunnel_lib::http1::scan::Scan;
-use tunnel_lib::http1::{
-    ChunkStep, ChunkedDecoder, Forwarded, HeadScanner, Limits, RequestHead, ResponseHead,
-};
+use tunnel_lib::http1::{ChunkStep, ChunkedDecoder, Forwarded, Limits, RequestHead, ResponseHead};
 use tunnel_lib::proto::{Control, Preface, StreamKind};
 
 fn main() {
@@ -24,12 +21,10 @@ Sec-Fetch-Dest: script\r\nSec-Fetch-Mode: no-cors\r\nSec-Fetch-Site: same-origin
 const WRK_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: bench.localhost\r\n\r\n";
 
 fn parse(input: &[u8], limits: &Limits) -> RequestHead {
-    match HeadScanner::new().scan(input, limits).unwrap() {
-        Scan::Complete(n) => {
-            RequestHead::parse(Bytes::copy_from_slice(&input[..n]), limits).unwrap()
-        }
-        _ => unreachable!(),
-    }
+    tunnel_lib::http1::RequestReader::new()
+        .read(&mut bytes::BytesMut::from(input), limits)
+        .unwrap()
+        .expect("a complete head")
 }
 
 #[divan::bench(args = [("wrk", WRK_GET), ("browser", BROWSER_GET)])]
@@ -113,7 +108,17 @@ fn control_encode_decode(bencher: Bencher) {
 
 #[divan::bench(args = [10, 10_000])]
 fn route_lookup(bencher: Bencher, tunnels: usize) {
-    let reg = tunnel_server::Registry::new("localhost", 8000, Duration::from_secs(60), 32);
+    let reg = tunnel_server::Registry::new(
+        "localhost",
+        tunnel_server::registry::Urls {
+            scheme: "http",
+            port: 8000,
+            tls_port: None,
+        },
+        Duration::from_secs(60),
+        32,
+        Vec::new(),
+    );
     for i in 0..tunnels {
         reg.add_static_route(&format!("t{i}"), i as u64, i as u32);
     }

@@ -60,6 +60,7 @@ impl Path {
             let listeners = tunnel_server::Listeners::bind(
                 "127.0.0.1:0".parse().unwrap(),
                 "127.0.0.1:0".parse().unwrap(),
+                None,
             )
             .unwrap();
             let server = tunnel_server::Server::bind(config, listeners)
@@ -73,6 +74,7 @@ impl Path {
                 tunnels: vec![tunnel_client::TunnelSpec {
                     local: local.to_string(),
                     subdomain: Some("bench".into()),
+                    ..Default::default()
                 }],
                 dev_state_dir: Some(state.path().to_owned()),
                 ..Default::default()

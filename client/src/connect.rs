@@ -211,6 +211,8 @@ async fn session(
             request_id,
             subdomain: names.get(i).cloned().flatten().unwrap_or_default(),
             local: spec.local.clone(),
+            kind: spec.kind,
+            plain_http: spec.plain_http,
         }
         .encode(&mut out);
         send.write_all(&out)

@@ -27,15 +27,19 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use tunnel_lib::backoff::Backoff;
-use tunnel_lib::proto::{close, Control};
+use tunnel_lib::proto::{close, Control, TunnelKind};
 
 /// One tunnel to expose.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TunnelSpec {
     /// `host:port` of the local service.
     pub local: String,
-    /// Requested subdomain; `None` lets the server pick one.
+    /// Requested subdomain (or full host name); `None` lets the server
+    /// pick one.
     pub subdomain: Option<String>,
+    pub kind: TunnelKind,
+    /// Serve plain-http visitors too (no redirect to https).
+    pub plain_http: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -143,8 +147,9 @@ pub async fn run(
             Ok(mut live) => {
                 backoff.reset();
                 generation += 1;
+                // The full host: the server reads `label.domain` as the label.
                 for (slot, t) in names.iter_mut().zip(&live.tunnels) {
-                    *slot = t.hostname.split('.').next().map(str::to_owned);
+                    *slot = Some(t.hostname.clone());
                 }
                 current.store(Some(Arc::new(live.conn.clone())));
                 let _ = status.send(Status::Online {

@@ -9,17 +9,64 @@ use clap::Parser;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tunnel_client::{Config, Status, TunnelSpec};
+use tunnel_lib::proto::TunnelKind;
 
 /// Expose a local service at a public URL through a tunnel-server.
+///
+/// `tunnel-client --expose 8080` (or `tunnel-client http 8080`) gives the app on port 8080 a
+/// public URL; `tunnel-client tls 8443` passes TLS through to a local TLS server untouched.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
-    /// Local port (or HOST:PORT) to expose.
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Local port (or HOST:PORT) to expose over HTTP (the same as `http PORT`).
     #[arg(long, value_name = "PORT|HOST:PORT")]
-    expose: String,
-    /// Subdomain to ask for [default: one the server picks].
-    #[arg(long)]
+    expose: Option<String>,
+    #[command(flatten)]
+    name: NameArgs,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Expose a local HTTP service (the server terminates TLS and parses requests).
+    Http {
+        /// Local port (or HOST:PORT).
+        #[arg(value_name = "PORT|HOST:PORT")]
+        local: String,
+        #[command(flatten)]
+        name: NameArgs,
+        /// Also serve plain-http visitors instead of redirecting them to https.
+        #[arg(long)]
+        allow_http: bool,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+    /// Pass TLS through to a local TLS server, routed by SNI: visitors see its certificate.
+    Tls {
+        /// Local port (or HOST:PORT) of a TLS server.
+        #[arg(value_name = "PORT|HOST:PORT")]
+        local: String,
+        #[command(flatten)]
+        name: NameArgs,
+        #[command(flatten)]
+        conn: ConnArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct NameArgs {
+    /// Subdomain to ask for [default: one the server picks], or a full host name the server
+    /// allows (app.example.com, or *.preview.example.com for every name below it).
+    #[arg(long, value_name = "NAME")]
     subdomain: Option<String>,
+}
+
+/// How to reach and trust the server.
+#[derive(Debug, clap::Args)]
+struct ConnArgs {
     /// The server's QUIC address.
     #[arg(long, default_value = "localhost:4433", env = "TUNNEL_SERVER")]
     server: String,
@@ -35,6 +82,7 @@ struct Cli {
 }
 
 fn local_target(expose: &str) -> Result<String, String> {
+    let expose = expose.trim();
     if let Ok(port) = expose.parse::<u16>() {
         return Ok(format!("localhost:{port}"));
     }
@@ -43,7 +91,7 @@ fn local_target(expose: &str) -> Result<String, String> {
             Ok(expose.to_owned())
         }
         _ => Err(format!(
-            "--expose {expose:?}: expected a port (8080) or HOST:PORT (127.0.0.1:8080)"
+            "{expose:?}: expected a port (8080) or HOST:PORT (127.0.0.1:8080) of the local service"
         )),
     }
 }
@@ -57,7 +105,26 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let local = match local_target(&cli.expose) {
+    let (local, name, kind, plain_http, conn) = match cli.command {
+        Some(Command::Http {
+            local,
+            name,
+            allow_http,
+            conn,
+        }) => (local, name, TunnelKind::Http, allow_http, conn),
+        Some(Command::Tls { local, name, conn }) => (local, name, TunnelKind::Tls, false, conn),
+        None => match cli.expose {
+            Some(local) => (local, cli.name, TunnelKind::Http, false, cli.conn),
+            None => {
+                eprintln!(
+                    "error: nothing to expose: pass --expose PORT (or `tunnel-client http PORT`, \
+                     `tunnel-client tls PORT`); see --help"
+                );
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let local = match local_target(&local) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("error: {e}");
@@ -65,14 +132,16 @@ fn main() -> ExitCode {
         }
     };
     let config = Config {
-        server: cli.server,
-        token: cli.token,
+        server: conn.server,
+        token: conn.token,
         tunnels: vec![TunnelSpec {
             local,
-            subdomain: cli.subdomain,
+            subdomain: name.subdomain,
+            kind,
+            plain_http,
         }],
-        server_cert: cli.server_cert,
-        server_fingerprint: cli.server_fingerprint,
+        server_cert: conn.server_cert,
+        server_fingerprint: conn.server_fingerprint,
         ..Config::default()
     };
     let runtime = match tunnel_lib::runtime::build() {
@@ -112,7 +181,13 @@ async fn print_urls(mut rx: watch::Receiver<Status>) {
         if let Status::Online { tunnels, .. } = status {
             let lines: Vec<String> = tunnels
                 .iter()
-                .map(|t| format!("{} -> http://{}", t.url, t.local))
+                .map(|t| {
+                    if t.url.starts_with("tls://") {
+                        format!("{} -> {}", t.url, t.local)
+                    } else {
+                        format!("{} -> http://{}", t.url, t.local)
+                    }
+                })
                 .collect();
             if lines != shown {
                 for l in &lines {

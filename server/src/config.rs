@@ -8,6 +8,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tunnel_lib::http1::Limits;
 
+use crate::acme::AcmeConfig;
+use crate::registry::DomainGrant;
+
 #[derive(Debug, Error)]
 pub enum ConfigError {
     #[error("--domain: {0:?} is not a valid domain name (letters, digits, '-' and '.', e.g. tunnel.example.com)")]
@@ -26,6 +29,14 @@ pub enum ConfigError {
     CertKeyPair,
     #[error("no state directory: set --state-dir (or HOME / XDG_STATE_HOME / TUNNEL_STATE_DIR)")]
     NoStateDir,
+    #[error("--edge-cert and --edge-key go together: pass both (PEM files), or neither")]
+    EdgeCertKeyPair,
+    #[error("{0} needs --https ADDR (for example --https 0.0.0.0:443): certificates are for the https listener")]
+    NeedsHttps(&'static str),
+    #[error("--acme-email {0:?} is not an e-mail address")]
+    Email(String),
+    #[error("--allow-domain {0:?}: {1}")]
+    Grant(String, String),
 }
 
 /// Timeouts at the HTTP edge.
@@ -38,6 +49,9 @@ pub struct Timeouts {
     pub keep_alive_idle: Duration,
     /// A request body that stalls this long is abandoned.
     pub body_idle: Duration,
+    /// The whole TLS handshake (from the ClientHello's first byte) of an
+    /// https visitor.
+    pub tls_handshake: Duration,
 }
 
 impl Default for Timeouts {
@@ -46,6 +60,7 @@ impl Default for Timeouts {
             head: Duration::from_secs(15),
             keep_alive_idle: Duration::from_secs(60),
             body_idle: Duration::from_secs(30),
+            tls_handshake: Duration::from_secs(10),
         }
     }
 }
@@ -69,6 +84,9 @@ pub struct Config {
     /// Port written in public URLs. `None`: the HTTP listener's port (omitted
     /// when 80). Set it when a load balancer fronts the server.
     pub public_port: Option<u16>,
+    /// Port written in https URLs and redirects. `None`: the https
+    /// listener's port (omitted when 443).
+    pub public_https_port: Option<u16>,
     /// How long a released name stays reserved for the token that held it,
     /// so a reconnecting client gets its URL back.
     pub name_grace: Duration,
@@ -83,6 +101,19 @@ pub struct Config {
     /// Largest request body accepted (413 beyond). `None`: no limit (bodies
     /// stream with bounded memory whatever their size).
     pub max_body: Option<u64>,
+    /// The https listener for visitors (used by `Listeners::bind`). With it,
+    /// URLs are https and the plain listener redirects (308).
+    pub https: Option<SocketAddr>,
+    /// The operator's certificate for visitors (a wildcard is fine),
+    /// reloaded on SIGHUP and when the files change.
+    pub edge_cert: Option<PathBuf>,
+    pub edge_key: Option<PathBuf>,
+    /// Certificates from an ACME CA for every tunnel host.
+    pub acme: Option<AcmeConfig>,
+    /// `Strict-Transport-Security: max-age=…` on https responses (opt-in).
+    pub hsts: Option<Duration>,
+    /// Host names outside `domain` that tokens may claim.
+    pub allow_domains: Vec<DomainGrant>,
 }
 
 impl Default for Config {
@@ -96,6 +127,7 @@ impl Default for Config {
             cert: None,
             key: None,
             public_port: None,
+            public_https_port: None,
             name_grace: Duration::from_secs(300),
             max_visitors: 16_384,
             max_clients: 1024,
@@ -103,14 +135,46 @@ impl Default for Config {
             http_limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_body: None,
+            https: None,
+            edge_cert: None,
+            edge_key: None,
+            acme: None,
+            hsts: None,
+            allow_domains: Vec::new(),
         }
     }
+}
+
+/// Parses `--allow-domain [N=]PATTERN`: PATTERN is `app.example.com` or
+/// `*.example.com`; `N=` limits it to the N-th `--token` (from 1).
+pub fn parse_grant(s: &str) -> Result<DomainGrant, ConfigError> {
+    let bad = |why: &str| ConfigError::Grant(s.to_owned(), why.to_owned());
+    let (token, pattern) = match s.split_once('=') {
+        Some((n, p)) => {
+            let n: usize = n.parse().map_err(|_| {
+                bad("expected N=PATTERN with N the position of a --token (1, 2, ...)")
+            })?;
+            if n == 0 {
+                return Err(bad("tokens are counted from 1"));
+            }
+            (Some(n - 1), p)
+        }
+        None => (None, s),
+    };
+    let pattern = crate::registry::normalise_hostname(pattern)
+        .map_err(|_| bad("expected a host name (app.example.com) or *.example.com"))?;
+    Ok(DomainGrant { token, pattern })
 }
 
 impl Config {
     /// Checks what can be checked before binding. `http` / `quic` are the
     /// addresses actually listened on.
-    pub fn validate(&self, http: SocketAddr, quic: SocketAddr) -> Result<(), ConfigError> {
+    pub fn validate(
+        &self,
+        http: SocketAddr,
+        quic: SocketAddr,
+        https: Option<SocketAddr>,
+    ) -> Result<(), ConfigError> {
         let d = &self.domain;
         let valid = !d.is_empty()
             && d.len() <= 253
@@ -128,14 +192,37 @@ impl Config {
             return Err(ConfigError::EmptyToken);
         }
         if self.tokens.is_empty() {
-            for (field, addr) in [("--quic", quic), ("--http", http)] {
-                if !addr.ip().is_loopback() {
+            for (field, addr) in [
+                ("--quic", Some(quic)),
+                ("--http", Some(http)),
+                ("--https", https),
+            ] {
+                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
                     return Err(ConfigError::TokenRequired { field, addr });
                 }
             }
         }
         if self.cert.is_some() != self.key.is_some() {
             return Err(ConfigError::CertKeyPair);
+        }
+        if self.edge_cert.is_some() != self.edge_key.is_some() {
+            return Err(ConfigError::EdgeCertKeyPair);
+        }
+        if https.is_none() {
+            if self.acme.is_some() {
+                return Err(ConfigError::NeedsHttps("--acme"));
+            }
+            if self.edge_cert.is_some() {
+                return Err(ConfigError::NeedsHttps("--edge-cert"));
+            }
+            if self.hsts.is_some() {
+                return Err(ConfigError::NeedsHttps("--hsts"));
+            }
+        }
+        if let Some(email) = self.acme.as_ref().and_then(|a| a.email.as_ref()) {
+            if !email.contains('@') || email.contains(char::is_whitespace) {
+                return Err(ConfigError::Email(email.clone()));
+            }
         }
         Ok(())
     }

@@ -7,7 +7,11 @@
 //! - [`registry`]: host rules (`ArcSwap` snapshot of `Arc<Rule>`), sessions
 //!   (moka), name claims (DashMap) and reservations (moka with a TTL).
 //! - `session`: one client connection: hello, auth, registrations.
-//! - `edge`: one visitor connection: request side and response side.
+//! - `edge`: one visitor connection: request side and response side, over
+//!   plain TCP or TLS (`edge::tls`: ClientHello, SNI decision, passthrough).
+//! - `upstream`: open a data stream to a client, its preface and reply.
+//! - [`certs`]: the certificates visitors see, chosen per SNI.
+//! - [`acme`]: certificates from an ACME CA (one worker task).
 //! - [`respond`]: the pages the server writes itself.
 //!
 //! [`run`] (or [`Server::bind`] + [`Server::run`]) is what `main` calls and
@@ -16,19 +20,22 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
+pub mod certs;
 pub mod config;
 mod edge;
 pub mod registry;
 pub mod respond;
 mod session;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use thiserror::Error;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -36,6 +43,9 @@ use tracing::{error, info, warn};
 use tunnel_lib::limits::SHUTDOWN_GRACE;
 use tunnel_lib::proto::close;
 use tunnel_lib::tls::{fingerprint, fingerprint_string, TlsError};
+
+use crate::acme::Acme;
+use crate::certs::{CertFiles, CertStore, EdgeResolver, QuicResolver};
 
 pub use config::{Config, ConfigError, Timeouts};
 pub use registry::Registry;
@@ -62,18 +72,30 @@ pub enum ServerError {
 pub struct Listeners {
     pub http: TcpListener,
     pub quic: std::net::UdpSocket,
+    pub https: Option<TcpListener>,
 }
 
 impl Listeners {
-    /// Binds both (the HTTP listener with a large backlog). Call inside a
-    /// tokio runtime.
-    pub fn bind(http: SocketAddr, quic: SocketAddr) -> Result<Listeners, ServerError> {
-        let http_l = tunnel_lib::io::listen_tcp(http).map_err(|source| ServerError::Bind {
-            what: "public HTTP",
-            flag: "--http",
-            addr: http,
-            source,
-        })?;
+    /// Binds them all (the TCP listeners with a large backlog). Call inside
+    /// a tokio runtime.
+    pub fn bind(
+        http: SocketAddr,
+        quic: SocketAddr,
+        https: Option<SocketAddr>,
+    ) -> Result<Listeners, ServerError> {
+        let tcp = |addr, what, flag| {
+            tunnel_lib::io::listen_tcp(addr).map_err(|source| ServerError::Bind {
+                what,
+                flag,
+                addr,
+                source,
+            })
+        };
+        let http_l = tcp(http, "public HTTP", "--http")?;
+        let https_l = match https {
+            Some(a) => Some(tcp(a, "public HTTPS", "--https")?),
+            None => None,
+        };
         let (quic_s, granted) =
             tunnel_lib::quic::udp_socket(quic).map_err(|source| ServerError::Bind {
                 what: "QUIC",
@@ -85,8 +107,15 @@ impl Listeners {
         Ok(Listeners {
             http: http_l,
             quic: quic_s,
+            https: https_l,
         })
     }
+}
+
+/// What the https listener needs: the certificates and its TLS settings.
+pub(crate) struct EdgeTls {
+    pub(crate) store: Arc<CertStore>,
+    pub(crate) edge: Arc<rustls::ServerConfig>,
 }
 
 /// Shared by every task of the server.
@@ -95,17 +124,53 @@ pub(crate) struct State {
     pub(crate) registry: Arc<Registry>,
     /// SHA-256 digests of the accepted tokens.
     pub(crate) tokens: Vec<[u8; 32]>,
+    /// With an https listener: its certificates and TLS configuration.
+    pub(crate) tls: Option<Arc<EdgeTls>>,
+    /// The https port written in redirects (`None`: no https listener).
+    pub(crate) https_port: Option<u16>,
+    /// Certificates on demand for registered hosts.
+    pub(crate) acme: Option<Acme>,
+}
+
+impl State {
+    /// The https URL of a plain request (for the 308).
+    pub(crate) fn https_url(&self, head: &tunnel_lib::http1::RequestHead) -> String {
+        let host = tunnel_lib::http1::normalise_host(head.host()).unwrap_or_default();
+        let port = match self.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let target = head.target();
+        let path = if target.starts_with(b"/") {
+            String::from_utf8_lossy(target).into_owned()
+        } else {
+            // Absolute form (already checked against Host): keep its path.
+            let s = String::from_utf8_lossy(target);
+            let after_scheme = s.split_once("://").map_or("", |(_, r)| r);
+            match after_scheme.find('/') {
+                Some(i) => after_scheme[i..].to_owned(),
+                None => "/".to_owned(),
+            }
+        };
+        format!("https://{host}{port}{path}")
+    }
 }
 
 /// A bound, configured server, not yet running.
 pub struct Server {
     state: Arc<State>,
     http: TcpListener,
+    https: Option<TcpListener>,
     endpoint: quinn::Endpoint,
     http_addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     quic_addr: SocketAddr,
     fingerprint: String,
     cert_path: Option<PathBuf>,
+    state_dir: PathBuf,
+    /// Notified to reload the operator's certificate files (SIGHUP).
+    reload: Arc<Notify>,
+    acme_worker: Option<acme::Worker>,
 }
 
 impl Server {
@@ -114,24 +179,31 @@ impl Server {
     pub async fn bind(config: Config, listeners: Listeners) -> Result<Server, ServerError> {
         let http_addr = listeners.http.local_addr().map_err(ServerError::Endpoint)?;
         let quic_addr = listeners.quic.local_addr().map_err(ServerError::Endpoint)?;
-        config.validate(http_addr, quic_addr)?;
+        let https_addr = match &listeners.https {
+            Some(l) => Some(l.local_addr().map_err(ServerError::Endpoint)?),
+            None => None,
+        };
+        config.validate(http_addr, quic_addr, https_addr)?;
+        let state_dir = match &config.state_dir {
+            Some(d) => d.clone(),
+            None => tunnel_lib::paths::default_state_dir().ok_or(ConfigError::NoStateDir)?,
+        };
         let (pair, cert_path) = match (&config.cert, &config.key) {
             (Some(c), Some(k)) => (tunnel_lib::tls::load_pair(c, k).await?, Some(c.clone())),
             _ => {
-                let dir = match &config.state_dir {
-                    Some(d) => d.clone(),
-                    None => {
-                        tunnel_lib::paths::default_state_dir().ok_or(ConfigError::NoStateDir)?
-                    }
-                };
-                let mut names = vec![config.domain.clone(), "localhost".to_owned()];
+                let mut names = vec![
+                    config.domain.clone(),
+                    format!("*.{}", config.domain),
+                    "localhost".to_owned(),
+                ];
                 for ip in [quic_addr.ip().to_string(), "127.0.0.1".into(), "::1".into()] {
                     if !names.contains(&ip) {
                         names.push(ip);
                     }
                 }
-                let (pair, generated) = tunnel_lib::tls::load_or_generate_dev(&dir, names).await?;
-                let path = dir.join(tunnel_lib::paths::DEV_CERT_FILE);
+                let (pair, generated) =
+                    tunnel_lib::tls::load_or_generate_dev(&state_dir, names).await?;
+                let path = state_dir.join(tunnel_lib::paths::DEV_CERT_FILE);
                 if generated {
                     info!("generated a self-signed certificate at {}", path.display());
                 }
@@ -143,33 +215,98 @@ impl Server {
             .first()
             .map(|c| fingerprint_string(&fingerprint(c)))
             .unwrap_or_default();
-        let quic_cfg = tunnel_lib::quic::server_config(pair)?;
+        let own = certs::certified(&pair)?;
+
+        // The https edge: operator files and/or ACME, the own certificate as
+        // the default.
+        let tls = match https_addr {
+            None => None,
+            Some(_) => {
+                let files = match (&config.edge_cert, &config.edge_key) {
+                    (Some(c), Some(k)) => Some(
+                        CertFiles {
+                            cert: c.clone(),
+                            key: k.clone(),
+                        }
+                        .load()
+                        .await
+                        .map_err(|e| TlsError::Config(format!("--edge-cert/--edge-key: {e}")))?,
+                    ),
+                    _ => None,
+                };
+                let store = Arc::new(CertStore::new(files, own.clone()));
+                let mut edge =
+                    rustls::ServerConfig::builder_with_provider(tunnel_lib::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| TlsError::Config(e.to_string()))?
+                        .with_no_client_auth()
+                        .with_cert_resolver(Arc::new(EdgeResolver(store.clone())));
+                edge.alpn_protocols = edge::tls::alpn_protocols();
+                Some(Arc::new(EdgeTls {
+                    store,
+                    edge: Arc::new(edge),
+                }))
+            }
+        };
+        let quic_cfg = tunnel_lib::quic::server_config_with(Arc::new(QuicResolver {
+            own,
+            store: tls.as_ref().map(|t| t.store.clone()),
+            public_name: config.domain.to_ascii_lowercase(),
+        }))?;
         let endpoint = tunnel_lib::quic::server_endpoint(listeners.quic, quic_cfg)
             .map_err(ServerError::Endpoint)?;
-        let public_port = config.public_port.unwrap_or(http_addr.port());
+        let https_public = https_addr.map(|a| config.public_https_port.unwrap_or(a.port()));
+        let urls = match https_public {
+            Some(p) => registry::Urls {
+                scheme: "https",
+                port: p,
+                tls_port: Some(p),
+            },
+            None => registry::Urls {
+                scheme: "http",
+                port: config.public_port.unwrap_or(http_addr.port()),
+                tls_port: None,
+            },
+        };
         let registry = Arc::new(Registry::new(
             &config.domain,
-            public_port,
+            urls,
             config.name_grace,
             config.max_tunnels_per_client,
+            config.allow_domains.clone(),
         ));
         let tokens = config
             .tokens
             .iter()
             .map(|t| tunnel_lib::auth::token_digest(t))
             .collect();
+        let (acme, acme_worker) = match (&config.acme, &tls) {
+            (Some(cfg), Some(t)) => {
+                let (a, w) = Acme::new(cfg.clone(), &state_dir, t.store.clone(), registry.clone());
+                (Some(a), Some(w))
+            }
+            _ => (None, None),
+        };
         Ok(Server {
             state: Arc::new(State {
                 config,
                 registry,
                 tokens,
+                tls,
+                https_port: https_public,
+                acme,
             }),
             http: listeners.http,
+            https: listeners.https,
             endpoint,
             http_addr,
+            https_addr,
             quic_addr,
             fingerprint: fp,
             cert_path,
+            state_dir,
+            reload: Arc::new(Notify::new()),
+            acme_worker,
         })
     }
 
@@ -178,6 +315,19 @@ impl Server {
     }
     pub fn quic_addr(&self) -> SocketAddr {
         self.quic_addr
+    }
+    /// The https listener's address, if there is one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+    /// Notify it to reload the operator's certificate files (what SIGHUP
+    /// does in `main`); they are also reloaded when they change.
+    pub fn reload_handle(&self) -> Arc<Notify> {
+        self.reload.clone()
+    }
+    /// Where the server keeps its state (certificates, ACME account).
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
     }
     /// `sha256:…` of the certificate clients see.
     pub fn fingerprint(&self) -> &str {
@@ -203,14 +353,47 @@ impl Server {
         let visitors = Arc::new(Semaphore::new(self.state.config.max_visitors));
         let clients = Arc::new(Semaphore::new(self.state.config.max_clients));
 
-        let http_loop = accept_http(
+        let http_loop = accept_tcp(
             self.state.clone(),
             self.http,
-            visitors,
+            visitors.clone(),
             tracker.clone(),
             shutdown.clone(),
             hard.clone(),
+            Edge::Plain,
         );
+        let https_loop = async {
+            if let Some(l) = self.https {
+                accept_tcp(
+                    self.state.clone(),
+                    l,
+                    visitors.clone(),
+                    tracker.clone(),
+                    shutdown.clone(),
+                    hard.clone(),
+                    Edge::Tls,
+                )
+                .await;
+            }
+        };
+        if let (Some(t), Some((c, k))) = (
+            &self.state.tls,
+            self.state
+                .config
+                .edge_cert
+                .clone()
+                .zip(self.state.config.edge_key.clone()),
+        ) {
+            tracker.spawn(watch_cert_files(
+                t.store.clone(),
+                CertFiles { cert: c, key: k },
+                self.reload.clone(),
+                shutdown.clone(),
+            ));
+        }
+        if let Some(w) = self.acme_worker {
+            tracker.spawn(w.run(shutdown.clone()));
+        }
         let quic_loop = accept_quic(
             self.state.clone(),
             self.endpoint.clone(),
@@ -218,7 +401,7 @@ impl Server {
             tracker.clone(),
             shutdown.clone(),
         );
-        tokio::join!(http_loop, quic_loop);
+        tokio::join!(http_loop, https_loop, quic_loop);
 
         // Draining.
         tracker.close();
@@ -255,13 +438,21 @@ pub async fn run(
     Server::bind(config, listeners).await?.run(shutdown).await
 }
 
-async fn accept_http(
+/// Which edge a TCP listener feeds.
+#[derive(Clone, Copy)]
+enum Edge {
+    Plain,
+    Tls,
+}
+
+async fn accept_tcp(
     state: Arc<State>,
     listener: TcpListener,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     hard: CancellationToken,
+    kind: Edge,
 ) {
     loop {
         // A permit first: past the limit, new connections wait in the backlog.
@@ -269,7 +460,7 @@ async fn accept_http(
             p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = shutdown.cancelled() => return,
         };
-        let (tcp, peer) = tokio::select! {
+        let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -287,12 +478,51 @@ async fn accept_http(
         let soft = shutdown.clone();
         let hard = hard.clone();
         tracker.spawn(async move {
-            tokio::select! {
-                _ = edge::serve(state, tcp, peer, soft) => {}
-                _ = hard.cancelled() => {}
+            match kind {
+                Edge::Plain => tokio::select! {
+                    _ = edge::serve_tcp(state, tcp, peer, soft) => {}
+                    _ = hard.cancelled() => {}
+                },
+                Edge::Tls => tokio::select! {
+                    _ = edge::tls::serve(state, tcp, peer, soft) => {}
+                    _ = hard.cancelled() => {}
+                },
             }
             drop(permit);
         });
+    }
+}
+
+/// Reloads the operator's certificate on `reload` (SIGHUP) and when either
+/// file's modification time changes. A bad file keeps the old certificate.
+async fn watch_cert_files(
+    store: Arc<CertStore>,
+    files: CertFiles,
+    reload: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    const POLL: std::time::Duration = std::time::Duration::from_secs(2);
+    let mut stamp = files.stamp().await;
+    loop {
+        let asked = tokio::select! {
+            _ = reload.notified() => true,
+            _ = tokio::time::sleep(POLL) => false,
+            _ = shutdown.cancelled() => return,
+        };
+        let now = files.stamp().await;
+        if !asked && now == stamp {
+            continue;
+        }
+        stamp = now;
+        match files.load().await {
+            Ok(c) => {
+                info!(names = ?c.names, "reloaded the certificate from {}", files.cert.display());
+                store.set_files(c);
+            }
+            Err(e) => {
+                warn!("--edge-cert/--edge-key reload failed, keeping the current certificate: {e}")
+            }
+        }
     }
 }
 

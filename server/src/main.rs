@@ -59,6 +59,49 @@ struct Cli {
     /// Largest request body in bytes (413 beyond) [default: no limit; bodies stream with bounded memory].
     #[arg(long)]
     max_body: Option<u64>,
+    /// Public HTTPS listener for visitors, e.g. 0.0.0.0:443. With it, URLs are https:// and the
+    /// --http listener answers 308 to https (except ACME HTTP-01 challenges).
+    #[arg(long, env = "TUNNEL_HTTPS")]
+    https: Option<SocketAddr>,
+    /// Port written in https URLs [default: the --https port; omitted when 443].
+    #[arg(long)]
+    public_https_port: Option<u16>,
+    /// A certificate chain (PEM) for visitors, e.g. a wildcard for *.DOMAIN; reloaded on SIGHUP
+    /// and when the file changes.
+    #[arg(long, value_name = "FILE", requires = "edge_key")]
+    edge_cert: Option<PathBuf>,
+    /// The private key (PEM) of --edge-cert.
+    #[arg(long, value_name = "FILE", requires = "edge_cert")]
+    edge_key: Option<PathBuf>,
+    /// Obtain a certificate for every tunnel host from an ACME CA (Let's Encrypt by default).
+    #[arg(long)]
+    acme: bool,
+    /// Contact address given to the CA (expiry notices).
+    #[arg(long, value_name = "EMAIL", env = "TUNNEL_ACME_EMAIL")]
+    acme_email: Option<String>,
+    /// The CA's ACME directory URL.
+    #[arg(long, value_name = "URL", default_value = tunnel_server::acme::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// Use Let's Encrypt's staging CA (untrusted certificates, generous rate limits) to try a setup.
+    #[arg(long, conflicts_with = "acme_directory")]
+    acme_staging: bool,
+    /// Trust this root (PEM) for the CA's own https (a private or test CA such as pebble).
+    #[arg(long, value_name = "FILE")]
+    acme_root: Option<PathBuf>,
+    /// How the CA validates a name: tls-alpn-01 on the https port, or http-01 on the plain port.
+    #[arg(long, value_name = "KIND", default_value = "tls-alpn-01", value_parser = ["tls-alpn-01", "http-01"])]
+    acme_challenge: String,
+    /// Program that publishes DNS TXT records (run as `PROGRAM set|clear NAME VALUE`): with it the
+    /// server gets one wildcard certificate for *.DOMAIN through DNS-01.
+    #[arg(long, value_name = "PROGRAM")]
+    acme_dns_hook: Option<PathBuf>,
+    /// Send Strict-Transport-Security on https responses, with this max-age in seconds.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "31536000")]
+    hsts: Option<u64>,
+    /// A host name outside --domain that clients may claim (a custom domain pointed here by CNAME):
+    /// `app.example.com` or `*.example.com`; `N=PATTERN` grants it to the N-th --token only.
+    #[arg(long = "allow-domain", value_name = "[N=]PATTERN")]
+    allow_domains: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +113,40 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let mut allow_domains = Vec::new();
+    for g in &cli.allow_domains {
+        match tunnel_server::config::parse_grant(g) {
+            Ok(g) => allow_domains.push(g),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let acme = cli.acme.then(|| tunnel_server::acme::AcmeConfig {
+        directory: if cli.acme_staging {
+            tunnel_server::acme::LETS_ENCRYPT_STAGING.to_owned()
+        } else {
+            cli.acme_directory.clone()
+        },
+        email: cli.acme_email.clone(),
+        root: cli.acme_root.clone(),
+        challenge: if cli.acme_challenge == "http-01" {
+            tunnel_server::acme::Challenge::Http01
+        } else {
+            tunnel_server::acme::Challenge::TlsAlpn01
+        },
+        dns_hook: cli.acme_dns_hook.clone(),
+        renew_after: None,
+    });
+    if !cli.acme
+        && (cli.acme_email.is_some() || cli.acme_root.is_some() || cli.acme_dns_hook.is_some())
+    {
+        eprintln!(
+            "error: --acme-email, --acme-root and --acme-dns-hook configure --acme: add --acme"
+        );
+        return ExitCode::from(2);
+    }
     let config = Config {
         domain: cli.domain,
         http: cli.http,
@@ -83,6 +160,13 @@ fn main() -> ExitCode {
         max_visitors: cli.max_visitors,
         max_clients: cli.max_clients,
         max_body: cli.max_body,
+        https: cli.https,
+        public_https_port: cli.public_https_port,
+        edge_cert: cli.edge_cert,
+        edge_key: cli.edge_key,
+        acme,
+        hsts: cli.hsts.map(Duration::from_secs),
+        allow_domains,
         ..Config::default()
     };
     let runtime = match tunnel_lib::runtime::build() {
@@ -95,11 +179,13 @@ fn main() -> ExitCode {
     // The one place that blocks on the runtime: main, outside async code.
     #[allow(clippy::disallowed_methods)]
     let result = runtime.block_on(async move {
-        let listeners = Listeners::bind(config.http, config.quic)?;
+        let listeners = Listeners::bind(config.http, config.quic, config.https)?;
         let server = Server::bind(config, listeners).await?;
         announce(&server);
         let shutdown = CancellationToken::new();
         tokio::spawn(on_signal(shutdown.clone()));
+        #[cfg(unix)]
+        tokio::spawn(on_hangup(server.reload_handle(), shutdown.clone()));
         server.run(shutdown).await
     });
     match result {
@@ -114,8 +200,12 @@ fn main() -> ExitCode {
 /// One stable line on stdout (scripts and tests read the bound ports from
 /// it), and a hint for connecting clients on stderr.
 fn announce(server: &Server) {
+    let https = server
+        .https_addr()
+        .map(|a| format!(" https={a}"))
+        .unwrap_or_default();
     println!(
-        "tunnel-server ready: http={} quic={} fingerprint={}",
+        "tunnel-server ready: http={}{https} quic={} fingerprint={}",
         server.http_addr(),
         server.quic_addr(),
         server.fingerprint()
@@ -124,13 +214,37 @@ fn announce(server: &Server) {
         .cert_path()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
+    let visitors = match server.https_addr() {
+        Some(a) => format!("https://<name>.<domain>:{}", a.port()),
+        None => format!("http://<name>.<domain>:{}", server.http_addr().port()),
+    };
     tracing::info!(
-        "visitors: http://<name>.<domain>:{}  clients: tunnel-client --server <host>:{} --expose <port> \
-         (self-signed certificate: {cert}; remote clients pass --server-fingerprint {})",
-        server.http_addr().port(),
+        "visitors: {visitors}  clients: tunnel-client --server <host>:{} --expose <port> \
+         (own certificate: {cert}; remote clients without a public certificate for the server pass --server-fingerprint {})",
         server.quic_addr().port(),
         server.fingerprint()
     );
+}
+
+/// SIGHUP: reload the certificate files. Ends with the runtime.
+#[cfg(unix)]
+async fn on_hangup(reload: std::sync::Arc<tokio::sync::Notify>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => {
+                if r.is_none() {
+                    return;
+                }
+                tracing::info!("SIGHUP: reloading certificates");
+                reload.notify_one();
+            }
+            _ = shutdown.cancelled() => return,
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM: cancel. Owned by the runtime; ends with it.

@@ -2,14 +2,17 @@
 //!
 //! - `routes`: host → `Arc<Rule>`, an immutable snapshot in an `ArcSwap`.
 //!   The request path loads it without a lock; registrations (rare) swap in
-//!   a new map. Lookup is a hash probe on the normalised host; wildcard and
-//!   custom-domain rules slot in as more keys (`*.example.com` probed by
-//!   walking up the labels), never a linear scan.
+//!   a new map. Lookup is a hash probe on the normalised host, then (only
+//!   when wildcard rules exist) one probe per parent label in the wildcard
+//!   map (`*.preview.example.com` is stored under `preview.example.com`),
+//!   never a linear scan.
 //! - `sessions`: session id → `Arc<Session>` in a moka cache (lock-free
 //!   reads; the rule points at the session by id so a dead session's rules
 //!   fail fast instead of keeping the connection alive).
-//! - `names`: live claims on subdomain labels, in a `DashMap` whose entry API
-//!   makes "check and claim" atomic.
+//! - `names`: live claims on hosts, in a `DashMap` whose entry API makes
+//!   "check and claim" atomic. Names under the server's domain need no
+//!   grant; other hosts (custom domains, wildcard rules) need a
+//!   [`DomainGrant`] for the token.
 //! - `reserved`: names released by a session that ended, kept for the same
 //!   owner for `name_grace` (a moka cache with that TTL), so a client that
 //!   reconnects gets its URL back.
@@ -17,7 +20,6 @@
 //! Every method is synchronous and returns owned values: no guard can live
 //! across an `.await`.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -28,8 +30,10 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use moka::sync::Cache;
 
+use tunnel_lib::http1::host::wildcard_parents;
+use tunnel_lib::http1::normalise_host;
 use tunnel_lib::limits::MAX_SUBDOMAIN_LEN;
-use tunnel_lib::proto::ErrorCode;
+use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
 /// Who a name belongs to across reconnects: the token that registered it.
 /// On a server without tokens (loopback development) everyone is the same
@@ -41,12 +45,16 @@ pub enum Owner {
 }
 
 /// One host rule: requests for `host` go to tunnel `tunnel_id` of session
-/// `session_id`.
+/// `session_id`. `host` is an exact name, or `*.parent` for a wildcard rule
+/// (every name below `parent`).
 #[derive(Debug)]
 pub struct Rule {
     pub host: Box<str>,
     pub session_id: u64,
     pub tunnel_id: u32,
+    pub kind: TunnelKind,
+    /// The tunnel opted out of the plain listener's redirect to https.
+    pub plain_http: bool,
 }
 
 /// One connected client.
@@ -57,8 +65,8 @@ pub struct Session {
     pub owner: Owner,
     pub client_id: [u8; 16],
     pub remote: SocketAddr,
-    /// Labels this session holds (only touched by synchronous methods).
-    labels: Mutex<Vec<Box<str>>>,
+    /// Hosts this session holds (only touched by synchronous methods).
+    hosts: Mutex<Vec<Box<str>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,19 +74,89 @@ struct Claim {
     session_id: u64,
 }
 
-type RouteTable = HashMap<Box<str>, Arc<Rule>>;
+/// Host → rule. Wildcard rules are keyed by their parent in `wild`, so a
+/// lookup is the exact probe plus one probe per parent label, and only
+/// when wildcard rules exist.
+#[derive(Default, Clone)]
+struct RouteTable {
+    exact: HashMap<Box<str>, Arc<Rule>>,
+    wild: HashMap<Box<str>, Arc<Rule>>,
+}
+
+impl RouteTable {
+    fn insert(&mut self, rule: Arc<Rule>) {
+        match rule.host.strip_prefix("*.") {
+            Some(parent) => self.wild.insert(parent.into(), rule),
+            None => self.exact.insert(rule.host.clone(), rule),
+        };
+    }
+
+    fn get(&self, host: &str) -> Option<&Arc<Rule>> {
+        if let Some(r) = self.exact.get(host) {
+            return Some(r);
+        }
+        if self.wild.is_empty() {
+            return None;
+        }
+        wildcard_parents(host).find_map(|p| self.wild.get(p))
+    }
+}
+
+/// A token's right to claim host names outside the server's domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainGrant {
+    /// The token (its position in the configured list); `None`: every token.
+    pub token: Option<usize>,
+    /// `app.example.com` (that name), or `*.example.com` (every name below
+    /// it, wildcard rules included).
+    pub pattern: String,
+}
+
+impl DomainGrant {
+    fn allows(&self, owner: Owner, host: &str) -> bool {
+        let who = match (self.token, owner) {
+            (None, _) => true,
+            (Some(t), Owner::Token(o)) => t == o,
+            (Some(_), Owner::Anonymous) => false,
+        };
+        let what = match self.pattern.strip_prefix("*.") {
+            // Every name below the parent, and wildcard rules below it (or
+            // the very wildcard the grant names).
+            Some(parent) => {
+                let h = host.strip_prefix("*.").unwrap_or(host);
+                host == self.pattern || h.strip_suffix(parent).is_some_and(|r| r.ends_with('.'))
+            }
+            // That name only.
+            None => self.pattern == host,
+        };
+        who && what
+    }
+}
+
+/// How URLs are written: scheme and public port of each listener.
+#[derive(Debug, Clone)]
+pub struct Urls {
+    /// `http` or `https` (with an https listener every HTTP URL is https).
+    pub scheme: &'static str,
+    /// The port in HTTP(S) URLs (omitted when it is the scheme's default).
+    pub port: u16,
+    /// The https listener's public port, for TLS tunnels.
+    pub tls_port: Option<u16>,
+}
 
 pub struct Registry {
     domain: String,
-    /// `http://` + `.domain` + `:port` pieces for URLs.
-    url_suffix: String,
+    urls: Urls,
     routes: ArcSwap<RouteTable>,
     sessions: Cache<u64, Arc<Session>>,
+    /// Live claims, by host.
     names: DashMap<Box<str>, Claim>,
+    /// Released hosts, reserved for their owner for the grace period.
     reserved: Cache<Box<str>, Owner>,
     /// client process id → its live session, to replace a stale session of
     /// the same client at once on reconnect.
     clients: DashMap<[u8; 16], u64>,
+    grants: Vec<DomainGrant>,
     next_session: AtomicU64,
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
@@ -99,6 +177,16 @@ pub struct Registered {
     pub url: String,
 }
 
+/// What a client asks for.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    /// Empty: pick a name. A label: `<label>.<domain>`. A name with a dot:
+    /// that host (a custom domain or a wildcard rule), if granted.
+    pub name: &'a str,
+    pub kind: TunnelKind,
+    pub plain_http: bool,
+}
+
 const ADJECTIVES: &[&str] = &[
     "quiet", "brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lively",
     "merry", "nimble", "proud", "silly", "witty", "zesty", "bold", "bright", "crisp", "swift",
@@ -110,16 +198,19 @@ const NOUNS: &[&str] = &[
     "mole", "wren",
 ];
 
-/// Validates a requested subdomain label (DNS label rules, lower-cased).
-pub fn normalise_label(s: &str) -> Result<String, Refusal> {
-    let l = s.to_ascii_lowercase();
-    let ok = !l.is_empty()
+fn valid_label(l: &str) -> bool {
+    !l.is_empty()
         && l.len() <= MAX_SUBDOMAIN_LEN
         && l.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !l.starts_with('-')
-        && !l.ends_with('-');
-    if ok {
+        && !l.ends_with('-')
+}
+
+/// Validates a requested subdomain label (DNS label rules, lower-cased).
+pub fn normalise_label(s: &str) -> Result<String, Refusal> {
+    let l = s.to_ascii_lowercase();
+    if valid_label(&l) {
         Ok(l)
     } else {
         Err(Refusal {
@@ -131,42 +222,37 @@ pub fn normalise_label(s: &str) -> Result<String, Refusal> {
     }
 }
 
-/// Lower-cases a Host header value and strips its port and trailing dot.
-/// `None` for something that cannot be a host we serve.
-pub fn normalise_host(raw: &[u8]) -> Option<Cow<'_, str>> {
-    let s = std::str::from_utf8(raw).ok()?;
-    let s = if s.starts_with('[') {
-        &s[..=s.find(']')?]
+/// Validates a full host name (`app.example.com`, or `*.preview.example.com`
+/// for a wildcard rule).
+pub fn normalise_hostname(s: &str) -> Result<String, Refusal> {
+    let h = s.trim_end_matches('.').to_ascii_lowercase();
+    let body = h.strip_prefix("*.").unwrap_or(&h);
+    let ok = h.len() <= 253 && body.contains('.') && body.split('.').all(valid_label);
+    if ok {
+        Ok(h)
     } else {
-        s.rsplit_once(':').map_or(s, |(h, _)| h)
-    };
-    let s = s.strip_suffix('.').unwrap_or(s);
-    if s.is_empty() || s.len() > 253 {
-        return None;
-    }
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        Some(Cow::Owned(s.to_ascii_lowercase()))
-    } else {
-        Some(Cow::Borrowed(s))
+        Err(Refusal {
+            code: ErrorCode::InvalidName,
+            message: format!(
+                "{s:?} is not a valid host name: use labels of letters, digits and '-' \
+                 (app.example.com), or *.parent for a wildcard rule"
+            ),
+        })
     }
 }
 
 impl Registry {
     pub fn new(
         domain: &str,
-        public_port: u16,
+        urls: Urls,
         name_grace: Duration,
         max_tunnels_per_session: usize,
+        grants: Vec<DomainGrant>,
     ) -> Registry {
-        let port = if public_port == 80 {
-            String::new()
-        } else {
-            format!(":{public_port}")
-        };
         Registry {
             domain: domain.to_ascii_lowercase(),
-            url_suffix: format!(".{}{}", domain.to_ascii_lowercase(), port),
-            routes: ArcSwap::from_pointee(HashMap::new()),
+            urls,
+            routes: ArcSwap::from_pointee(RouteTable::default()),
             sessions: Cache::builder().build(),
             names: DashMap::new(),
             reserved: Cache::builder()
@@ -174,18 +260,31 @@ impl Registry {
                 .max_capacity(1_000_000)
                 .build(),
             clients: DashMap::new(),
+            grants,
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
         }
     }
 
-    /// The hot path: the rule and live session for a Host header value.
+    /// The hot path: the rule and live session for a Host header value (or
+    /// an SNI name).
     pub fn route(&self, host: &[u8]) -> Option<(Arc<Rule>, Option<Arc<Session>>)> {
         let host = normalise_host(host)?;
         let rule = self.routes.load().get(host.as_ref())?.clone();
         let session = self.sessions.get(&rule.session_id);
         Some((rule, session))
+    }
+
+    /// Whether some tunnel serves `host` (normalised): ACME orders only for
+    /// names that pass this.
+    pub fn serves(&self, host: &str) -> bool {
+        self.routes.load().get(host).is_some()
+    }
+
+    /// The server's domain.
+    pub fn domain(&self) -> &str {
+        &self.domain
     }
 
     /// Adds a connected, authenticated client. If the same client process
@@ -206,7 +305,7 @@ impl Registry {
             owner,
             client_id,
             remote,
-            labels: Mutex::new(Vec::new()),
+            hosts: Mutex::new(Vec::new()),
         });
         self.sessions.insert(id, session.clone());
         let previous = self
@@ -220,10 +319,35 @@ impl Registry {
         (session, stale)
     }
 
-    /// Registers a tunnel for `session`: `requested` empty means "pick a
-    /// name".
-    pub fn register(&self, session: &Session, requested: &str) -> Result<Registered, Refusal> {
-        if lock(&session.labels).len() >= self.max_tunnels_per_session {
+    /// Which host a request names: a label under the domain, or a granted
+    /// full host name.
+    fn requested_host(&self, session: &Session, name: &str) -> Result<String, Refusal> {
+        if !name.contains('.') {
+            return Ok(format!("{}.{}", normalise_label(name)?, self.domain));
+        }
+        let host = normalise_hostname(name)?;
+        if let Some(label) = host.strip_suffix(&format!(".{}", self.domain)) {
+            if !label.contains('.') && !label.starts_with('*') {
+                return Ok(host);
+            }
+        }
+        if self.grants.iter().any(|g| g.allows(session.owner, &host)) {
+            Ok(host)
+        } else {
+            Err(Refusal {
+                code: ErrorCode::InvalidName,
+                message: format!(
+                    "this token may not claim {host:?}: the server's operator grants custom domains \
+                     with tunnel-server --allow-domain (names under {} need no grant)",
+                    self.domain
+                ),
+            })
+        }
+    }
+
+    /// Registers a tunnel for `session`.
+    pub fn register(&self, session: &Session, req: &Request<'_>) -> Result<Registered, Refusal> {
+        if lock(&session.hosts).len() >= self.max_tunnels_per_session {
             return Err(Refusal {
                 code: ErrorCode::LimitReached,
                 message: format!(
@@ -232,79 +356,110 @@ impl Registry {
                 ),
             });
         }
-        let label = if requested.is_empty() {
+        if req.kind == TunnelKind::Tls && self.urls.tls_port.is_none() {
+            return Err(Refusal {
+                code: ErrorCode::LimitReached,
+                message: "this server has no https listener, so it cannot pass TLS through; \
+                          its operator must start tunnel-server with --https"
+                    .into(),
+            });
+        }
+        let host = if req.name.is_empty() {
             self.claim_random(session)?
         } else {
-            let label = normalise_label(requested)?;
-            self.claim(&label, session)?;
-            label
+            let host = self.requested_host(session, req.name)?;
+            self.claim(&host, session)?;
+            host
         };
-        let host: Box<str> = format!("{label}.{}", self.domain).into();
         let tunnel_id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
         let rule = Arc::new(Rule {
-            host: host.clone(),
+            host: host.as_str().into(),
             session_id: session.id,
             tunnel_id,
+            kind: req.kind,
+            plain_http: req.plain_http,
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
-            t.insert(host.clone(), rule.clone());
+            t.insert(rule.clone());
             t
         });
-        lock(&session.labels).push(label.clone().into());
+        lock(&session.hosts).push(host.as_str().into());
+        let url = self.url(&host, req.kind);
         Ok(Registered {
             tunnel_id,
-            hostname: host.to_string(),
-            url: format!("http://{label}{}", self.url_suffix),
+            hostname: host,
+            url,
         })
+    }
+
+    /// The public URL of a tunnel host.
+    pub fn url(&self, host: &str, kind: TunnelKind) -> String {
+        match kind {
+            TunnelKind::Tls => {
+                let port = self.urls.tls_port.unwrap_or(443);
+                format!("tls://{host}:{port}")
+            }
+            TunnelKind::Http => {
+                let default = if self.urls.scheme == "https" { 443 } else { 80 };
+                if self.urls.port == default {
+                    format!("{}://{host}", self.urls.scheme)
+                } else {
+                    format!("{}://{host}:{}", self.urls.scheme, self.urls.port)
+                }
+            }
+        }
     }
 
     fn claim_random(&self, session: &Session) -> Result<String, Refusal> {
         for _ in 0..32 {
-            let label = format!(
-                "{}-{}-{}",
+            let host = format!(
+                "{}-{}-{}.{}",
                 ADJECTIVES[fastrand::usize(..ADJECTIVES.len())],
                 NOUNS[fastrand::usize(..NOUNS.len())],
-                fastrand::u32(10..100)
+                fastrand::u32(10..100),
+                self.domain
             );
-            if self.claim(&label, session).is_ok() {
-                return Ok(label);
+            if self.claim(&host, session).is_ok() {
+                return Ok(host);
             }
         }
         // The word space is crowded: fall back to a longer random suffix.
-        let label = format!("t-{:016x}", fastrand::u64(..));
-        self.claim(&label, session)?;
-        Ok(label)
+        let host = format!("t-{:016x}.{}", fastrand::u64(..), self.domain);
+        self.claim(&host, session)?;
+        Ok(host)
     }
 
-    fn claim(&self, label: &str, session: &Session) -> Result<(), Refusal> {
+    fn claim(&self, host: &str, session: &Session) -> Result<(), Refusal> {
         use dashmap::mapref::entry::Entry;
-        match self.names.entry(label.into()) {
+        match self.names.entry(host.into()) {
             Entry::Occupied(e) if e.get().session_id == session.id => Err(Refusal {
                 code: ErrorCode::NameTaken,
-                message: format!("this client already exposes {label:?}"),
+                message: format!("this client already exposes {host:?}"),
             }),
             Entry::Occupied(_) => Err(Refusal {
                 code: ErrorCode::NameTaken,
                 message: format!(
-                    "subdomain {label:?} is taken by another connected client; pick another --subdomain \
+                    "{host:?} is taken by another connected client; pick another --subdomain \
                      or stop the other client"
                 ),
             }),
             Entry::Vacant(e) => {
-                if let Some(owner) = self.reserved.get(label) {
+                if let Some(owner) = self.reserved.get(host) {
                     if owner != session.owner {
                         return Err(Refusal {
                             code: ErrorCode::NameTaken,
                             message: format!(
-                                "subdomain {label:?} is reserved for the client that held it until recently; \
+                                "{host:?} is reserved for the client that held it until recently; \
                                  pick another --subdomain or retry later"
                             ),
                         });
                     }
                 }
-                e.insert(Claim { session_id: session.id });
-                self.reserved.invalidate(label);
+                e.insert(Claim {
+                    session_id: session.id,
+                });
+                self.reserved.invalidate(host);
                 Ok(())
             }
         }
@@ -313,18 +468,19 @@ impl Registry {
     /// Removes a session and its routes; its names stay reserved for its
     /// owner for the grace period. Idempotent.
     pub fn end_session(&self, session: &Session) {
-        let labels = std::mem::take(&mut *lock(&session.labels));
-        for label in &labels {
+        let hosts = std::mem::take(&mut *lock(&session.hosts));
+        for host in &hosts {
             // Reserve first, then release: no window in which another owner
             // could claim the name.
-            self.reserved.insert(label.clone(), session.owner);
+            self.reserved.insert(host.clone(), session.owner);
             self.names
-                .remove_if(label, |_, c| c.session_id == session.id);
+                .remove_if(host, |_, c| c.session_id == session.id);
         }
-        if !labels.is_empty() {
+        if !hosts.is_empty() {
             self.routes.rcu(|table| {
                 let mut t = RouteTable::clone(table);
-                t.retain(|_, r| r.session_id != session.id);
+                t.exact.retain(|_, r| r.session_id != session.id);
+                t.wild.retain(|_, r| r.session_id != session.id);
                 t
             });
         }
@@ -342,15 +498,16 @@ impl Registry {
     /// or a name claim: for benchmarks of the lookup path only.
     #[doc(hidden)]
     pub fn add_static_route(&self, label: &str, session_id: u64, tunnel_id: u32) {
-        let host: Box<str> = format!("{label}.{}", self.domain).into();
         let rule = Arc::new(Rule {
-            host: host.clone(),
+            host: format!("{label}.{}", self.domain).into(),
             session_id,
             tunnel_id,
+            kind: TunnelKind::Http,
+            plain_http: false,
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
-            t.insert(host.clone(), rule.clone());
+            t.insert(rule.clone());
             t
         });
     }
@@ -379,7 +536,7 @@ impl Registry {
     }
 }
 
-/// The labels mutex guards a plain Vec in synchronous code only; a poisoned
+/// The hosts mutex guards a plain Vec in synchronous code only; a poisoned
 /// lock still holds a valid Vec.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -390,24 +547,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hosts_normalise() {
-        assert_eq!(
-            normalise_host(b"App.Localhost:8000").as_deref(),
-            Some("app.localhost")
-        );
-        assert_eq!(
-            normalise_host(b"app.localhost.").as_deref(),
-            Some("app.localhost")
-        );
-        assert_eq!(normalise_host(b"[::1]:80").as_deref(), Some("[::1]"));
-        assert_eq!(normalise_host(b"").as_deref(), None);
-    }
-
-    #[test]
-    fn labels_validate() {
+    fn labels_and_hostnames_validate() {
         assert_eq!(normalise_label("MyApp").unwrap(), "myapp");
         for bad in ["", "-a", "a-", "a.b", "a_b", &"x".repeat(64)] {
             assert!(normalise_label(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            normalise_hostname("App.Example.com.").unwrap(),
+            "app.example.com"
+        );
+        assert_eq!(
+            normalise_hostname("*.p.example.com").unwrap(),
+            "*.p.example.com"
+        );
+        for bad in ["localhost", "a..b", "*.com", "a.*.b", "-a.b", "a_b.c"] {
+            assert!(normalise_hostname(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn grants_match_names_below_and_exact() {
+        let any = DomainGrant {
+            token: None,
+            pattern: "*.example.com".into(),
+        };
+        assert!(any.allows(Owner::Token(0), "app.example.com"));
+        assert!(any.allows(Owner::Token(3), "*.preview.example.com"));
+        assert!(!any.allows(Owner::Token(0), "example.com"));
+        assert!(!any.allows(Owner::Token(0), "badexample.com"));
+        let one = DomainGrant {
+            token: Some(1),
+            pattern: "app.mycompany.com".into(),
+        };
+        assert!(one.allows(Owner::Token(1), "app.mycompany.com"));
+        assert!(!one.allows(Owner::Token(0), "app.mycompany.com"));
+        assert!(!one.allows(Owner::Anonymous, "app.mycompany.com"));
+        assert!(!one.allows(Owner::Token(1), "x.app.mycompany.com"));
+    }
+
+    #[test]
+    fn routes_probe_exact_then_wildcard_parents() {
+        let mut t = RouteTable::default();
+        let rule = |host: &str, id| {
+            Arc::new(Rule {
+                host: host.into(),
+                session_id: id,
+                tunnel_id: id as u32,
+                kind: TunnelKind::Http,
+                plain_http: false,
+            })
+        };
+        t.insert(rule("*.preview.example.com", 1));
+        t.insert(rule("a.preview.example.com", 2));
+        t.insert(rule("*.example.com", 3));
+        assert_eq!(t.get("a.preview.example.com").unwrap().session_id, 2);
+        assert_eq!(t.get("b.preview.example.com").unwrap().session_id, 1);
+        assert_eq!(t.get("x.y.preview.example.com").unwrap().session_id, 1);
+        assert_eq!(t.get("other.example.com").unwrap().session_id, 3);
+        assert!(t.get("example.com").is_none());
+        assert!(t.get("example.org").is_none());
     }
 }

@@ -5,6 +5,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 fn reason(status: u16) -> &'static str {
     match status {
+        200 => "OK",
+        308 => "Permanent Redirect",
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
@@ -12,6 +14,7 @@ fn reason(status: u16) -> &'static str {
         413 => "Content Too Large",
         414 => "URI Too Long",
         417 => "Expectation Failed",
+        421 => "Misdirected Request",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
         502 => "Bad Gateway",
@@ -38,7 +41,9 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// What went wrong, for the page and the `X-Tunnel-Error` header.
+/// A response the server writes itself: what went wrong, for the page and
+/// the `X-Tunnel-Error` header (or, for the few answers that are not
+/// errors, a redirect or an ACME challenge's key authorization).
 #[derive(Debug, Clone)]
 pub struct ErrorPage {
     pub status: u16,
@@ -47,6 +52,10 @@ pub struct ErrorPage {
     pub title: &'static str,
     /// One or two sentences, already HTML-escaped.
     pub detail_html: String,
+    /// A `Location` header (redirects).
+    pub location: Option<String>,
+    /// A `text/plain` body instead of the HTML page (ACME HTTP-01).
+    pub text: Option<String>,
 }
 
 impl ErrorPage {
@@ -56,37 +65,54 @@ impl ErrorPage {
             code,
             title,
             detail_html,
+            location: None,
+            text: None,
         }
     }
 
     /// The whole response. `close`: add `Connection: close`. `head`: the
     /// request was HEAD (headers only).
     pub fn render(&self, close: bool, head: bool) -> Bytes {
-        let body = format!(
+        let (body, content_type) = match &self.text {
+            Some(t) => (t.clone(), "text/plain"),
+            None => (self.html(), "text/html; charset=utf-8"),
+        };
+        let mut out = BytesMut::with_capacity(body.len() + 240);
+        out.put_slice(
+            format!(
+                "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Cache-Control: no-store\r\n",
+                self.status,
+                reason(self.status),
+                body.len(),
+            )
+            .as_bytes(),
+        );
+        if self.text.is_none() {
+            out.put_slice(format!("X-Tunnel-Error: {}\r\n", self.code).as_bytes());
+        }
+        if let Some(l) = &self.location {
+            out.put_slice(format!("Location: {l}\r\n").as_bytes());
+        }
+        if close {
+            out.put_slice(b"Connection: close\r\n");
+        }
+        out.put_slice(b"\r\n");
+        if !head {
+            out.put_slice(body.as_bytes());
+        }
+        out.freeze()
+    }
+
+    fn html(&self) -> String {
+        format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{s} {t}</title></head>\n\
              <body><h1>{t}</h1>\n<p>{d}</p>\n<hr><p><small>tunnel-server &middot; {s} {r}</small></p></body></html>\n",
             s = self.status,
             t = self.title,
             d = self.detail_html,
             r = reason(self.status),
-        );
-        let mut out = BytesMut::with_capacity(body.len() + 200);
-        out.put_slice(
-            format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\n\
-                 Cache-Control: no-store\r\nX-Tunnel-Error: {}\r\n{}\r\n",
-                self.status,
-                reason(self.status),
-                body.len(),
-                self.code,
-                if close { "Connection: close\r\n" } else { "" }
-            )
-            .as_bytes(),
-        );
-        if !head {
-            out.put_slice(body.as_bytes());
-        }
-        out.freeze()
+        )
     }
 }
 
@@ -162,6 +188,56 @@ pub fn client_busy(host: &str) -> ErrorPage {
         "The tunnel is at capacity",
         format!(
             "The tunnel <code>{}</code> has too many open connections right now. Retry shortly.",
+            escape(host)
+        ),
+    )
+}
+
+pub fn tunnel_timeout(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        504,
+        "tunnel-timeout",
+        "The tunnel did not answer",
+        format!(
+            "The tunnel client for <code>{}</code> did not answer in time.",
+            escape(host)
+        ),
+    )
+}
+
+/// `308` from the plain listener to the same URL over https.
+pub fn to_https(location: String) -> ErrorPage {
+    let mut p = ErrorPage::new(
+        308,
+        "https-redirect",
+        "Moved to https",
+        format!(
+            "This tunnel is served over https: <a href=\"{0}\">{0}</a>.",
+            escape(&location)
+        ),
+    );
+    p.location = Some(location);
+    p
+}
+
+/// The key authorization of an ACME HTTP-01 challenge.
+pub fn acme_challenge(key_authorization: String) -> ErrorPage {
+    let mut p = ErrorPage::new(200, "acme-challenge", "OK", String::new());
+    p.text = Some(key_authorization);
+    p
+}
+
+/// `421`: a TLS session established for one name carried a request for
+/// another.
+pub fn misdirected(host: &str, sni: &str) -> ErrorPage {
+    ErrorPage::new(
+        421,
+        "misdirected-request",
+        "Misdirected request",
+        format!(
+            "This TLS connection was opened for <code>{}</code>, not for <code>{}</code>. \
+             Open a new connection to that host.",
+            escape(sni),
             escape(host)
         ),
     )

@@ -10,10 +10,10 @@ use tracing::{debug, info, warn};
 
 use tunnel_lib::io::read_message;
 use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
-use tunnel_lib::proto::{close, Control, ErrorCode, PROTOCOL_VERSION};
+use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION};
 use tunnel_lib::quic::explain;
 
-use crate::registry::{Owner, Session};
+use crate::registry::{self, Owner, Session};
 use crate::State;
 
 /// Runs one client connection to its end.
@@ -198,9 +198,24 @@ async fn control_loop(
                 request_id,
                 subdomain,
                 local,
-            })) => match state.registry.register(session, &subdomain) {
+                kind,
+                plain_http,
+            })) => match state.registry.register(
+                session,
+                &registry::Request {
+                    name: &subdomain,
+                    kind,
+                    plain_http,
+                },
+            ) {
                 Ok(r) => {
                     info!(session = session.id, host = %r.hostname, %local, "tunnel registered");
+                    if kind == TunnelKind::Http {
+                        // The URL line appears once its certificate is ready.
+                        if !certificate(state, session, &r.hostname, shutdown).await {
+                            return false;
+                        }
+                    }
                     Control::Registered {
                         request_id,
                         tunnel_id: r.tunnel_id,
@@ -245,5 +260,27 @@ async fn control_loop(
         if send.write_all(&out).await.is_err() {
             return false;
         }
+    }
+}
+
+/// With ACME: waits until a certificate covers `host` (or ordering it
+/// failed, which is logged: visitors then see the default certificate).
+/// Returns false if the connection or the server went away meanwhile.
+async fn certificate(
+    state: &State,
+    session: &Session,
+    host: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Some(acme) = &state.acme else { return true };
+    tokio::select! {
+        r = acme.ensure(host) => {
+            if let Err(e) = r {
+                warn!(session = session.id, %host, "no certificate yet: {e}");
+            }
+            true
+        }
+        _ = session.conn.closed() => false,
+        _ = shutdown.cancelled() => false,
     }
 }

@@ -1,5 +1,6 @@
 //! The only async I/O in the library: listeners, message reads off a QUIC
-//! stream, and the splice between a QUIC stream and a TCP socket.
+//! stream, the [`LeanRead`] seam every visitor stream (TCP or TLS) is read
+//! through, and the splice between a QUIC stream and a TCP socket.
 //!
 //! No channels on the data path: bytes move between quinn and the socket as
 //! `Bytes` chunks (`read_chunk` / `write_chunk`), and QUIC flow control is the
@@ -153,20 +154,31 @@ pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     Ok(total)
 }
 
-/// Reads what the socket has into `buf`, first reserving `want` bytes if it
-/// has less than 1 KiB of room. While the socket has nothing to read and
-/// `buf` holds no unconsumed bytes, the buffer's memory is released before
-/// waiting: an idle connection holds no read buffer. Cancel-safe.
-pub async fn read_lean<S: AsRef<TcpStream>>(
-    rd: &S,
-    buf: &mut BytesMut,
-    want: usize,
-) -> std::io::Result<usize> {
-    let tcp = rd.as_ref();
+/// A byte source the edge and the splice read from. Plain TCP waits for
+/// readiness *without* a buffer (an idle connection holds none); other
+/// streams (TLS) read into `buf` directly. Every implementation is
+/// cancel-safe: a read that has not completed consumed nothing.
+pub trait LeanRead: Send {
+    /// Reads what is there into `buf`, first reserving `want` bytes if it
+    /// has less than 1 KiB of room. `Ok(0)` at EOF.
+    fn read_lean<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        want: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+fn reserve(buf: &mut BytesMut, want: usize) {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(want);
+    }
+}
+
+/// The TCP read: try first; while the socket has nothing and `buf` holds
+/// no unconsumed bytes, release the buffer before waiting for readiness.
+async fn lean_tcp(tcp: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::Result<usize> {
     loop {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(want);
-        }
+        reserve(buf, want);
         match tcp.try_read_buf(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if buf.is_empty() {
@@ -176,6 +188,51 @@ pub async fn read_lean<S: AsRef<TcpStream>>(
             }
             r => return r,
         }
+    }
+}
+
+impl LeanRead for TcpStream {
+    fn read_lean<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        want: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        lean_tcp(self, buf, want)
+    }
+}
+
+impl LeanRead for tokio::net::tcp::OwnedReadHalf {
+    fn read_lean<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        want: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        let this: &'a Self = self;
+        lean_tcp(this.as_ref(), buf, want)
+    }
+}
+
+impl LeanRead for tokio::net::tcp::ReadHalf<'_> {
+    fn read_lean<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        want: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        let this: &'a Self = self;
+        lean_tcp(this.as_ref(), buf, want)
+    }
+}
+
+/// Any other stream (a TLS session's read half): a plain buffered read.
+impl<T: tokio::io::AsyncRead + Send> LeanRead for tokio::io::ReadHalf<T> {
+    fn read_lean<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+        want: usize,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        use tokio::io::AsyncReadExt;
+        reserve(buf, want);
+        self.read_buf(buf)
     }
 }
 
@@ -204,8 +261,8 @@ impl GrowBuf {
     }
 
     /// One read; `Ok(0)` at EOF.
-    pub async fn read_from<S: AsRef<TcpStream>>(&mut self, rd: &S) -> std::io::Result<usize> {
-        let n = read_lean(rd, &mut self.buf, self.next).await?;
+    pub async fn read_from<R: LeanRead>(&mut self, rd: &mut R) -> std::io::Result<usize> {
+        let n = rd.read_lean(&mut self.buf, self.next).await?;
         if n > 0 && self.buf.capacity() == self.buf.len() {
             self.next = (self.next * 2).min(IO_CHUNK);
         }
@@ -218,10 +275,10 @@ impl GrowBuf {
     }
 }
 
-/// TCP → QUIC until EOF, then finishes the stream. Each read lands in a
+/// Socket → QUIC until EOF, then finishes the stream. Each read lands in a
 /// fresh region of one buffer and is handed to quinn without a copy.
-pub async fn tcp_to_quic<S: AsRef<TcpStream>>(
-    rd: &S,
+pub async fn tcp_to_quic<R: LeanRead>(
+    rd: &mut R,
     send: &mut SendStream,
 ) -> Result<u64, StreamError> {
     let mut total = 0u64;
@@ -264,7 +321,7 @@ pub async fn splice(
     // stream: a reuse then would lose them, so it is refused.
     let local_busy = AtomicBool::new(false);
     let outcome = {
-        let (rd, mut wr) = tcp.split();
+        let (mut rd, mut wr) = tcp.split();
         let to_local = async {
             match quic_to_tcp(recv, first, &mut wr).await {
                 Err(StreamError::Read(quinn::ReadError::Reset(code)))
@@ -279,7 +336,7 @@ pub async fn splice(
         let from_local = async {
             let mut buf = GrowBuf::new();
             loop {
-                let n = buf.read_from(&rd).await?;
+                let n = buf.read_from(&mut rd).await?;
                 if n == 0 {
                     send.finish()?;
                     return Ok::<(), StreamError>(());

@@ -53,7 +53,23 @@ pub fn transport(side: Side) -> TransportConfig {
 }
 
 pub fn server_config(pair: CertPair) -> Result<quinn::ServerConfig, TlsError> {
-    let mut crypto = server_crypto(pair)?;
+    quic_server(server_crypto(pair)?)
+}
+
+/// A server configuration whose certificate is chosen per connection (by
+/// SNI) by `resolver`.
+pub fn server_config_with(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let crypto = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    quic_server(crypto)
+}
+
+fn quic_server(mut crypto: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| TlsError::Config(e.to_string()))?;

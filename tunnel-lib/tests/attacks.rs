@@ -1,37 +1,22 @@
 //! The attack table against the sans-IO core: head scanner, head parser and
 //! chunked decoder, the way the edge applies them.
 
-use bytes::Bytes;
-use tunnel_lib::http1::scan::Scan;
-use tunnel_lib::http1::{BodyKind, ChunkStep, ChunkedDecoder, HeadScanner, Limits, RequestHead};
+use bytes::BytesMut;
+use tunnel_lib::http1::{BodyKind, ChunkedDecoder, Limits, RequestReader};
 
 include!("data/attack_cases.rs");
 
 /// `Err(status)` if the core rejects the input, `Ok` if it accepts it whole.
-fn judge(mut input: &[u8]) -> Result<(), u16> {
+fn judge(input: &[u8]) -> Result<(), u16> {
     let limits = Limits::default();
-    let n = loop {
-        match HeadScanner::new()
-            .scan(input, &limits)
-            .map_err(|e| e.status())?
-        {
-            Scan::Complete(n) => break n,
-            Scan::SkipEmptyLines(k) => input = &input[k..],
-            Scan::Partial => return Err(0),
-        }
-    };
-    let head =
-        RequestHead::parse(Bytes::copy_from_slice(&input[..n]), &limits).map_err(|e| e.status())?;
+    let mut buf = BytesMut::from(input);
+    let head = RequestReader::new()
+        .read(&mut buf, &limits)
+        .map_err(|e| e.status())?
+        .ok_or(0u16)?;
     if head.body == BodyKind::Chunked {
         let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
-        let mut rest = &input[n..];
-        while !rest.is_empty() && !dec.is_done() {
-            match dec.step(rest).map_err(|_| 400u16)? {
-                ChunkStep::Data(k) | ChunkStep::Framing(k) | ChunkStep::Done(k) => {
-                    rest = &rest[k..]
-                }
-            }
-        }
+        dec.advance(&buf).map_err(|_| 400u16)?;
     }
     Ok(())
 }

@@ -235,6 +235,9 @@ pub struct TestServer {
     pub state_dir: tempfile::TempDir,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
+    pub https: Option<SocketAddr>,
+    /// What SIGHUP notifies in the binary.
+    pub reload: Arc<Notify>,
 }
 
 impl TestServer {
@@ -242,24 +245,35 @@ impl TestServer {
         Self::start_with(Config::default()).await
     }
 
-    pub async fn start_with(mut config: Config) -> TestServer {
+    pub async fn start_with(config: Config) -> TestServer {
+        let listeners = Self::listeners(config.https.is_some());
+        Self::start_on(config, listeners).await
+    }
+
+    /// Listeners on 127.0.0.1 port 0 (with an https one if asked), bound
+    /// before the server so a test can hand their ports to another program.
+    pub fn listeners(https: bool) -> Listeners {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        Listeners::bind(any, any, https.then_some(any)).unwrap()
+    }
+
+    pub async fn start_on(mut config: Config, listeners: Listeners) -> TestServer {
         let state_dir = tempfile::tempdir().unwrap();
         config.state_dir = Some(state_dir.path().to_owned());
-        let listeners = Listeners::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        )
-        .unwrap();
         let server = Server::bind(config, listeners).await.unwrap();
         let (http, quic, registry) = (server.http_addr(), server.quic_addr(), server.registry());
+        let https = server.https_addr();
+        let reload = server.reload_handle();
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move { server.run(s).await.unwrap() });
         TestServer {
             http,
+            https,
             quic,
             registry,
             state_dir,
+            reload,
             shutdown,
             task,
         }
@@ -275,6 +289,7 @@ impl TestServer {
             tunnels: vec![TunnelSpec {
                 local: local.to_string(),
                 subdomain: subdomain.map(Into::into),
+                ..Default::default()
             }],
             // The client finds the dev certificate by itself, as on a laptop.
             dev_state_dir: Some(self.state_dir.path().to_owned()),

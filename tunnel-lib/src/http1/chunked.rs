@@ -50,6 +50,18 @@ enum State {
     Done,
 }
 
+/// What [`ChunkedDecoder::advance`] found in one buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Bytes of the input that belong to the body (all of it unless the
+    /// body ended inside the input).
+    pub consumed: usize,
+    /// How many of them were chunk payload.
+    pub data: u64,
+    /// Whether the body ended (at `consumed`).
+    pub done: bool,
+}
+
 /// Largest chunk size accepted: 15 hex digits (under 2^60 bytes).
 const MAX_SIZE_DIGITS: u8 = 15;
 
@@ -191,6 +203,24 @@ impl ChunkedDecoder {
             }
         }
         Ok(ChunkStep::Framing(i))
+    }
+
+    /// Walks all of `input` (or up to the body's end): for callers that only
+    /// need to know where a chunked body ends and how much payload it holds,
+    /// not the payload's positions.
+    pub fn advance(&mut self, input: &[u8]) -> Result<Progress, ChunkError> {
+        let mut p = Progress::default();
+        while p.consumed < input.len() && !self.is_done() {
+            match self.step(&input[p.consumed..])? {
+                ChunkStep::Data(n) => {
+                    p.data += n as u64;
+                    p.consumed += n;
+                }
+                ChunkStep::Framing(n) | ChunkStep::Done(n) => p.consumed += n,
+            }
+        }
+        p.done = self.is_done();
+        Ok(p)
     }
 
     fn trailer_byte(&mut self, b: u8) -> Result<(), ChunkError> {

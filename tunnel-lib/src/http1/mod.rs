@@ -16,7 +16,15 @@
 //! - [`ResponseHead::parse`] reads the local service's response head and
 //!   decides its framing (RFC 9112 §6.3), so request/response pairing cannot
 //!   slip on HEAD, 1xx, 204 or 304.
-//! - [`ChunkedDecoder`] is a strict chunked-coding state machine.
+//! - [`ChunkedDecoder`] is a strict chunked-coding state machine
+//!   (`step` for callers that move payload, `advance` for callers that only
+//!   need the body's end).
+//! - [`RequestReader`] composes scanner and parser over a growing buffer
+//!   (empty lines skipped): what the edge, the tests, the fuzzers and the
+//!   benchmarks all call.
+//! - [`host`]: the Host grammar (validation and the routing key), and the
+//!   wildcard parents routing probes. [`encode`]: chunk framing and header
+//!   lines the edge adds to relayed responses.
 //!
 //! Bare LF: rejected with 400 in request heads and chunk framing (RFC 9112
 //! §2.2 allows a recipient to accept it; a proxy that does invites desync with
@@ -24,11 +32,16 @@
 //! skipped, as §2.2 recommends.
 
 mod chunked;
+pub mod encode;
+pub mod host;
+mod reader;
 mod request;
 mod response;
 pub mod scan;
 
-pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder};
+pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder, Progress};
+pub use host::normalise_host;
+pub use reader::RequestReader;
 pub use request::{BodyKind, Forwarded, HeadError, RequestHead};
 pub use response::{ResponseBody, ResponseError, ResponseHead};
 pub use scan::HeadScanner;

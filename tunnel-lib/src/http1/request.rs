@@ -139,46 +139,7 @@ fn version_error(buf: &[u8]) -> HeadError {
 }
 
 fn valid_host(v: &[u8]) -> bool {
-    if v.is_empty() {
-        return false;
-    }
-    // reg-name / IPv4 / [IPv6] with an optional :port. No userinfo, no path.
-    let (host, port) = if v[0] == b'[' {
-        match v.iter().position(|b| *b == b']') {
-            Some(end) => {
-                let inner = &v[1..end];
-                if inner.is_empty()
-                    || !inner
-                        .iter()
-                        .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
-                {
-                    return false;
-                }
-                (&v[..=end], &v[end + 1..])
-            }
-            None => return false,
-        }
-    } else {
-        match v.iter().position(|b| *b == b':') {
-            Some(c) => (&v[..c], &v[c..]),
-            None => (v, &v[v.len()..]),
-        }
-    };
-    if host.is_empty() {
-        return false;
-    }
-    if host[0] != b'['
-        && !host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
-    {
-        return false;
-    }
-    match port {
-        [] => true,
-        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
-        _ => false,
-    }
+    super::host::split_host(v).is_some()
 }
 
 /// Parses a Content-Length value: 1*DIGIT, no sign, no spaces inside, no

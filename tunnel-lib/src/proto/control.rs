@@ -55,6 +55,33 @@ impl ErrorCode {
     }
 }
 
+/// What a tunnel carries, chosen at registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TunnelKind {
+    /// HTTP: the server terminates TLS (if any) and parses requests.
+    #[default]
+    Http,
+    /// TLS passthrough: the server routes by the ClientHello's SNI and
+    /// splices the raw bytes; the local service holds the certificate.
+    Tls,
+}
+
+impl TunnelKind {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            TunnelKind::Http => 1,
+            TunnelKind::Tls => 2,
+        }
+    }
+    pub fn from_u8(b: u8) -> Result<Self, ProtoError> {
+        match b {
+            1 => Ok(TunnelKind::Http),
+            2 => Ok(TunnelKind::Tls),
+            t => Err(ProtoError::UnknownType(t)),
+        }
+    }
+}
+
 /// One control-stream message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
@@ -70,11 +97,17 @@ pub enum Control {
     /// Server → client: authenticated.
     Welcome { version: u16, session_id: u64 },
     /// Client → server: expose one tunnel. `subdomain` empty means "assign
-    /// one". `local` is what the client forwards to, for display and logs.
+    /// one"; a name with a dot is a full host name (a custom domain, or a
+    /// wildcard rule `*.preview.example.com`) the token must be allowed.
+    /// `local` is what the client forwards to, for display and logs.
+    /// `plain_http`: serve plain-HTTP visitors too instead of redirecting
+    /// them to https.
     Register {
         request_id: u32,
         subdomain: String,
         local: String,
+        kind: TunnelKind,
+        plain_http: bool,
     },
     /// Server → client: the tunnel is live at `url`; data streams for it carry
     /// `tunnel_id`.
@@ -131,11 +164,15 @@ impl Control {
                 request_id,
                 subdomain,
                 local,
+                kind,
+                plain_http,
             } => {
                 dst.put_u8(T_REGISTER);
                 dst.put_u32(*request_id);
                 put_string(dst, subdomain);
                 put_string(dst, local);
+                dst.put_u8(kind.to_u8());
+                dst.put_u8(u8::from(*plain_http));
             }
             Control::Registered {
                 request_id,
@@ -196,6 +233,16 @@ impl Control {
                 request_id: r.u32()?,
                 subdomain: r.string()?,
                 local: r.string()?,
+                kind: TunnelKind::from_u8(r.u8()?)?,
+                plain_http: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(ProtoError::Malformed {
+                            what: "register flags",
+                        })
+                    }
+                },
             },
             T_REGISTERED => Control::Registered {
                 request_id: r.u32()?,

@@ -17,6 +17,9 @@ pub enum StreamKind {
     /// One visitor's HTTP/1 connection: canonical request heads and bodies
     /// one way, raw responses the other.
     Http1,
+    /// A TLS-passthrough visitor connection: raw bytes both ways, starting
+    /// with the visitor's ClientHello.
+    Tls,
 }
 
 /// Server → client, first bytes of a data stream.
@@ -33,6 +36,7 @@ impl Preface {
         dst.put_u32(0);
         dst.put_u8(match self.kind {
             StreamKind::Http1 => 1,
+            StreamKind::Tls => 2,
         });
         dst.put_u32(self.tunnel_id);
         match self.visitor.ip() {
@@ -56,6 +60,7 @@ impl Preface {
         let mut r = Reader::new(&frame, "stream preface");
         let kind = match r.u8()? {
             1 => StreamKind::Http1,
+            2 => StreamKind::Tls,
             t => return Err(ProtoError::UnknownType(t)),
         };
         let tunnel_id = r.u32()?;

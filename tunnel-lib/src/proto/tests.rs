@@ -25,11 +25,15 @@ fn samples() -> Vec<Control> {
             request_id: 1,
             subdomain: "myapp".into(),
             local: "127.0.0.1:8080".into(),
+            kind: TunnelKind::Http,
+            plain_http: false,
         },
         Control::Register {
             request_id: u32::MAX,
             subdomain: String::new(),
             local: String::new(),
+            kind: TunnelKind::Tls,
+            plain_http: true,
         },
         Control::Registered {
             request_id: 1,
@@ -144,7 +148,7 @@ fn preface_and_reply_round_trip_split_everywhere() {
             visitor: "203.0.113.9:5555".parse().unwrap(),
         },
         Preface {
-            kind: StreamKind::Http1,
+            kind: StreamKind::Tls,
             tunnel_id: u32::MAX,
             visitor: "[2001:db8::1]:443".parse().unwrap(),
         },

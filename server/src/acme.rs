@@ -1,0 +1,685 @@
+//! Certificates from an ACME CA (Let's Encrypt by default), through the
+//! maintained `instant-acme` client: no hand-written ACME or JWS here.
+//!
+//! One worker task owns the account and every order. Sessions ask it for a
+//! certificate when a tunnel host is registered ([`Acme::ensure`], through
+//! a bounded queue); it answers from the store, the disk cache, or a new
+//! order. Orders run one at a time, at most [`ORDERS_PER_HOUR`], and a name
+//! that failed waits out an exponential backoff before it is ordered again.
+//! Names are only ever ordered for a registered tunnel, the server's own
+//! name or its wildcard: a scanner's random SNI never reaches this module.
+//!
+//! Challenges: TLS-ALPN-01 on the https listener (default) or HTTP-01 on
+//! the plain listener; `*.DOMAIN` through DNS-01 with the operator's hook
+//! (`--acme-dns-hook PROGRAM`, run as `PROGRAM set|clear NAME VALUE` by
+//! `tokio::process`, never blocking a runtime thread). Key generation and
+//! signing of challenge certificates run in `spawn_blocking`.
+//!
+//! Renewal: at two thirds of a certificate's lifetime, minus a random
+//! jitter of up to 5 % of it; a failed renewal keeps the old certificate,
+//! logs what to do, and is retried with backoff.
+//!
+//! State on disk (the state directory, `acme/`): `account.json` (0600) and
+//! per name `NAME.crt` and `NAME.key` (0600), so a restart orders nothing.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::PrivateKeyDer;
+use rustls::sign::CertifiedKey;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::certs::{Cert, CertStore};
+use crate::registry::Registry;
+
+/// Let's Encrypt's production and staging directories.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// New orders per rolling hour (Let's Encrypt allows 300 per 3 hours).
+pub const ORDERS_PER_HOUR: usize = 60;
+/// Registrations waiting for the worker.
+const QUEUE: usize = 64;
+/// How long a registration waits for its certificate.
+pub const ENSURE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the DNS hook may run.
+const HOOK_TIMEOUT: Duration = Duration::from_secs(180);
+/// Backoff after a failed order: doubling from this, up to the cap.
+const BACKOFF_BASE: Duration = Duration::from_secs(30);
+const BACKOFF_CAP: Duration = Duration::from_secs(3600);
+
+/// How the CA validates a name that is not a wildcard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// TLS-ALPN-01 on the https listener (port 443 in production).
+    TlsAlpn01,
+    /// HTTP-01 on the plain listener (port 80 in production).
+    Http01,
+}
+
+#[derive(Debug, Clone)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// Contact for expiry notices.
+    pub email: Option<String>,
+    /// Trust this root (PEM) for the CA's own https, instead of the system's
+    /// roots: a private or test CA.
+    pub root: Option<PathBuf>,
+    pub challenge: Challenge,
+    /// Program that sets and clears DNS TXT records, for the wildcard.
+    pub dns_hook: Option<PathBuf>,
+    /// Renew a certificate once it is this old, whatever its lifetime
+    /// (default: at two thirds of its lifetime).
+    pub renew_after: Option<Duration>,
+}
+
+#[derive(Debug, Error, Clone)]
+pub enum AcmeError {
+    #[error("the ACME account is not ready: {0}")]
+    Account(String),
+    #[error("ordering a certificate for {names} failed: {why}")]
+    Order { names: String, why: String },
+    #[error("--acme-dns-hook {hook}: {why}; it is run as `{hook} set|clear NAME VALUE` and must exit 0 once the TXT record is (un)published")]
+    Hook { hook: String, why: String },
+    #[error("not ordering {name} again before {secs} s have passed (it failed: {last})")]
+    Backoff {
+        name: String,
+        secs: u64,
+        last: String,
+    },
+    #[error("at most {ORDERS_PER_HOUR} certificate orders per hour: retry in {0} s")]
+    RateLimited(u64),
+    #[error("too many certificate requests are waiting; retry shortly")]
+    Busy,
+    #[error("the certificate for {0} did not arrive within {ENSURE_TIMEOUT:?}")]
+    Timeout(String),
+    #[error("the server is shutting down")]
+    Stopped,
+}
+
+struct Job {
+    host: String,
+    done: oneshot::Sender<Result<(), AcmeError>>,
+}
+
+/// The handle sessions use; the worker is [`Acme::run`].
+#[derive(Clone)]
+pub struct Acme {
+    tx: mpsc::Sender<Job>,
+}
+
+/// Everything the worker owns.
+pub struct Worker {
+    cfg: AcmeConfig,
+    dir: PathBuf,
+    store: Arc<CertStore>,
+    registry: Arc<Registry>,
+    rx: mpsc::Receiver<Job>,
+    account: Option<Account>,
+    /// Name → (not before, attempts, last error).
+    failures: HashMap<String, (Instant, u32, String)>,
+    /// Start times of recent orders (rate limit).
+    recent: VecDeque<Instant>,
+    /// Certificates whose renewal is due, by first name, with jitter fixed
+    /// once per certificate.
+    due: HashMap<String, SystemTime>,
+}
+
+impl Acme {
+    /// The handle and the worker to run (on the server's tracker).
+    pub fn new(
+        cfg: AcmeConfig,
+        state_dir: &Path,
+        store: Arc<CertStore>,
+        registry: Arc<Registry>,
+    ) -> (Acme, Worker) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let worker = Worker {
+            cfg,
+            dir: state_dir.join("acme"),
+            store,
+            registry,
+            rx,
+            account: None,
+            failures: HashMap::new(),
+            recent: VecDeque::new(),
+            due: HashMap::new(),
+        };
+        (Acme { tx }, worker)
+    }
+
+    /// Makes sure a certificate covers `host`: at once when one does,
+    /// otherwise after an order (bounded by [`ENSURE_TIMEOUT`]).
+    pub async fn ensure(&self, host: &str) -> Result<(), AcmeError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .try_send(Job {
+                host: host.to_owned(),
+                done,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AcmeError::Busy,
+                mpsc::error::TrySendError::Closed(_) => AcmeError::Stopped,
+            })?;
+        match tokio::time::timeout(ENSURE_TIMEOUT, wait).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(AcmeError::Stopped),
+            Err(_) => Err(AcmeError::Timeout(host.to_owned())),
+        }
+    }
+}
+
+impl Worker {
+    /// Serves until `shutdown`: startup orders (the server's own name, the
+    /// wildcard with a DNS hook), registrations, renewals.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.load_cache().await;
+        let domain = self.registry.domain().to_owned();
+        let mut startup_done = false;
+        let mut account_retry = Instant::now();
+        loop {
+            if self.account.is_none() && Instant::now() >= account_retry {
+                match self.account().await {
+                    Ok(a) => self.account = Some(a),
+                    Err(e) => {
+                        warn!("{e}; retrying in 60 s");
+                        account_retry = Instant::now() + Duration::from_secs(60);
+                    }
+                }
+            }
+            if self.account.is_some() && !startup_done {
+                startup_done = true;
+                if self.cfg.dns_hook.is_some() {
+                    let names = vec![format!("*.{domain}"), domain.clone()];
+                    if let Err(e) = self.obtain(&names).await {
+                        warn!("{e}; new tunnels get a certificate each until the wildcard works");
+                    }
+                } else if let Err(e) = self.obtain(std::slice::from_ref(&domain)).await {
+                    warn!("{e}; clients need --server-fingerprint until the server has a certificate for {domain}");
+                }
+            }
+            let wake = self.next_wake(account_retry);
+            tokio::select! {
+                job = self.rx.recv() => match job {
+                    Some(job) => {
+                        let r = self.for_host(&job.host).await;
+                        let _ = job.done.send(r);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(wake) => self.renew_due().await,
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// When to look at renewals (and the account) next.
+    fn next_wake(&mut self, account_retry: Instant) -> Instant {
+        let now_sys = SystemTime::now();
+        let now = Instant::now();
+        let mut wake = now + Duration::from_secs(3600);
+        if self.account.is_none() {
+            wake = wake.min(account_retry);
+        }
+        for c in self.store.acme_certs() {
+            let at = self.due_at(&c);
+            let d = at.duration_since(now_sys).unwrap_or_default();
+            wake = wake.min(now + d);
+        }
+        wake
+    }
+
+    fn due_at(&mut self, c: &Cert) -> SystemTime {
+        let key = c.names.first().cloned().unwrap_or_default();
+        let renew_after = self.cfg.renew_after;
+        *self.due.entry(key).or_insert_with(|| match renew_after {
+            Some(age) => c.not_before + age,
+            None => {
+                let life = c.not_after.duration_since(c.not_before).unwrap_or_default();
+                let jitter = life.mul_f64(fastrand::f64() * 0.05);
+                c.renew_at() - jitter
+            }
+        })
+    }
+
+    /// Renews every certificate that is due and still needed.
+    async fn renew_due(&mut self) {
+        let now = SystemTime::now();
+        let domain = self.registry.domain().to_owned();
+        for c in self.store.acme_certs() {
+            if self.due_at(&c) > now {
+                continue;
+            }
+            let needed = c
+                .names
+                .iter()
+                .any(|n| *n == domain || *n == format!("*.{domain}") || self.registry.serves(n));
+            if !needed {
+                continue;
+            }
+            let key = c.names.first().cloned().unwrap_or_default();
+            match self.order(&c.names).await {
+                Ok(()) => {
+                    self.due.remove(&key);
+                    info!(names = ?c.names, "certificate renewed");
+                }
+                Err(e) => {
+                    // Keep the old certificate; try again after the backoff.
+                    let retry = self
+                        .failures
+                        .get(&key)
+                        .map(|f| f.0)
+                        .unwrap_or_else(|| Instant::now() + BACKOFF_BASE);
+                    let wait = retry.saturating_duration_since(Instant::now());
+                    self.due.insert(key, now + wait.max(Duration::from_secs(1)));
+                    warn!(
+                        "renewal failed, keeping the current certificate (valid until {}): {e}. \
+                         Check that the CA can reach this server (DNS, ports 80/443) and see the logs above",
+                        httpdate(c.not_after)
+                    );
+                }
+            }
+        }
+    }
+
+    /// A registration's certificate.
+    async fn for_host(&mut self, host: &str) -> Result<(), AcmeError> {
+        if self.store.covers(host) {
+            return Ok(());
+        }
+        if host.starts_with("*.") && self.cfg.dns_hook.is_none() {
+            return Err(AcmeError::Order {
+                names: host.to_owned(),
+                why:
+                    "a wildcard needs a DNS-01 challenge: start tunnel-server with --acme-dns-hook"
+                        .into(),
+            });
+        }
+        self.obtain(&[host.to_owned()]).await
+    }
+
+    /// Orders `names` unless backoff or the rate limit says no.
+    async fn obtain(&mut self, names: &[String]) -> Result<(), AcmeError> {
+        if names.iter().all(|n| self.store.covers(n)) {
+            return Ok(());
+        }
+        let key = names[0].clone();
+        if let Some((until, _, last)) = self.failures.get(&key) {
+            let now = Instant::now();
+            if *until > now {
+                return Err(AcmeError::Backoff {
+                    name: key,
+                    secs: (*until - now).as_secs().max(1),
+                    last: last.clone(),
+                });
+            }
+        }
+        self.order(names).await
+    }
+
+    /// One order, with its bookkeeping (rate limit, backoff on failure).
+    async fn order(&mut self, names: &[String]) -> Result<(), AcmeError> {
+        let now = Instant::now();
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600))
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= ORDERS_PER_HOUR {
+            let oldest = self.recent.front().copied().unwrap_or(now);
+            let wait = Duration::from_secs(3600).saturating_sub(now.duration_since(oldest));
+            return Err(AcmeError::RateLimited(wait.as_secs().max(1)));
+        }
+        self.recent.push_back(now);
+        let key = names[0].clone();
+        info!(?names, "ordering a certificate");
+        match self.order_once(names).await {
+            Ok(cert) => {
+                self.failures.remove(&key);
+                info!(?names, not_after = %httpdate(cert.not_after), "certificate issued");
+                self.store.add_acme(Arc::new(cert));
+                Ok(())
+            }
+            Err(e) => {
+                let attempts = self.failures.get(&key).map_or(0, |f| f.1) + 1;
+                let backoff = BACKOFF_BASE
+                    .saturating_mul(1 << (attempts - 1).min(10))
+                    .min(BACKOFF_CAP);
+                let backoff = backoff.mul_f64(0.5 + fastrand::f64() * 0.5);
+                self.failures
+                    .insert(key, (Instant::now() + backoff, attempts, e.to_string()));
+                warn!("{e}");
+                Err(e)
+            }
+        }
+    }
+
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let err = |e: &dyn std::fmt::Display| AcmeError::Account(e.to_string());
+        let builder = || match &self.cfg.root {
+            Some(root) => Account::builder_with_root(root).map_err(|e| {
+                AcmeError::Account(format!(
+                    "--acme-root {}: {e}; pass the PEM file of the CA's TLS root",
+                    root.display()
+                ))
+            }),
+            None => Account::builder().map_err(|e| err(&e)),
+        };
+        let path = self.dir.join("account.json");
+        if let Ok(json) = tokio::fs::read(&path).await {
+            match serde_json::from_slice::<AccountCredentials>(&json) {
+                Ok(creds) => {
+                    return builder()?
+                        .from_credentials(creds)
+                        .await
+                        .map_err(|e| err(&format!("restoring {}: {e}", path.display())))
+                }
+                Err(e) => warn!("ignoring {}: {e}; creating a new account", path.display()),
+            }
+        }
+        let contact = self.cfg.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let (account, creds) = builder()?
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.cfg.directory.clone(),
+                None,
+            )
+            .await
+            .map_err(|e| {
+                err(&format!(
+                    "cannot create an account at {}: {e}; check --acme-directory and the network",
+                    self.cfg.directory
+                ))
+            })?;
+        let json = serde_json::to_vec(&creds).map_err(|e| err(&e))?;
+        write_private(&path, &json)
+            .await
+            .map_err(|e| err(&format!("cannot save {}: {e}", path.display())))?;
+        info!(directory = %self.cfg.directory, "ACME account created");
+        Ok(account)
+    }
+
+    async fn order_once(&self, names: &[String]) -> Result<Cert, AcmeError> {
+        let account = self
+            .account
+            .as_ref()
+            .ok_or_else(|| AcmeError::Account("not created yet".into()))?;
+        let fail = |why: String| AcmeError::Order {
+            names: names.join(", "),
+            why,
+        };
+        let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut cleanup: Vec<Cleanup> = Vec::new();
+        let result = async {
+            // First publish every response (two TXT values share one name
+            // for DOMAIN and *.DOMAIN), then tell the CA to validate.
+            let mut ready = Vec::new();
+            let mut auths = order.authorizations();
+            while let Some(a) = auths.next().await {
+                let mut a = a.map_err(|e| fail(e.to_string()))?;
+                match a.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    other => return Err(fail(format!("authorization is {other:?}"))),
+                }
+                let ident = a.identifier();
+                let wildcard = ident.wildcard;
+                let name = ident.to_string();
+                let kind = if wildcard || self.cfg.dns_hook.is_some() && names.len() > 1 {
+                    ChallengeType::Dns01
+                } else {
+                    match self.cfg.challenge {
+                        Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                        Challenge::Http01 => ChallengeType::Http01,
+                    }
+                };
+                let ch = a
+                    .challenge(kind.clone())
+                    .ok_or_else(|| fail(format!("the CA offers no {kind:?} challenge for {name}")))?;
+                let ka = ch.key_authorization();
+                match kind {
+                    ChallengeType::TlsAlpn01 => {
+                        let digest = ka.digest().as_ref().to_vec();
+                        let n = name.clone();
+                        let key = tokio::task::spawn_blocking(move || alpn_certificate(&n, &digest))
+                            .await
+                            .map_err(|e| fail(e.to_string()))?
+                            .map_err(fail)?;
+                        self.store.set_alpn_challenge(&name, key);
+                        cleanup.push(Cleanup::Alpn(name.clone()));
+                    }
+                    ChallengeType::Http01 => {
+                        self.store.set_http01(&ch.token, ka.as_str().to_owned());
+                        cleanup.push(Cleanup::Http(ch.token.clone()));
+                    }
+                    _ => {
+                        let base = name.trim_start_matches("*.");
+                        let record = format!("_acme-challenge.{base}");
+                        let value = ka.dns_value();
+                        self.hook("set", &record, &value).await?;
+                        cleanup.push(Cleanup::Dns(record, value));
+                    }
+                }
+                ready.push(ch.url.clone());
+            }
+            let mut auths = order.authorizations();
+            while let Some(a) = auths.next().await {
+                let mut a = a.map_err(|e| fail(e.to_string()))?;
+                let t = a
+                    .challenges
+                    .iter()
+                    .find(|c| ready.contains(&c.url))
+                    .map(|c| c.r#type.clone());
+                if let Some(mut ch) = t.and_then(|t| a.challenge(t)) {
+                    ch.set_ready().await.map_err(|e| fail(e.to_string()))?;
+                }
+            }
+            let retry = RetryPolicy::default().timeout(Duration::from_secs(120));
+            match order.poll_ready(&retry).await {
+                Ok(OrderStatus::Ready) => Ok(()),
+                Ok(status) => Err(fail(format!(
+                    "the CA could not validate it (order {status:?}); check that the name resolves to \
+                     this server and that the CA reaches its {} port",
+                    match self.cfg.challenge {
+                        Challenge::TlsAlpn01 => "https (443)",
+                        Challenge::Http01 => "plain http (80)",
+                    }
+                ))),
+                Err(e) => Err(fail(e.to_string())),
+            }
+        }
+        .await;
+        for c in cleanup {
+            match c {
+                Cleanup::Alpn(n) => self.store.clear_alpn_challenge(&n),
+                Cleanup::Http(t) => self.store.clear_http01(&t),
+                Cleanup::Dns(record, value) => {
+                    if let Err(e) = self.hook("clear", &record, &value).await {
+                        warn!("{e}");
+                    }
+                }
+            }
+        }
+        result?;
+        let names_owned = names.to_vec();
+        let (key_pem, csr) = tokio::task::spawn_blocking(move || csr_for(&names_owned))
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .map_err(fail)?;
+        order
+            .finalize_csr(&csr)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let chain = order
+            .poll_certificate(&RetryPolicy::default().timeout(Duration::from_secs(120)))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let cert = self
+            .save_and_load(&names[0], chain.as_bytes(), key_pem.as_bytes())
+            .await
+            .map_err(fail)?;
+        Ok(cert)
+    }
+
+    /// Runs the DNS hook once.
+    async fn hook(&self, action: &str, name: &str, value: &str) -> Result<(), AcmeError> {
+        let Some(hook) = &self.cfg.dns_hook else {
+            return Err(AcmeError::Order {
+                names: name.to_owned(),
+                why: "a DNS-01 challenge needs --acme-dns-hook".into(),
+            });
+        };
+        let fail = |why: String| AcmeError::Hook {
+            hook: hook.display().to_string(),
+            why,
+        };
+        debug!(%action, %name, "running the DNS hook");
+        let child = tokio::process::Command::new(hook)
+            .arg(action)
+            .arg(name)
+            .arg(value)
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        match tokio::time::timeout(HOOK_TIMEOUT, child).await {
+            Ok(Ok(out)) if out.status.success() => Ok(()),
+            Ok(Ok(out)) => Err(fail(format!(
+                "`{action} {name}` exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))),
+            Ok(Err(e)) => Err(fail(format!("cannot run it: {e}"))),
+            Err(_) => Err(fail(format!(
+                "`{action} {name}` did not finish within {HOOK_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    /// Writes a new certificate to the cache and builds it.
+    async fn save_and_load(&self, first: &str, chain: &[u8], key: &[u8]) -> Result<Cert, String> {
+        let base = file_name(first);
+        let crt = self.dir.join(format!("{base}.crt"));
+        let keyf = self.dir.join(format!("{base}.key"));
+        write_private(&keyf, key)
+            .await
+            .map_err(|e| format!("cannot save {}: {e}", keyf.display()))?;
+        write_private(&crt, chain)
+            .await
+            .map_err(|e| format!("cannot save {}: {e}", crt.display()))?;
+        let pair = tunnel_lib::tls::load_pair(&crt, &keyf)
+            .await
+            .map_err(|e| e.to_string())?;
+        Cert::from_pair(pair, &crt).map_err(|e| e.to_string())
+    }
+
+    /// Certificates cached by an earlier run.
+    async fn load_cache(&mut self) {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.dir).await else {
+            return;
+        };
+        while let Ok(Some(entry)) = dir.next_entry().await {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "crt") {
+                continue;
+            }
+            let key = path.with_extension("key");
+            match tunnel_lib::tls::load_pair(&path, &key).await {
+                Ok(pair) => match Cert::from_pair(pair, &path) {
+                    Ok(c) if c.not_after > SystemTime::now() => {
+                        debug!(names = ?c.names, "certificate loaded from the cache");
+                        self.store.add_acme(Arc::new(c));
+                    }
+                    Ok(_) => debug!("{} has expired; ignoring it", path.display()),
+                    Err(e) => warn!("ignoring {}: {e}", path.display()),
+                },
+                Err(e) => warn!("ignoring {}: {e}", path.display()),
+            }
+        }
+    }
+}
+
+enum Cleanup {
+    Alpn(String),
+    Http(String),
+    Dns(String, String),
+}
+
+/// The TLS-ALPN-01 certificate (RFC 8737): self-signed for `name`, with
+/// the key authorization's digest in the acmeIdentifier extension.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<Arc<CertifiedKey>, String> {
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(|e| e.to_string())?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+    let der = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| e.to_string())?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signer,
+    )))
+}
+
+/// A fresh key (PEM) and a CSR (DER) for `names`.
+fn csr_for(names: &[String]) -> Result<(String, Vec<u8>), String> {
+    let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut params = rcgen::CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+    Ok((key.serialize_pem(), csr.der().to_vec()))
+}
+
+/// A cache file name for a certificate's first name.
+fn file_name(name: &str) -> String {
+    name.replace('*', "_wildcard_")
+}
+
+/// Writes a file readable by the owner only, atomically.
+async fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await?;
+    f.write_all(data).await?;
+    f.sync_all().await?;
+    drop(f);
+    tokio::fs::rename(&tmp, path).await
+}
+
+/// A time as seconds since the epoch, for logs.
+fn httpdate(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => format!("unix {}", d.as_secs()),
+        Err(_) => "before 1970".into(),
+    }
+}

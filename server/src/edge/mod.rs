@@ -1,0 +1,186 @@
+//! The public HTTP edge: one task per visitor connection, two halves, over
+//! any visitor stream (plain TCP, or a TLS session from [`tls`]).
+//!
+//! The *request side* ([`request`]) reads request heads (one deadline per
+//! head), routes each by its own Host, and forwards a canonical head plus
+//! the body (by its framing) on a QUIC stream to the tunnel's client: one
+//! stream per visitor connection and tunnel, reused while consecutive
+//! requests go to the same tunnel. The *response side* ([`response`])
+//! relays responses back in request order, tracking their framing so
+//! pairing cannot slip, and writes the server's own pages (404, 502, ...)
+//! in their turn. Opening a stream and reading the client's reply is
+//! [`crate::upstream`].
+//!
+//! The halves talk through a bounded queue of pending exchanges (the
+//! pipelining depth), and both run inside the one connection task.
+//!
+//! The scheme belongs to the listener ([`Scheme`]): it goes into
+//! `X-Forwarded-Proto`, decides the plain listener's redirect to https and
+//! HSTS. The halves are generic over the stream (`LeanRead` + `AsyncWrite`):
+//! plain TCP keeps its lean reads (an idle connection holds no buffer), TLS
+//! reads through its session.
+//!
+//! A rejected request never opens a stream: head errors, declared lengths
+//! over the limit and bad chunked bytes that arrived with the head are
+//! answered before anything goes upstream. A body that turns bad later is
+//! aborted: the stream is reset (the local service sees an incomplete
+//! request and a reset, never a complete request made of the bad bytes) and
+//! the visitor gets the error page in its turn.
+
+mod request;
+mod response;
+pub(crate) mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use tunnel_lib::io::LeanRead;
+
+use crate::registry::Rule;
+use crate::respond::ErrorPage;
+use crate::State;
+
+use request::RequestSide;
+use response::ResponseSide;
+
+/// Requests forwarded but not yet answered, per visitor connection.
+const MAX_PIPELINE: usize = 16;
+
+/// Body bytes the server reads and drops (for a request it answers itself)
+/// before it closes the connection instead.
+const MAX_DISCARD: u64 = 1024 * 1024;
+
+/// How visitors reached this listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+enum Pending {
+    /// A page the server answers with itself.
+    Local { page: Bytes, close: bool },
+    /// A request forwarded upstream; its response comes from `recv` (a new
+    /// stream when `Some`, else the current one).
+    Upstream {
+        recv: Option<RecvStream>,
+        /// With a new stream: the send half of the stream it replaces, for
+        /// the response side to retire once that stream's last response is in.
+        old_send: Option<SendStream>,
+        rule: Arc<Rule>,
+        head_request: bool,
+        close: bool,
+        /// For an upgrade request: told whether the upgrade happened.
+        upgraded: Option<oneshot::Sender<bool>>,
+        /// The request side gave up on this request's body: answer with this
+        /// page (if nothing of the response was sent yet) and close; `None`:
+        /// just close. Dropped unsent when the request went out whole.
+        abort: oneshot::Receiver<Option<ErrorPage>>,
+    },
+    /// The request side is done; the send half of the current stream is
+    /// retired by the response side after the last response.
+    End { send: Option<SendStream> },
+}
+
+/// A plain-TCP visitor connection.
+pub(crate) async fn serve_tcp(
+    state: Arc<State>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    soft: CancellationToken,
+) {
+    let _ = tcp.set_nodelay(true);
+    // A connected visitor that has sent nothing yet costs only this small
+    // future: the halves, queue and buffers are allocated once it speaks.
+    let idle = state.config.timeouts.keep_alive_idle;
+    // `peek`, not `readable()`: readiness may be reported before any byte
+    // arrives (it is, right after accept).
+    let mut probe = [0u8; 1];
+    let spoke = tokio::select! {
+        r = timeout(idle, tcp.peek(&mut probe)) => matches!(r, Ok(Ok(n)) if n > 0),
+        _ = soft.cancelled() => false,
+    };
+    if spoke {
+        let (rd, wr) = tcp.into_split();
+        Box::pin(serve_stream(
+            state,
+            rd,
+            wr,
+            BytesMut::new(),
+            peer,
+            Scheme::Http,
+            None,
+            soft,
+        ))
+        .await;
+    }
+}
+
+/// One visitor connection over any stream: `buf` holds bytes already read
+/// from it; `sni` is the TLS server name the session was established for.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_stream<R, W>(
+    state: Arc<State>,
+    rd: R,
+    wr: W,
+    buf: BytesMut,
+    peer: SocketAddr,
+    scheme: Scheme,
+    sni: Option<Box<str>>,
+    soft: CancellationToken,
+) where
+    R: LeanRead,
+    W: AsyncWrite + Unpin + Send,
+{
+    let (tx, rx) = mpsc::channel(MAX_PIPELINE);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let requests = RequestSide {
+        state: state.clone(),
+        rd,
+        buf,
+        peer,
+        scheme,
+        sni,
+        tx: Queue(tx),
+        up: None,
+        in_flight: in_flight.clone(),
+    }
+    .run(soft);
+    let responses = ResponseSide::new(state, wr, rx, in_flight, scheme).run();
+    tokio::pin!(requests, responses);
+    tokio::select! {
+        // The response side decides when the connection ends (close after a
+        // response, an upgrade relay finished, a write failed).
+        _ = &mut responses => {}
+        _ = &mut requests => responses.await,
+    }
+}
+
+/// The request side's end of the pending-exchange queue. Exchanges are boxed:
+/// the queue's storage then costs a pointer per slot, not a whole exchange
+/// (tokio allocates 32 slots per channel whatever its bound).
+struct Queue(mpsc::Sender<Box<Pending>>);
+
+impl Queue {
+    async fn push(&self, p: Pending) -> Result<(), mpsc::error::SendError<Box<Pending>>> {
+        self.0.send(Box::new(p)).await
+    }
+}

@@ -1,0 +1,501 @@
+//! The request side of a visitor connection: read heads, route them, and
+//! forward canonical heads and re-framed bodies upstream.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{SendStream, VarInt};
+use tokio::sync::oneshot;
+use tokio::time::{timeout, timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use tunnel_lib::http1::encode::{chunk_size_line, CHUNK_END, LAST_CHUNK};
+use tunnel_lib::http1::{
+    normalise_host, BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, RequestHead,
+    RequestReader,
+};
+use tunnel_lib::io::LeanRead;
+use tunnel_lib::limits::{FIRST_READ, IO_CHUNK};
+use tunnel_lib::proto::{reset, StreamKind};
+
+use super::{Pending, Queue, Scheme, MAX_DISCARD};
+use crate::registry::{Rule, Session};
+use crate::respond::{self, ErrorPage};
+use crate::{upstream, State};
+
+/// What the request side keeps of a routed head.
+#[derive(Clone, Copy)]
+pub(super) struct Facts {
+    body: BodyKind,
+    keep_alive: bool,
+    is_head: bool,
+    upgrade_websocket: bool,
+}
+
+enum Action {
+    /// The server answers with its own page.
+    Answer(ErrorPage),
+    /// The rendered head goes to the tunnel's client.
+    Forward(Bytes, Arc<Rule>, Arc<Session>),
+}
+
+pub(super) struct Upstream {
+    rule: Arc<Rule>,
+    send: SendStream,
+}
+
+pub(super) struct RequestSide<R> {
+    pub(super) state: Arc<State>,
+    pub(super) rd: R,
+    /// Bytes read from the visitor and not yet consumed.
+    pub(super) buf: BytesMut,
+    pub(super) peer: SocketAddr,
+    /// The listener's scheme: `X-Forwarded-Proto`, and whether plain
+    /// requests are redirected to https.
+    pub(super) scheme: Scheme,
+    /// The TLS server name: a request for another host on this session is
+    /// misdirected (421), never served under the other name's certificate.
+    pub(super) sni: Option<Box<str>>,
+    pub(super) tx: Queue,
+    pub(super) up: Option<Upstream>,
+    /// Exchanges forwarded upstream and not yet answered (shared with the
+    /// response side).
+    pub(super) in_flight: Arc<AtomicUsize>,
+}
+
+// Returned once per request and moved straight into use: boxing the head
+// would cost an allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum HeadRead {
+    Head(RequestHead),
+    /// Idle timeout or shutdown between requests: close quietly.
+    Idle,
+    /// The visitor closed its connection (or it failed).
+    Gone,
+    Reject(ErrorPage),
+}
+
+/// The request side stops: the connection is done once the response side
+/// has answered what is queued.
+struct Stop;
+
+impl<R: LeanRead> RequestSide<R> {
+    pub(super) async fn run(mut self, soft: CancellationToken) {
+        loop {
+            let head = match self.read_head(&soft).await {
+                HeadRead::Head(h) => h,
+                HeadRead::Idle => break,
+                HeadRead::Gone => {
+                    if self.in_flight.load(Ordering::Relaxed) > 0 {
+                        // The visitor left with responses pending: cancel the
+                        // local requests instead of waiting for them.
+                        if let Some(mut up) = self.up.take() {
+                            let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
+                        }
+                    }
+                    break;
+                }
+                HeadRead::Reject(page) => {
+                    let _ = self
+                        .tx
+                        .push(Pending::Local {
+                            page: page.render(true, false),
+                            close: true,
+                        })
+                        .await;
+                    break;
+                }
+            };
+            // The head is consumed here, before any await: the connection's
+            // future then holds a few facts and the rendered bytes, not the
+            // parsed head (568 bytes, which an async fn would keep twice).
+            let (facts, action) = self.route(head);
+            let keep_alive = facts.keep_alive;
+            let result = match action {
+                Action::Answer(page) => self.answer_locally(facts, page).await,
+                Action::Forward(fwd, rule, session) => {
+                    self.forward(facts, fwd, rule, &session.conn).await
+                }
+            };
+            if result.is_err() || !keep_alive {
+                break;
+            }
+        }
+        let send = self.up.take().map(|u| u.send);
+        let _ = self.tx.push(Pending::End { send }).await;
+    }
+
+    /// Routes a head by its Host: the server's own page, or the forwarded
+    /// head rendered for the tunnel.
+    fn route(&self, head: RequestHead) -> (Facts, Action) {
+        let facts = Facts {
+            body: head.body,
+            keep_alive: head.keep_alive,
+            is_head: head.is_head(),
+            upgrade_websocket: head.upgrade_websocket,
+        };
+        if self.scheme == Scheme::Http {
+            if let Some(page) = self.plain_only(&head) {
+                return (facts, Action::Answer(page));
+            }
+        }
+        if let Some(sni) = &self.sni {
+            if normalise_host(head.host()).is_some_and(|h| *h != **sni) {
+                return (
+                    facts,
+                    Action::Answer(respond::misdirected(&host_text(&head), sni)),
+                );
+            }
+        }
+        let action = match self.state.registry.route(head.host()) {
+            None => Action::Answer(respond::not_found(&host_text(&head))),
+            Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
+            Some((rule, _)) if self.scheme == Scheme::Http && self.redirects(&rule) => {
+                Action::Answer(respond::to_https(self.state.https_url(&head)))
+            }
+            Some((rule, Some(session))) => {
+                let mut fwd = BytesMut::new();
+                head.write_forwarded(
+                    &mut fwd,
+                    &Forwarded {
+                        client_ip: self.peer.ip(),
+                        proto: self.scheme.as_str(),
+                    },
+                );
+                Action::Forward(fwd.freeze(), rule, session)
+            }
+        };
+        (facts, action)
+    }
+
+    /// What only the plain listener answers: ACME HTTP-01 challenges.
+    fn plain_only(&self, head: &RequestHead) -> Option<ErrorPage> {
+        let token = head
+            .target()
+            .strip_prefix(b"/.well-known/acme-challenge/")?;
+        let tls = self.state.tls.as_ref()?;
+        let token = std::str::from_utf8(token).ok()?;
+        tls.store
+            .http01_response(token)
+            .map(respond::acme_challenge)
+    }
+
+    /// Whether a request for `rule` on the plain listener gets a 308 to
+    /// https: with an https listener, unless the tunnel opted out.
+    fn redirects(&self, rule: &Rule) -> bool {
+        self.state.https_port.is_some() && !rule.plain_http
+    }
+
+    /// Reads the next head: an idle timeout until its first byte, then one
+    /// deadline for the whole head.
+    async fn read_head(&mut self, soft: &CancellationToken) -> HeadRead {
+        let limits = &self.state.config.http_limits;
+        let t = &self.state.config.timeouts;
+        let mut reader = RequestReader::new();
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if !self.buf.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + t.head);
+                match reader.read(&mut self.buf, limits) {
+                    Ok(Some(h)) => return HeadRead::Head(h),
+                    Ok(None) => {}
+                    Err(e) => return HeadRead::Reject(reject_page(&e)),
+                }
+            }
+            let read = self.rd.read_lean(&mut self.buf, FIRST_READ);
+            let n = match deadline {
+                Some(d) => match timeout_at(d, read).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(_)) => return HeadRead::Gone,
+                    Err(_) => {
+                        debug!(peer = %self.peer, "408: request head not complete within {:?}", t.head);
+                        return HeadRead::Reject(respond::bad_request(
+                            408,
+                            "the request head did not arrive in time",
+                        ));
+                    }
+                },
+                None => tokio::select! {
+                    r = timeout(t.keep_alive_idle, read) => match r {
+                        Ok(Ok(n)) => n,
+                        Ok(Err(_)) => return HeadRead::Gone,
+                        Err(_) => return HeadRead::Idle,
+                    },
+                    _ = soft.cancelled() => return HeadRead::Idle,
+                },
+            };
+            if n == 0 {
+                return HeadRead::Gone;
+            }
+        }
+    }
+
+    /// Answers a request with the server's own page, skipping its body.
+    async fn answer_locally(&mut self, head: Facts, page: ErrorPage) -> Result<(), Stop> {
+        let discardable = match head.body {
+            BodyKind::None => true,
+            BodyKind::Length(n) => n <= MAX_DISCARD,
+            BodyKind::Chunked => false,
+        };
+        let close = !head.keep_alive || !discardable;
+        let rendered = page.render(close, head.is_head);
+        self.tx
+            .push(Pending::Local {
+                page: rendered,
+                close,
+            })
+            .await
+            .map_err(|_| Stop)?;
+        if close {
+            return Err(Stop);
+        }
+        if let BodyKind::Length(mut n) = head.body {
+            while n > 0 {
+                if self.buf.is_empty() {
+                    self.read_more().await.map_err(|_| Stop)?;
+                }
+                let take = (self.buf.len() as u64).min(n) as usize;
+                let _ = self.buf.split_to(take);
+                n -= take as u64;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects a request before anything of it went upstream.
+    async fn reject(&mut self, page: ErrorPage, head: Facts) -> Result<(), Stop> {
+        let _ = self
+            .tx
+            .push(Pending::Local {
+                page: page.render(true, head.is_head),
+                close: true,
+            })
+            .await;
+        Err(Stop)
+    }
+
+    /// Reads more visitor bytes into `buf`, within the body idle timeout.
+    /// `Err(None)`: the visitor went away or stalled (nothing to answer).
+    async fn read_more(&mut self) -> Result<(), Option<ErrorPage>> {
+        match timeout(
+            self.state.config.timeouts.body_idle,
+            self.rd.read_lean(&mut self.buf, IO_CHUNK),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => Ok(()),
+            _ => Err(None),
+        }
+    }
+
+    /// What can be judged before anything is forwarded: the declared length
+    /// against the body limit, and the chunked bytes that arrived with the
+    /// head.
+    fn precheck_body(&self, head: Facts) -> Result<(), ErrorPage> {
+        let cfg = &self.state.config;
+        match head.body {
+            BodyKind::Length(n) if cfg.max_body.is_some_and(|m| n > m) => {
+                Err(too_large(cfg.max_body))
+            }
+            BodyKind::Chunked => {
+                let limits = &cfg.http_limits;
+                let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+                let seen = dec.advance(&self.buf).map_err(bad_body)?;
+                match cfg.max_body {
+                    Some(m) if seen.data > m => Err(too_large(cfg.max_body)),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Forwards one request: `fwd` is its rendered head.
+    async fn forward(
+        &mut self,
+        head: Facts,
+        fwd: Bytes,
+        rule: Arc<Rule>,
+        conn: &quinn::Connection,
+    ) -> Result<(), Stop> {
+        if let Err(page) = self.precheck_body(head) {
+            return self.reject(page, head).await;
+        }
+        let mut out = fwd;
+        let reuse = self
+            .up
+            .as_ref()
+            .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
+        let mut new_recv = None;
+        let mut old_send = None;
+        if !reuse {
+            old_send = self.up.take().map(|u| u.send);
+            match upstream::open(conn, &rule).await {
+                Ok((send, recv)) => {
+                    // A new stream starts with its preface, in the same chunk.
+                    out = upstream::prefaced(StreamKind::Http1, &rule, self.peer, &out);
+                    self.up = Some(Upstream {
+                        rule: rule.clone(),
+                        send,
+                    });
+                    new_recv = Some(recv);
+                }
+                Err(page) => return self.answer_locally(head, page).await,
+            }
+        }
+        let (upgraded_tx, upgraded_rx) = match head.upgrade_websocket {
+            true => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let (abort_tx, abort_rx) = oneshot::channel();
+        let pending = Pending::Upstream {
+            recv: new_recv,
+            old_send,
+            rule,
+            head_request: head.is_head,
+            close: !head.keep_alive,
+            upgraded: upgraded_tx,
+            abort: abort_rx,
+        };
+        // Queued before the body is sent: the response side must be reading
+        // for `Expect: 100-continue` to work.
+        self.tx.push(pending).await.map_err(|_| Stop)?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let sent = match self.up.as_mut() {
+            Some(up) => match up.send.write_chunk(out).await {
+                Ok(()) => match head.body {
+                    BodyKind::None => Ok(()),
+                    BodyKind::Length(n) => self.forward_length(n).await,
+                    BodyKind::Chunked => self.forward_chunked().await,
+                },
+                Err(_) => Err(None),
+            },
+            None => Err(None),
+        };
+        if let Err(page) = sent {
+            // Tell the response side first, then cut the stream.
+            let _ = abort_tx.send(page);
+            if let Some(mut up) = self.up.take() {
+                let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
+            }
+            return Err(Stop);
+        }
+        drop(abort_tx);
+        if let Some(rx) = upgraded_rx {
+            // No further request is read until the upgrade is decided; a
+            // refused upgrade leaves the connection in HTTP mode.
+            if rx.await.unwrap_or(false) {
+                self.relay_upgraded().await;
+                return Err(Stop);
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_upstream(&mut self, chunk: Bytes) -> Result<(), Option<ErrorPage>> {
+        let up = self.up.as_mut().ok_or(None)?;
+        up.send.write_chunk(chunk).await.map_err(|_| None)
+    }
+
+    async fn forward_length(&mut self, mut n: u64) -> Result<(), Option<ErrorPage>> {
+        while n > 0 {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            let take = (self.buf.len() as u64).min(n) as usize;
+            let chunk = self.buf.split_to(take).freeze();
+            n -= take as u64;
+            self.write_upstream(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// Decodes the visitor's chunked body and re-encodes it canonically
+    /// (sizes in hex, no extensions, trailers dropped).
+    async fn forward_chunked(&mut self) -> Result<(), Option<ErrorPage>> {
+        let limits = &self.state.config.http_limits;
+        let max_body = self.state.config.max_body;
+        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+        let mut total = 0u64;
+        loop {
+            if self.buf.is_empty() {
+                self.read_more().await?;
+            }
+            match dec.step(&self.buf) {
+                Ok(ChunkStep::Data(0)) | Ok(ChunkStep::Framing(0)) => self.read_more().await?,
+                Ok(ChunkStep::Data(n)) => {
+                    total += n as u64;
+                    if max_body.is_some_and(|m| total > m) {
+                        return Err(Some(too_large(max_body)));
+                    }
+                    let data = self.buf.split_to(n).freeze();
+                    let mut pieces = [chunk_size_line(n), data, Bytes::from_static(CHUNK_END)];
+                    let up = self.up.as_mut().ok_or(None)?;
+                    up.send
+                        .write_all_chunks(&mut pieces)
+                        .await
+                        .map_err(|_| None)?;
+                }
+                Ok(ChunkStep::Framing(n)) => {
+                    let _ = self.buf.split_to(n);
+                }
+                Ok(ChunkStep::Done(n)) => {
+                    let _ = self.buf.split_to(n);
+                    return self.write_upstream(Bytes::from_static(LAST_CHUNK)).await;
+                }
+                Err(e) => {
+                    debug!(peer = %self.peer, "400: bad chunked body: {e}");
+                    return Err(Some(bad_body(e)));
+                }
+            }
+        }
+    }
+
+    /// After a 101: visitor bytes go upstream raw until either side closes.
+    async fn relay_upgraded(&mut self) {
+        let Some(up) = self.up.as_mut() else { return };
+        if !self.buf.is_empty()
+            && up
+                .send
+                .write_chunk(self.buf.split().freeze())
+                .await
+                .is_err()
+        {
+            return;
+        }
+        let _ = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+        // Raw mode: the FIN above is the half-close; nothing to retire.
+        self.up = None;
+    }
+}
+
+fn host_text(head: &RequestHead) -> String {
+    match normalise_host(head.host()) {
+        Some(h) => h.into_owned(),
+        None => String::from_utf8_lossy(head.host()).into_owned(),
+    }
+}
+
+fn reject_page(e: &HeadError) -> ErrorPage {
+    respond::bad_request(e.status(), &e.to_string())
+}
+
+fn bad_body(e: tunnel_lib::http1::ChunkError) -> ErrorPage {
+    respond::bad_request(400, &format!("malformed request body: {e}"))
+}
+
+fn too_large(max: Option<u64>) -> ErrorPage {
+    respond::bad_request(
+        413,
+        &format!(
+            "the request body is larger than this server accepts ({} bytes)",
+            max.unwrap_or(0)
+        ),
+    )
+}

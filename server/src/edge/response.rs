@@ -1,0 +1,418 @@
+//! The response side of a visitor connection: relay responses in request
+//! order by their framing, and write the server's own pages in their turn.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream, VarInt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use tunnel_lib::http1::encode::{with_header_lines, CONNECTION_CLOSE};
+use tunnel_lib::http1::{ChunkedDecoder, ResponseBody, ResponseHead};
+use tunnel_lib::proto::reset;
+
+use super::{Pending, Scheme};
+use crate::respond::{self, ErrorPage};
+use crate::{upstream, State};
+
+pub(super) struct ResponseSide<W> {
+    state: Arc<State>,
+    wr: W,
+    /// `Strict-Transport-Security` line added to final responses (https
+    /// listener, when the operator opted in).
+    hsts: Option<Bytes>,
+    rx: mpsc::Receiver<Box<Pending>>,
+    recv: Option<RecvStream>,
+    /// Chunks read from `recv` and not yet relayed (a response's end may
+    /// fall inside a chunk: the rest waits here for the next response).
+    pending: VecDeque<Bytes>,
+    /// What goes to the visitor with the next `writev`.
+    out: Vec<Bytes>,
+    /// The current stream could not be served: every request on it gets this.
+    failed: Option<ErrorPage>,
+    /// Whether any byte of the current response reached the visitor.
+    sent_any: bool,
+    /// Whether the current stream's local connection is at a clean HTTP
+    /// boundary (last response complete and keep-alive): it can be reused.
+    reusable: bool,
+    /// See `RequestSide::in_flight`.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
+    pub(super) fn new(
+        state: Arc<State>,
+        wr: W,
+        rx: mpsc::Receiver<Box<Pending>>,
+        in_flight: Arc<AtomicUsize>,
+        scheme: Scheme,
+    ) -> Self {
+        let hsts = match (scheme, state.config.hsts) {
+            (Scheme::Https, Some(age)) => Some(Bytes::from(format!(
+                "Strict-Transport-Security: max-age={}\r\n",
+                age.as_secs()
+            ))),
+            _ => None,
+        };
+        ResponseSide {
+            state,
+            wr,
+            hsts,
+            rx,
+            recv: None,
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            failed: None,
+            sent_any: false,
+            reusable: false,
+            in_flight,
+        }
+    }
+
+    /// Ends the current stream: with `REUSE` on both directions when its
+    /// local connection is at a clean boundary, else a plain finish/stop.
+    fn retire(&mut self, send: Option<SendStream>) {
+        let reuse = self.reusable && self.pending.is_empty() && self.failed.is_none();
+        let code = VarInt::from_u32(if reuse { reset::REUSE } else { 0 });
+        if let Some(mut recv) = self.recv.take() {
+            let _ = recv.stop(code);
+        }
+        if let Some(mut send) = send {
+            if reuse {
+                let _ = send.reset(code);
+            } else {
+                let _ = send.finish();
+            }
+        }
+        self.reusable = false;
+    }
+}
+
+enum After {
+    KeepAlive,
+    Close,
+}
+
+/// Why relaying one response failed.
+enum RelayError {
+    /// Before anything reached the visitor: a 502 page can still be sent.
+    NothingSent(String),
+    /// Mid-response: only closing is left.
+    Broken,
+}
+
+impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
+    pub(super) async fn run(mut self) {
+        while let Some(item) = self.rx.recv().await {
+            let after = match *item {
+                Pending::Local { page, close } => match self.wr.write_all(&page).await {
+                    Err(_) => return,
+                    Ok(()) if close => After::Close,
+                    Ok(()) => After::KeepAlive,
+                },
+                Pending::End { send } => {
+                    self.retire(send);
+                    After::KeepAlive
+                }
+                Pending::Upstream {
+                    recv,
+                    old_send,
+                    rule,
+                    head_request,
+                    close,
+                    upgraded,
+                    abort,
+                } => {
+                    self.sent_any = false;
+                    if recv.is_some() {
+                        self.retire(old_send);
+                    }
+                    let abort = async move {
+                        match abort.await {
+                            Ok(page) => page,
+                            // The request went out whole: nothing to abort.
+                            Err(_) => std::future::pending().await,
+                        }
+                    };
+                    let outcome = tokio::select! {
+                        biased;
+                        page = abort => Err(page),
+                        r = self.exchange(recv, &rule.host, head_request, close, upgraded) => Ok(r),
+                    };
+                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    match outcome {
+                        Err(page) => {
+                            if let (Some(page), false) = (page, self.sent_any) {
+                                let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                            }
+                            After::Close
+                        }
+                        Ok(Ok(_)) if close => {
+                            // The visitor asked to close: its request side
+                            // ends right away; retire the stream with it.
+                            if let Some(Pending::End { send }) = self.rx.recv().await.map(|b| *b) {
+                                self.retire(send);
+                            }
+                            After::Close
+                        }
+                        Ok(Ok(after)) => after,
+                        Ok(Err(RelayError::NothingSent(why))) => {
+                            info!(host = %rule.host, "502: {why}");
+                            let page = respond::local_failed(&rule.host, &why);
+                            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                            After::Close
+                        }
+                        Ok(Err(RelayError::Broken)) => After::Close,
+                    }
+                }
+            };
+            if let After::Close = after {
+                break;
+            }
+        }
+        let _ = self.wr.shutdown().await;
+    }
+
+    /// One upstream exchange: the stream's reply (when it is new), then the
+    /// response.
+    async fn exchange(
+        &mut self,
+        recv: Option<RecvStream>,
+        host: &str,
+        head_request: bool,
+        close: bool,
+        upgraded: Option<oneshot::Sender<bool>>,
+    ) -> Result<After, RelayError> {
+        self.reusable = false;
+        if let Some(r) = recv {
+            self.recv = Some(r);
+            self.pending.clear();
+            self.failed = self.read_reply(host).await;
+        }
+        if let Some(page) = &self.failed {
+            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+            return Ok(After::Close);
+        }
+        self.out.clear();
+        self.relay(head_request, close, upgraded).await
+    }
+
+    /// Reads the client's reply on a new stream: `None` if the local service
+    /// was reached, else the page every request on this stream gets.
+    async fn read_reply(&mut self, host: &str) -> Option<ErrorPage> {
+        let recv = self.recv.as_mut()?;
+        match upstream::read_reply(recv, host).await {
+            Ok(rest) => {
+                if !rest.is_empty() {
+                    self.pending.push_back(rest);
+                }
+                None
+            }
+            Err(page) => Some(page),
+        }
+    }
+
+    /// Makes sure `pending` holds bytes. `Ok(false)` at the stream's end.
+    async fn fill(&mut self) -> Result<bool, String> {
+        if !self.pending.is_empty() {
+            return Ok(true);
+        }
+        let recv = self.recv.as_mut().ok_or("no stream")?;
+        let mut got = Vec::new();
+        std::mem::swap(&mut got, &mut self.out);
+        let before = got.len();
+        let r = tunnel_lib::io::read_batch(recv, &mut got).await;
+        self.pending.extend(got.drain(before..));
+        std::mem::swap(&mut got, &mut self.out);
+        r.map_err(|e| format!("tunnel stream failed: {e}"))
+    }
+
+    /// Sends what is batched in `out` with one `writev`.
+    async fn flush(&mut self) -> Result<(), RelayError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        self.sent_any = true;
+        tunnel_lib::io::write_all_bufs(&mut self.wr, &mut self.out)
+            .await
+            .map_err(|_| RelayError::Broken)
+    }
+
+    fn fail(&self, why: String) -> RelayError {
+        if self.sent_any {
+            RelayError::Broken
+        } else {
+            RelayError::NothingSent(why)
+        }
+    }
+
+    /// Takes the next response head off `pending` (parsed in place when it
+    /// arrived in one chunk, the common case).
+    async fn next_head(&mut self, head_request: bool) -> Result<(ResponseHead, Bytes), RelayError> {
+        let max_head = self.state.config.http_limits.max_head;
+        let mut acc: Option<BytesMut> = None;
+        loop {
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(self
+                        .fail("the local service closed the connection without a response".into()))
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+            let Some(chunk) = self.pending.pop_front() else {
+                continue;
+            };
+            let mut data = match acc.take() {
+                None => chunk,
+                Some(mut a) => {
+                    a.extend_from_slice(&chunk);
+                    a.freeze()
+                }
+            };
+            match ResponseHead::parse(&data, head_request, max_head) {
+                Ok(Some(h)) => {
+                    let rest = data.split_off(h.head_len);
+                    if !rest.is_empty() {
+                        self.pending.push_front(rest);
+                    }
+                    return Ok((h, data));
+                }
+                Ok(None) => acc = Some(BytesMut::from(&data[..])),
+                Err(e) => return Err(self.fail(e.to_string())),
+            }
+        }
+    }
+
+    /// Relays one response (and any interim 1xx before it). The head goes
+    /// out in the same `writev` as the body bytes that came with it.
+    async fn relay(
+        &mut self,
+        head_request: bool,
+        close: bool,
+        upgraded: Option<oneshot::Sender<bool>>,
+    ) -> Result<After, RelayError> {
+        loop {
+            let (head, head_bytes) = self.next_head(head_request).await?;
+            let out = {
+                let mut lines: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
+                if close && head.keep_alive && !head.is_interim() {
+                    // The visitor asked to close and we will; the local
+                    // service keeps its connection (reusable), so say it
+                    // ourselves (RFC 9112 §9.6).
+                    lines.push(CONNECTION_CLOSE);
+                }
+                if let (Some(h), false) = (&self.hsts, head.is_interim()) {
+                    lines.push(&h[..]);
+                }
+                if lines.is_empty() {
+                    head_bytes
+                } else {
+                    with_header_lines(&head_bytes, &lines)
+                }
+            };
+            self.out.push(out);
+            if head.is_interim() {
+                self.flush().await?;
+                continue;
+            }
+            let result = match head.body {
+                ResponseBody::None => self.flush().await,
+                ResponseBody::Length(n) => self.relay_length(n).await,
+                ResponseBody::Chunked => self.relay_chunked().await,
+                ResponseBody::UntilClose => {
+                    self.relay_to_end().await?;
+                    return Ok(After::Close);
+                }
+                ResponseBody::Upgrade => {
+                    if let Some(tx) = upgraded {
+                        self.flush().await?;
+                        let _ = tx.send(true);
+                        self.relay_to_end().await?;
+                    }
+                    return Ok(After::Close);
+                }
+            };
+            if let Some(tx) = upgraded {
+                let _ = tx.send(false);
+            }
+            result?;
+            self.reusable = head.keep_alive;
+            return Ok(if head.keep_alive {
+                After::KeepAlive
+            } else {
+                After::Close
+            });
+        }
+    }
+
+    async fn relay_length(&mut self, mut n: u64) -> Result<(), RelayError> {
+        loop {
+            while n > 0 {
+                let Some(mut chunk) = self.pending.pop_front() else {
+                    break;
+                };
+                if chunk.len() as u64 > n {
+                    self.pending.push_front(chunk.split_off(n as usize));
+                }
+                n -= chunk.len() as u64;
+                self.out.push(chunk);
+            }
+            self.flush().await?;
+            if n == 0 {
+                return Ok(());
+            }
+            if !matches!(self.fill().await, Ok(true)) {
+                return Err(RelayError::Broken);
+            }
+        }
+    }
+
+    /// Relays chunked bytes as they are, using the decoder only to find
+    /// where the body ends.
+    async fn relay_chunked(&mut self) -> Result<(), RelayError> {
+        let limits = &self.state.config.http_limits;
+        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
+        loop {
+            while let Some(mut chunk) = self.pending.pop_front() {
+                let used = match dec.advance(&chunk) {
+                    Ok(p) => p.consumed,
+                    Err(e) => {
+                        debug!("local service sent bad chunked framing: {e}");
+                        return Err(RelayError::Broken);
+                    }
+                };
+                if dec.is_done() {
+                    if used < chunk.len() {
+                        self.pending.push_front(chunk.split_off(used));
+                    }
+                    self.out.push(chunk);
+                    return self.flush().await;
+                }
+                self.out.push(chunk);
+            }
+            // Everything received so far is relayed: an event reaches the
+            // visitor as soon as the app wrote it.
+            self.flush().await?;
+            if !matches!(self.fill().await, Ok(true)) {
+                return Err(RelayError::Broken);
+            }
+        }
+    }
+
+    async fn relay_to_end(&mut self) -> Result<(), RelayError> {
+        loop {
+            self.out.extend(self.pending.drain(..));
+            self.flush().await?;
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(_) => return Err(RelayError::Broken),
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The upstream step, shared by the HTTP edge and TLS passthrough: open a
+//! data stream to a tunnel's client, start it with its preface, read the
+//! client's reply, and say what went wrong as the page the visitor gets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use quinn::{RecvStream, SendStream};
+use tokio::time::timeout;
+use tracing::{debug, info};
+
+use tunnel_lib::io::{read_message, StreamError};
+use tunnel_lib::limits::OPEN_STREAM_TIMEOUT;
+use tunnel_lib::proto::{Preface, Reply, ReplyCode, StreamKind};
+
+use crate::registry::Rule;
+use crate::respond::{self, ErrorPage};
+
+/// How long the client may take to dial the local service and answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Opens a data stream to the client serving `rule`. The error is the page
+/// to answer with: the client is gone (502) or has no free stream (503).
+pub(crate) async fn open(
+    conn: &quinn::Connection,
+    rule: &Rule,
+) -> Result<(SendStream, RecvStream), ErrorPage> {
+    match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
+        Ok(Ok(pair)) => Ok(pair),
+        Ok(Err(e)) => {
+            debug!(host = %rule.host, "cannot open a stream to the client: {e}");
+            Err(respond::client_gone(&rule.host))
+        }
+        Err(_) => {
+            info!(host = %rule.host, "503: no free stream towards the client within {OPEN_STREAM_TIMEOUT:?}");
+            Err(respond::client_busy(&rule.host))
+        }
+    }
+}
+
+/// A new stream's first chunk: the preface, then `data` (sent together).
+pub(crate) fn prefaced(kind: StreamKind, rule: &Rule, visitor: SocketAddr, data: &[u8]) -> Bytes {
+    let mut first = BytesMut::with_capacity(64 + data.len());
+    Preface {
+        kind,
+        tunnel_id: rule.tunnel_id,
+        visitor,
+    }
+    .encode(&mut first);
+    first.extend_from_slice(data);
+    first.freeze()
+}
+
+/// Reads the client's reply on a new stream: the bytes that followed it
+/// (the start of the local service's answer) when the local service was
+/// reached, else the page every request on this stream gets.
+pub(crate) async fn read_reply(recv: &mut RecvStream, host: &str) -> Result<Bytes, ErrorPage> {
+    let mut buf = BytesMut::new();
+    let reply = timeout(REPLY_TIMEOUT, read_message(recv, &mut buf, Reply::decode)).await;
+    match reply {
+        Ok(Ok(Some(Reply::Connected))) => Ok(buf.freeze()),
+        Ok(Ok(Some(Reply::Failed { code, message }))) => {
+            info!(%host, "502: {message}");
+            Err(match code {
+                ReplyCode::Refused => respond::local_refused(host, &message),
+                _ => respond::local_failed(host, &message),
+            })
+        }
+        Ok(Ok(None)) | Ok(Err(StreamError::Truncated)) => {
+            info!(%host, "502: the tunnel client closed the stream without answering");
+            Err(respond::client_gone(host))
+        }
+        Ok(Err(e)) => {
+            info!(%host, "502: tunnel stream failed: {e}");
+            Err(respond::client_gone(host))
+        }
+        Err(_) => {
+            info!(%host, "504: the tunnel client did not answer in time");
+            Err(respond::tunnel_timeout(host))
+        }
+    }
+}

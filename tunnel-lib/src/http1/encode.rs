@@ -1,0 +1,73 @@
+//! What the edge writes itself into HTTP/1 messages: chunk framing and
+//! header lines added to a response head it relays.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// The last chunk of a chunked body with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The CRLF that ends a chunk's data.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+/// The size line of a chunk of `n` bytes (`n` in hex, no extensions).
+pub fn chunk_size_line(n: usize) -> Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[v & 0xf];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut out = BytesMut::with_capacity(digits.len() - i + 2);
+    out.put_slice(&digits[i..]);
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// A complete head (ending in the empty line) with `lines` (each ending in
+/// CRLF) added before its final CRLF.
+pub fn with_header_lines(head: &[u8], lines: &[&[u8]]) -> Bytes {
+    debug_assert!(head.ends_with(b"\r\n\r\n"));
+    let extra: usize = lines.iter().map(|l| l.len()).sum();
+    let mut out = BytesMut::with_capacity(head.len() + extra);
+    out.put_slice(&head[..head.len() - 2]);
+    for l in lines {
+        out.put_slice(l);
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// `Connection: close` as a header line.
+pub const CONNECTION_CLOSE: &[u8] = b"Connection: close\r\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_lower_hex() {
+        assert_eq!(&chunk_size_line(0)[..], b"0\r\n");
+        assert_eq!(&chunk_size_line(10)[..], b"a\r\n");
+        assert_eq!(&chunk_size_line(65536)[..], b"10000\r\n");
+        assert_eq!(&chunk_size_line(usize::MAX)[..], b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn header_lines_go_before_the_empty_line() {
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            &with_header_lines(head, &[CONNECTION_CLOSE])[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(
+            &with_header_lines(head, &[b"A: 1\r\n", b"B: 2\r\n"])[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nA: 1\r\nB: 2\r\n\r\n"
+        );
+    }
+}
