@@ -111,11 +111,14 @@ pub(crate) async fn attempt(
     let trust = trust(config, host).await?;
     let client_cfg = tunnel_lib::quic::client_config(&trust)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
-    let addr: SocketAddr = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| AttemptError::Retry(format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| AttemptError::Retry(format!("{host} resolved to no address")))?;
+    let addr: SocketAddr = match config.connect_to {
+        Some(a) => a,
+        None => tokio::net::lookup_host((host, port))
+            .await
+            .map_err(|e| AttemptError::Retry(format!("cannot resolve {host}: {e}")))?
+            .next()
+            .ok_or_else(|| AttemptError::Retry(format!("{host} resolved to no address")))?,
+    };
     let ep = match endpoint {
         Some(ep) if ep.local_addr().is_ok_and(|a| a.is_ipv4() == addr.is_ipv4()) => ep.clone(),
         _ => {

@@ -48,6 +48,9 @@ pub struct Config {
     pub server: String,
     pub token: Option<String>,
     pub tunnels: Vec<TunnelSpec>,
+    /// Connect to this address instead of resolving `server`'s host (whose
+    /// name is still the one verified), like curl's `--resolve`.
+    pub connect_to: Option<std::net::SocketAddr>,
     /// Trust this certificate file (self-signed server or private CA).
     pub server_cert: Option<PathBuf>,
     /// Pin the server certificate's SHA-256.
@@ -66,6 +69,7 @@ impl Default for Config {
             server: "localhost:4433".into(),
             token: None,
             tunnels: Vec::new(),
+            connect_to: None,
             server_cert: None,
             server_fingerprint: None,
             dev_state_dir: None,

@@ -24,6 +24,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -117,6 +118,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Acme {
     tx: mpsc::Sender<Job>,
+    orders: Arc<AtomicU64>,
 }
 
 /// Everything the worker owns.
@@ -126,6 +128,8 @@ pub struct Worker {
     store: Arc<CertStore>,
     registry: Arc<Registry>,
     rx: mpsc::Receiver<Job>,
+    /// Orders placed with the CA since start.
+    orders: Arc<AtomicU64>,
     account: Option<Account>,
     /// Name → (not before, attempts, last error).
     failures: HashMap<String, (Instant, u32, String)>,
@@ -145,18 +149,25 @@ impl Acme {
         registry: Arc<Registry>,
     ) -> (Acme, Worker) {
         let (tx, rx) = mpsc::channel(QUEUE);
+        let orders = Arc::new(AtomicU64::new(0));
         let worker = Worker {
             cfg,
             dir: state_dir.join("acme"),
             store,
             registry,
             rx,
+            orders: orders.clone(),
             account: None,
             failures: HashMap::new(),
             recent: VecDeque::new(),
             due: HashMap::new(),
         };
-        (Acme { tx }, worker)
+        (Acme { tx, orders }, worker)
+    }
+
+    /// Orders placed with the CA since start.
+    pub fn orders(&self) -> u64 {
+        self.orders.load(Ordering::Relaxed)
     }
 
     /// Makes sure a certificate covers `host`: at once when one does,
@@ -244,7 +255,8 @@ impl Worker {
         let key = c.names.first().cloned().unwrap_or_default();
         let renew_after = self.cfg.renew_after;
         *self.due.entry(key).or_insert_with(|| match renew_after {
-            Some(age) => c.not_before + age,
+            // From when this worker first saw it (CAs backdate not-before).
+            Some(age) => SystemTime::now() + age,
             None => {
                 let life = c.not_after.duration_since(c.not_before).unwrap_or_default();
                 let jitter = life.mul_f64(fastrand::f64() * 0.05);
@@ -344,6 +356,7 @@ impl Worker {
             return Err(AcmeError::RateLimited(wait.as_secs().max(1)));
         }
         self.recent.push_back(now);
+        self.orders.fetch_add(1, Ordering::Relaxed);
         let key = names[0].clone();
         info!(?names, "ordering a certificate");
         match self.order_once(names).await {

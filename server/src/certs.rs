@@ -153,6 +153,8 @@ pub struct CertStore {
     alpn: DashMap<Box<str>, Arc<CertifiedKey>>,
     /// HTTP-01 key authorizations by token, while validating.
     http01: DashMap<Box<str>, String>,
+    /// Bumped whenever a certificate is added or replaced.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl CertStore {
@@ -176,7 +178,18 @@ impl CertStore {
             default_is_file,
             alpn: DashMap::new(),
             http01: DashMap::new(),
+            version: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Tells of every added or replaced certificate (for operators' tooling
+    /// and tests: no polling).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn changed(&self) {
+        self.version.send_modify(|v| *v += 1);
     }
 
     /// The certificate for `name` (normalised), if one covers it. ACME's
@@ -210,6 +223,7 @@ impl CertStore {
         if self.default_is_file {
             self.default.store(cert.key.clone());
         }
+        self.changed();
     }
 
     /// Adds (or replaces) a certificate obtained by ACME.
@@ -224,6 +238,7 @@ impl CertStore {
             t.insert(cert.clone());
             t
         });
+        self.changed();
     }
 
     /// Every ACME certificate, once each (for renewal).

@@ -325,6 +325,14 @@ impl Server {
     pub fn reload_handle(&self) -> Arc<Notify> {
         self.reload.clone()
     }
+    /// The certificates visitors see (with an https listener).
+    pub fn cert_store(&self) -> Option<Arc<CertStore>> {
+        self.state.tls.as_ref().map(|t| t.store.clone())
+    }
+    /// The ACME handle (orders placed so far), with `--acme`.
+    pub fn acme(&self) -> Option<Acme> {
+        self.state.acme.clone()
+    }
     /// Where the server keeps its state (certificates, ACME account).
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir

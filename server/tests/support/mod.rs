@@ -238,6 +238,8 @@ pub struct TestServer {
     pub https: Option<SocketAddr>,
     /// What SIGHUP notifies in the binary.
     pub reload: Arc<Notify>,
+    pub certs: Option<Arc<tunnel_server::certs::CertStore>>,
+    pub acme: Option<tunnel_server::acme::Acme>,
 }
 
 impl TestServer {
@@ -257,13 +259,22 @@ impl TestServer {
         Listeners::bind(any, any, https.then_some(any)).unwrap()
     }
 
-    pub async fn start_on(mut config: Config, listeners: Listeners) -> TestServer {
-        let state_dir = tempfile::tempdir().unwrap();
+    pub async fn start_on(config: Config, listeners: Listeners) -> TestServer {
+        Self::start_in(config, listeners, tempfile::tempdir().unwrap()).await
+    }
+
+    /// With a given state directory (a restart keeps it).
+    pub async fn start_in(
+        mut config: Config,
+        listeners: Listeners,
+        state_dir: tempfile::TempDir,
+    ) -> TestServer {
         config.state_dir = Some(state_dir.path().to_owned());
         let server = Server::bind(config, listeners).await.unwrap();
         let (http, quic, registry) = (server.http_addr(), server.quic_addr(), server.registry());
         let https = server.https_addr();
         let reload = server.reload_handle();
+        let (certs, acme) = (server.cert_store(), server.acme());
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move { server.run(s).await.unwrap() });
@@ -274,6 +285,8 @@ impl TestServer {
             registry,
             state_dir,
             reload,
+            certs,
+            acme,
             shutdown,
             task,
         }
@@ -300,11 +313,34 @@ impl TestServer {
     }
 
     pub async fn stop(self) {
+        self.stop_keeping_state().await;
+    }
+
+    /// Stops the server and hands back its state directory.
+    pub async fn stop_keeping_state(self) -> tempfile::TempDir {
         self.shutdown.cancel();
         tokio::time::timeout(WAIT, self.task)
             .await
             .expect("server run() returned")
             .unwrap();
+        self.state_dir
+    }
+
+    /// Waits until a certificate covers `name` (no polling: the store says
+    /// when it changes).
+    pub async fn wait_cert(&self, name: &str) -> Arc<tunnel_server::certs::Cert> {
+        let store = self.certs.clone().expect("an https server");
+        let mut changes = store.subscribe();
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            loop {
+                if let Some(c) = store.lookup(name) {
+                    return c;
+                }
+                changes.changed().await.unwrap();
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no certificate for {name} within 60 s"))
     }
 }
 
@@ -410,7 +446,7 @@ pub async fn raw_exchange(http: SocketAddr, request: &[u8]) -> Raw {
     read_raw_response(&mut tcp).await
 }
 
-pub async fn read_raw_response(tcp: &mut TcpStream) -> Raw {
+pub async fn read_raw_response<S: tokio::io::AsyncRead + Unpin>(tcp: &mut S) -> Raw {
     let mut buf = Vec::new();
     let head_end = loop {
         if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -623,3 +659,5 @@ pub fn statuses(text: &str) -> Vec<&str> {
         .map(|(i, _)| &text[i + 9..i + 12])
         .collect()
 }
+
+pub mod tls;

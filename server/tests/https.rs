@@ -1,0 +1,424 @@
+//! The https edge end to end: real TLS for visitors, certificates from a
+//! real ACME CA (Debian's pebble, validating against the server's own
+//! ports), operator files reloaded under open connections, TLS passthrough
+//! to a local TLS server, and what bad ClientHellos get.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::tls::{self, EchoTls, Made, Pebble};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tunnel_server::acme::{AcmeConfig, Challenge};
+use tunnel_server::Config;
+
+const DOMAIN: &str = "tunnel.test";
+
+fn acme_config(p: &Pebble, challenge: Challenge) -> AcmeConfig {
+    AcmeConfig {
+        directory: p.directory.clone(),
+        email: Some("ops@tunnel.test".into()),
+        root: Some(p.tls_root.clone()),
+        challenge,
+        dns_hook: None,
+        renew_after: None,
+    }
+}
+
+/// A server for `DOMAIN` with ACME from a fresh pebble on its ports.
+async fn acme_server(
+    challenge: Challenge,
+    tweak: impl FnOnce(&mut Config, &Pebble),
+) -> (TestServer, Pebble) {
+    let listeners = TestServer::listeners(true);
+    let http = listeners.http.local_addr().unwrap();
+    let https = listeners.https.as_ref().unwrap().local_addr().unwrap();
+    let pebble = Pebble::start(http.port(), https.port()).await;
+    let mut config = Config {
+        domain: DOMAIN.into(),
+        https: Some(https),
+        acme: Some(acme_config(&pebble, challenge)),
+        ..Config::default()
+    };
+    tweak(&mut config, &pebble);
+    (TestServer::start_on(config, listeners).await, pebble)
+}
+
+/// A client of `server` that verifies the server's public certificate for
+/// `DOMAIN` against `root` (no fingerprint, no dev certificate).
+fn public_client(
+    server: &TestServer,
+    local: std::net::SocketAddr,
+    name: &str,
+    root: &std::path::Path,
+) -> tunnel_client::Config {
+    let mut c = server.client_config(local, Some(name));
+    c.server = format!("{DOMAIN}:{}", server.quic.port());
+    c.connect_to = Some(server.quic);
+    c.server_cert = Some(root.to_owned());
+    c.dev_state_dir = None;
+    c
+}
+
+#[tokio::test]
+async fn acme_tls_alpn_https_end_to_end() {
+    let (server, pebble) = acme_server(Challenge::TlsAlpn01, |_, _| {}).await;
+    let acme = server.acme.clone().unwrap();
+    // The server's own name first: QUIC clients verify it like a browser.
+    server.wait_cert(DOMAIN).await;
+    let root_pem = pebble.issuing_root().await;
+    let root_file = pebble.dir.path().join("issuing-root.pem");
+    std::fs::write(&root_file, &root_pem).unwrap();
+
+    let backend = Backend::start("app").await;
+    let mut client = TestClient::start(public_client(&server, backend.addr, "app", &root_file));
+    let tunnels = client.online(1).await;
+    let https = server.https.unwrap();
+    assert_eq!(
+        tunnels[0].url,
+        format!("https://app.{DOMAIN}:{}", https.port())
+    );
+    // The URL line came once the certificate was there.
+    let cert = server
+        .certs
+        .as_ref()
+        .unwrap()
+        .lookup(&format!("app.{DOMAIN}"))
+        .unwrap();
+    assert_eq!(cert.names, [format!("app.{DOMAIN}")]);
+    assert_eq!(acme.orders(), 2, "the server's name and the tunnel's");
+
+    // A visitor trusting only the CA's root gets the app, over https.
+    let visitor = tls::visitor(&[&root_pem]);
+    let host = format!("app.{DOMAIN}");
+    let r = tls::get(https, &host, visitor.clone(), "/headers").await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = String::from_utf8_lossy(&r.body).to_ascii_lowercase();
+    assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
+    assert!(seen.contains(&format!("host: app.{DOMAIN}")), "{seen}");
+
+    // The plain port sends visitors to https, path and query kept.
+    let r = raw_exchange(
+        server.http,
+        format!("GET /hello?x=1 HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 308, "{}", r.head);
+    assert!(
+        r.head.contains(&format!(
+            "Location: https://{host}:{}/hello?x=1\r\n",
+            https.port()
+        )),
+        "{}",
+        r.head
+    );
+
+    // Another name on the same TLS session is misdirected, not served.
+    let mut s = tls::connect(https, &host, visitor.clone()).await.unwrap();
+    let r = tls::request(&mut s, &format!("GET / HTTP/1.1\r\nHost: {DOMAIN}\r\n\r\n")).await;
+    assert_eq!(r.status, 421, "{}", r.head);
+
+    // A scanner's random names: no tunnel, no certificate → unrecognized_name,
+    // and not one order.
+    for i in 0..20 {
+        let name = if i % 2 == 0 {
+            format!("scan{i}-{}.{DOMAIN}", fastrand::u32(..))
+        } else {
+            format!("random{i}.example")
+        };
+        let e = tls::connect(https, &name, visitor.clone())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            tls::alert_of(&e),
+            Some(rustls::AlertDescription::UnrecognisedName),
+            "{name}: {e}"
+        );
+    }
+    assert_eq!(acme.orders(), 2, "scanners' names must not trigger orders");
+
+    // No SNI (an IP address): the default certificate and the 404 page.
+    let dev = std::fs::read_to_string(server.state_dir.path().join("cert.pem")).unwrap();
+    let r = tls::get(https, "127.0.0.1", tls::visitor(&[&dev]), "/").await;
+    assert_eq!(r.status, 404, "{}", r.head);
+
+    // Cached with the key readable by the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let key = server
+        .state_dir
+        .path()
+        .join(format!("acme/app.{DOMAIN}.key"));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", key.display());
+    let account = server.state_dir.path().join("acme/account.json");
+    assert_eq!(
+        std::fs::metadata(&account).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    client.stop().await;
+    // A restart with the same state directory orders nothing: the account
+    // and the certificates come from the cache.
+    let state = server.stop_keeping_state().await;
+    let listeners = TestServer::listeners(true);
+    let config = Config {
+        domain: DOMAIN.into(),
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        acme: Some(acme_config(&pebble, Challenge::TlsAlpn01)),
+        ..Config::default()
+    };
+    let again = TestServer::start_in(config, listeners, state).await;
+    again.wait_cert(&host).await;
+    let backend_client = TestClient::start(public_client(&again, backend.addr, "app", &root_file));
+    let mut backend_client = backend_client;
+    backend_client.online(1).await;
+    assert_eq!(again.acme.as_ref().unwrap().orders(), 0);
+    backend_client.stop().await;
+    again.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn acme_http01_and_renewal_of_a_short_lived_certificate() {
+    let (server, pebble) = acme_server(Challenge::Http01, |c, _| {
+        // Renew once a certificate is 3 s old (pebble issues 5-year ones).
+        c.acme.as_mut().unwrap().renew_after = Some(Duration::from_secs(3));
+    })
+    .await;
+    let host = format!("app.{DOMAIN}");
+    server.wait_cert(DOMAIN).await;
+    let root_pem = pebble.issuing_root().await;
+    let root_file = pebble.dir.path().join("issuing-root.pem");
+    std::fs::write(&root_file, &root_pem).unwrap();
+    let backend = Backend::start("app").await;
+    let mut client = TestClient::start(public_client(&server, backend.addr, "app", &root_file));
+    client.online(1).await;
+    let first = server.wait_cert(&host).await;
+    let https = server.https.unwrap();
+    let visitor = tls::visitor(&[&root_pem]);
+    let mut s = tls::connect(https, &host, visitor.clone()).await.unwrap();
+    assert_eq!(
+        tls::presented(&s),
+        tunnel_lib::tls::fingerprint(&first.key.cert[0])
+    );
+    let r = tls::request(
+        &mut s,
+        &format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(r.body, b"hello from app");
+
+    // Wait for the renewal: a different certificate for the same name.
+    let store = server.certs.clone().unwrap();
+    let mut changes = store.subscribe();
+    let renewed = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let c = store.lookup(&host).unwrap();
+            if !Arc::ptr_eq(&c, &first) {
+                return c;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("renewed within 60 s");
+    assert!(renewed.not_before >= first.not_before);
+    let s2 = tls::connect(https, &host, visitor.clone()).await.unwrap();
+    assert_eq!(
+        tls::presented(&s2),
+        tunnel_lib::tls::fingerprint(&renewed.key.cert[0])
+    );
+    assert_ne!(tls::presented(&s2), tls::presented(&s));
+    // The connection made before the renewal keeps working.
+    let r = tls::request(
+        &mut s,
+        &format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(r.body, b"hello from app");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn wildcard_through_the_dns_hook_needs_no_order_per_tunnel() {
+    let (server, pebble) = acme_server(Challenge::TlsAlpn01, |c, p| {
+        c.acme.as_mut().unwrap().dns_hook = Some(p.dns_hook().0);
+    })
+    .await;
+    let wildcard = server.wait_cert(&format!("any.{DOMAIN}")).await;
+    assert!(
+        wildcard.names.contains(&format!("*.{DOMAIN}")),
+        "{:?}",
+        wildcard.names
+    );
+    let acme = server.acme.clone().unwrap();
+    assert_eq!(acme.orders(), 1, "one order for DOMAIN and *.DOMAIN");
+    let calls = std::fs::read_to_string(pebble.dns_hook().1).unwrap();
+    let record = format!("_acme-challenge.{DOMAIN}");
+    assert_eq!(
+        calls.matches(&format!("set {record} ")).count(),
+        2,
+        "{calls}"
+    );
+    assert_eq!(
+        calls.matches(&format!("clear {record} ")).count(),
+        2,
+        "{calls}"
+    );
+
+    let root_pem = pebble.issuing_root().await;
+    let root_file = pebble.dir.path().join("issuing-root.pem");
+    std::fs::write(&root_file, &root_pem).unwrap();
+    let backend = Backend::start("wild").await;
+    let mut client = TestClient::start(public_client(&server, backend.addr, "app", &root_file));
+    client.online(1).await;
+    assert_eq!(acme.orders(), 1, "the wildcard covers new tunnels");
+    let r = tls::get(
+        server.https.unwrap(),
+        &format!("app.{DOMAIN}"),
+        tls::visitor(&[&root_pem]),
+        "/hello",
+    )
+    .await;
+    assert_eq!(r.body, b"hello from wild");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// A server for `localhost` with the operator's certificate files.
+async fn file_server(dir: &std::path::Path, made: &Made) -> TestServer {
+    let (cert, key) = made.write(dir, "edge");
+    let listeners = TestServer::listeners(true);
+    let mut config = Config {
+        domain: "edge.test".into(),
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        edge_cert: Some(cert),
+        edge_key: Some(key),
+        ..Config::default()
+    };
+    config.timeouts.tls_handshake = Duration::from_millis(500);
+    TestServer::start_on(config, listeners).await
+}
+
+#[tokio::test]
+async fn edge_files_reload_without_dropping_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Made::new(&["*.edge.test", "edge.test"]);
+    let two = Made::new(&["*.edge.test", "edge.test"]);
+    let server = file_server(dir.path(), &one).await;
+    let backend = Backend::start("files").await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("app")));
+    let tunnels = client.online(1).await;
+    let https = server.https.unwrap();
+    assert_eq!(
+        tunnels[0].url,
+        format!("https://app.edge.test:{}", https.port())
+    );
+    let visitor = tls::visitor(&[&one.cert_pem, &two.cert_pem]);
+    let get = "GET /hello HTTP/1.1\r\nHost: app.edge.test\r\n\r\n";
+    let mut old = tls::connect(https, "app.edge.test", visitor.clone())
+        .await
+        .unwrap();
+    assert_eq!(tls::presented(&old), one.fingerprint());
+    assert_eq!(tls::request(&mut old, get).await.body, b"hello from files");
+
+    // New files, then what SIGHUP does: new connections get the new
+    // certificate, the open keep-alive connection goes on.
+    let mut changes = server.certs.as_ref().unwrap().subscribe();
+    two.write(dir.path(), "edge");
+    server.reload.notify_one();
+    tokio::time::timeout(WAIT, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let fresh = tls::connect(https, "app.edge.test", visitor.clone())
+        .await
+        .unwrap();
+    assert_eq!(tls::presented(&fresh), two.fingerprint());
+    assert_eq!(tls::request(&mut old, get).await.body, b"hello from files");
+
+    // A name with no tunnel and no certificate: unrecognized_name.
+    let e = tls::connect(https, "nobody.example", visitor.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        tls::alert_of(&e),
+        Some(rustls::AlertDescription::UnrecognisedName),
+        "{e}"
+    );
+    // A name the wildcard covers but no tunnel serves: the 404 page.
+    let r = tls::get(https, "gone.edge.test", visitor.clone(), "/").await;
+    assert_eq!(r.status, 404);
+
+    // A handshake that never completes is cut at the deadline (0.5 s here),
+    // while others are served.
+    let mut slow = tokio::net::TcpStream::connect(https).await.unwrap();
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = tls::get(https, "app.edge.test", visitor.clone(), "/hello").await;
+    assert_eq!(r.body, b"hello from files");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(WAIT, slow.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(matches!(n, Ok(0)) || n.is_err(), "{n:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "cut after {:?}",
+        started.elapsed()
+    );
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn tls_passthrough_shows_the_local_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Made::new(&["*.edge.test", "edge.test"]);
+    let server = file_server(dir.path(), &edge).await;
+    let local = EchoTls::start("secure.edge.test").await;
+    let mut cfg = server.client_config(local.addr, Some("secure"));
+    cfg.tunnels[0].kind = tunnel_lib::proto::TunnelKind::Tls;
+    let mut client = TestClient::start(cfg);
+    let tunnels = client.online(1).await;
+    let https = server.https.unwrap();
+    assert_eq!(
+        tunnels[0].url,
+        format!("tls://secure.edge.test:{}", https.port())
+    );
+
+    // The visitor trusts only the local server's certificate, and gets it:
+    // the tunnel server never holds the keys.
+    let mut s = tls::connect(
+        https,
+        "secure.edge.test",
+        tls::visitor(&[&local.made.cert_pem]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls::presented(&s), local.made.fingerprint());
+    for i in 0..50 {
+        let msg = format!("ping {i} through the passthrough");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(WAIT, s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg.as_bytes());
+    }
+    // The edge's own certificate is not what passthrough shows.
+    let e = tls::connect(https, "secure.edge.test", tls::visitor(&[&edge.cert_pem])).await;
+    assert!(e.is_err());
+    client.stop().await;
+    server.stop().await;
+}
