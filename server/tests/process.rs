@@ -37,6 +37,9 @@ async fn client_bin() -> PathBuf {
 struct Proc {
     child: Child,
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// Set once `log_until` started reading stderr.
+    err: Option<tokio::io::Lines<BufReader<tokio::process::ChildStderr>>>,
+    logged: String,
 }
 
 impl Proc {
@@ -48,7 +51,32 @@ impl Proc {
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Proc { child, lines }
+        Proc {
+            child,
+            lines,
+            err: None,
+            logged: String::new(),
+        }
+    }
+    /// Reads stderr until a line contains `needle`; returns that line.
+    async fn log_until(&mut self, needle: &str) -> String {
+        if self.err.is_none() {
+            self.err = Some(BufReader::new(self.child.stderr.take().unwrap()).lines());
+        }
+        let err = self.err.as_mut().unwrap();
+        let logged = &mut self.logged;
+        tokio::time::timeout(WAIT, async {
+            while let Some(l) = err.next_line().await.unwrap() {
+                logged.push_str(&l);
+                logged.push('\n');
+                if l.contains(needle) {
+                    return l;
+                }
+            }
+            panic!("the process ended before logging {needle:?}:\n{logged}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no {needle:?} logged in time:\n{}", self.logged))
     }
     async fn line(&mut self) -> String {
         tokio::time::timeout(WAIT, self.lines.next_line())
@@ -58,19 +86,25 @@ impl Proc {
             .expect("a line")
     }
     /// SIGTERM, then the exit status and what was logged.
-    async fn terminate(self) -> (std::process::ExitStatus, String) {
+    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
         let pid = self.child.id().unwrap();
         let _ = Command::new("kill")
             .args(["-TERM", &pid.to_string()])
             .status()
             .await;
+        if let Some(mut err) = self.err.take() {
+            while let Ok(Some(l)) = err.next_line().await {
+                self.logged.push_str(&l);
+                self.logged.push('\n');
+            }
+        }
         let out = tokio::time::timeout(WAIT, self.child.wait_with_output())
             .await
             .expect("exited after SIGTERM")
             .unwrap();
         (
             out.status,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+            self.logged + &String::from_utf8_lossy(&out.stderr),
         )
     }
 }
@@ -195,4 +229,125 @@ async fn public_listener_without_token_refuses_to_start() {
         stderr.contains("without a token") && stderr.contains("--token"),
         "{stderr}"
     );
+}
+
+/// What `tunnel-server` prints for a configuration it refuses.
+async fn refused(args: &[&str]) -> String {
+    let home = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        WAIT,
+        Command::new(server_bin())
+            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("TUNNEL_STATE_DIR")
+            .output(),
+    )
+    .await
+    .expect("it exits at once")
+    .unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn bad_https_settings_name_the_flag_and_the_fix() {
+    let e = refused(&["--acme"]).await;
+    assert!(e.contains("--acme needs --https"), "{e}");
+    let e = refused(&["--edge-cert", "/x.pem", "--edge-key", "/x.key"]).await;
+    assert!(e.contains("--edge-cert needs --https"), "{e}");
+    let e = refused(&[
+        "--https",
+        "127.0.0.1:0",
+        "--edge-cert",
+        "/nonexistent/edge.pem",
+        "--edge-key",
+        "/nonexistent/edge.key",
+    ])
+    .await;
+    assert!(
+        e.contains("--edge-cert") && e.contains("cannot read /nonexistent/edge.pem"),
+        "{e}"
+    );
+    let e = refused(&["--acme-dns-hook", "/bin/true"]).await;
+    assert!(e.contains("add --acme"), "{e}");
+    let e = refused(&["--https", "127.0.0.1:0", "--acme", "--acme-email", "not an address"]).await;
+    assert!(e.contains("--acme-email"), "{e}");
+    let e = refused(&["--allow-domain", "x=*.example.com"]).await;
+    assert!(e.contains("--allow-domain") && e.contains("position of a --token"), "{e}");
+}
+
+fn field(ready: &str, key: &str) -> String {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {ready}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
+    let home = tempfile::tempdir().unwrap();
+    let one = support::tls::Made::new(&["edge.test", "*.edge.test"]);
+    let two = support::tls::Made::new(&["edge.test", "*.edge.test"]);
+    let (cert, key) = one.write(home.path(), "edge");
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .args(["--domain", "edge.test", "--state-dir"])
+            .arg(home.path())
+            .arg("--edge-cert")
+            .arg(&cert)
+            .arg("--edge-key")
+            .arg(&key),
+    );
+    let ready = server.line().await;
+    let https: std::net::SocketAddr = field(&ready, "https=").parse().unwrap();
+    let visitor = support::tls::visitor(&[&one.cert_pem, &two.cert_pem]);
+    let get = "GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n";
+    let mut open = support::tls::connect(https, "edge.test", visitor.clone()).await.unwrap();
+    assert_eq!(support::tls::presented(&open), one.fingerprint());
+    assert_eq!(support::tls::request(&mut open, get).await.status, 404);
+
+    // New files with the old modification times: only SIGHUP can tell.
+    let stamp = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let (tc, tk) = (stamp(&cert), stamp(&key));
+    two.write(home.path(), "edge");
+    for (p, t) in [(&cert, tc), (&key, tk)] {
+        std::fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+    }
+    let pid = server.child.id().unwrap();
+    let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().await.unwrap();
+    assert!(status.success());
+    server.log_until("reloaded the certificate").await;
+    let fresh = support::tls::connect(https, "edge.test", visitor.clone()).await.unwrap();
+    assert_eq!(support::tls::presented(&fresh), two.fingerprint());
+    // The connection opened before the reload is still served.
+    assert_eq!(support::tls::request(&mut open, get).await.status, 404);
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test]
+async fn a_failing_dns_hook_is_reported_with_its_flag() {
+    let pebble = support::tls::Pebble::start(support::tls::free_port(), support::tls::free_port()).await;
+    let home = tempfile::tempdir().unwrap();
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .args(["--domain", "tunnel.test", "--acme", "--acme-directory", &pebble.directory])
+            .arg("--acme-root")
+            .arg(&pebble.tls_root)
+            .args(["--acme-dns-hook", "/bin/false", "--state-dir"])
+            .arg(home.path()),
+    );
+    server.line().await;
+    let line = server.log_until("--acme-dns-hook").await;
+    assert!(
+        line.contains("--acme-dns-hook /bin/false") && line.contains("exited with"),
+        "{line}"
+    );
+    assert!(line.contains("set|clear NAME VALUE"), "the message says how the hook is run: {line}");
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log}");
 }
