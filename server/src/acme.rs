@@ -195,7 +195,6 @@ impl Worker {
     /// Serves until `shutdown`: startup orders (the server's own name, the
     /// wildcard with a DNS hook), registrations, renewals.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        self.load_cache().await;
         let domain = self.registry.domain().to_owned();
         let mut startup_done = false;
         let mut account_retry = Instant::now();
@@ -607,8 +606,9 @@ impl Worker {
         Cert::from_pair(pair, &crt).map_err(|e| e.to_string())
     }
 
-    /// Certificates cached by an earlier run.
-    async fn load_cache(&mut self) {
+    /// Certificates cached by an earlier run (called before the server
+    /// serves: a restarted server presents them from its first handshake).
+    pub async fn load_cache(&mut self) {
         let Ok(mut dir) = tokio::fs::read_dir(&self.dir).await else {
             return;
         };

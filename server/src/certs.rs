@@ -91,15 +91,19 @@ impl Cert {
 
 /// DNS names, not-before and not-after of a leaf certificate.
 fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime, SystemTime), String> {
-    let params = rcgen::CertificateParams::from_ca_cert_der(leaf).map_err(|e| e.to_string())?;
-    let names = params
-        .subject_alt_names
-        .iter()
-        .filter_map(|san| match san {
-            rcgen::SanType::DnsName(n) => Some(n.as_str().to_ascii_lowercase()),
-            _ => None,
-        })
-        .collect();
+    let (_, x509) = x509_parser::parse_x509_certificate(leaf).map_err(|e| e.to_string())?;
+    let names = match x509.subject_alternative_name().map_err(|e| e.to_string())? {
+        Some(san) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+    };
     let at = |t: i64| {
         if t >= 0 {
             SystemTime::UNIX_EPOCH + Duration::from_secs(t as u64)
@@ -107,10 +111,11 @@ fn leaf_facts(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime, Sys
             SystemTime::UNIX_EPOCH
         }
     };
+    let v = x509.validity();
     Ok((
         names,
-        at(params.not_before.unix_timestamp()),
-        at(params.not_after.unix_timestamp()),
+        at(v.not_before.timestamp()),
+        at(v.not_after.timestamp()),
     ))
 }
 
@@ -366,7 +371,7 @@ mod tests {
         let g = rcgen::generate_simple_self_signed(names).unwrap();
         let pair = CertPair {
             chain: vec![g.cert.der().clone()],
-            key: rustls::pki_types::PrivateKeyDer::Pkcs8(g.key_pair.serialize_der().into()),
+            key: rustls::pki_types::PrivateKeyDer::Pkcs8(g.signing_key.serialize_der().into()),
         };
         Cert::from_pair(pair, Path::new("test")).unwrap()
     }

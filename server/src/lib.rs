@@ -282,7 +282,9 @@ impl Server {
             .collect();
         let (acme, acme_worker) = match (&config.acme, &tls) {
             (Some(cfg), Some(t)) => {
-                let (a, w) = Acme::new(cfg.clone(), &state_dir, t.store.clone(), registry.clone());
+                let (a, mut w) =
+                    Acme::new(cfg.clone(), &state_dir, t.store.clone(), registry.clone());
+                w.load_cache().await;
                 (Some(a), Some(w))
             }
             _ => (None, None),
@@ -368,7 +370,7 @@ impl Server {
             tracker.clone(),
             shutdown.clone(),
             hard.clone(),
-            Edge::Plain,
+            edge::serve_tcp,
         );
         let https_loop = async {
             if let Some(l) = self.https {
@@ -379,7 +381,7 @@ impl Server {
                     tracker.clone(),
                     shutdown.clone(),
                     hard.clone(),
-                    Edge::Tls,
+                    edge::tls::serve,
                 )
                 .await;
             }
@@ -446,22 +448,21 @@ pub async fn run(
     Server::bind(config, listeners).await?.run(shutdown).await
 }
 
-/// Which edge a TCP listener feeds.
-#[derive(Clone, Copy)]
-enum Edge {
-    Plain,
-    Tls,
-}
-
-async fn accept_tcp(
+/// Accepts visitors on one TCP listener and runs `serve` for each. Generic
+/// over `serve` so each listener's task is exactly its own future (a task
+/// that could be either would be as large as the larger).
+async fn accept_tcp<S, F>(
     state: Arc<State>,
     listener: TcpListener,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     hard: CancellationToken,
-    kind: Edge,
-) {
+    serve: S,
+) where
+    S: Fn(Arc<State>, TcpStream, SocketAddr, CancellationToken) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         // A permit first: past the limit, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -485,16 +486,11 @@ async fn accept_tcp(
         let state = state.clone();
         let soft = shutdown.clone();
         let hard = hard.clone();
+        let conn = serve(state, tcp, peer, soft);
         tracker.spawn(async move {
-            match kind {
-                Edge::Plain => tokio::select! {
-                    _ = edge::serve_tcp(state, tcp, peer, soft) => {}
-                    _ = hard.cancelled() => {}
-                },
-                Edge::Tls => tokio::select! {
-                    _ = edge::tls::serve(state, tcp, peer, soft) => {}
-                    _ = hard.cancelled() => {}
-                },
+            tokio::select! {
+                _ = conn => {}
+                _ = hard.cancelled() => {}
             }
             drop(permit);
         });

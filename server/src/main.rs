@@ -68,19 +68,29 @@ struct Cli {
     public_https_port: Option<u16>,
     /// A certificate chain (PEM) for visitors, e.g. a wildcard for *.DOMAIN; reloaded on SIGHUP
     /// and when the file changes.
-    #[arg(long, value_name = "FILE", requires = "edge_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "edge_key",
+        env = "TUNNEL_EDGE_CERT"
+    )]
     edge_cert: Option<PathBuf>,
     /// The private key (PEM) of --edge-cert.
-    #[arg(long, value_name = "FILE", requires = "edge_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "edge_cert",
+        env = "TUNNEL_EDGE_KEY"
+    )]
     edge_key: Option<PathBuf>,
     /// Obtain a certificate for every tunnel host from an ACME CA (Let's Encrypt by default).
-    #[arg(long)]
+    #[arg(long, env = "TUNNEL_ACME")]
     acme: bool,
     /// Contact address given to the CA (expiry notices).
     #[arg(long, value_name = "EMAIL", env = "TUNNEL_ACME_EMAIL")]
     acme_email: Option<String>,
     /// The CA's ACME directory URL.
-    #[arg(long, value_name = "URL", default_value = tunnel_server::acme::LETS_ENCRYPT)]
+    #[arg(long, value_name = "URL", default_value = tunnel_server::acme::LETS_ENCRYPT, env = "TUNNEL_ACME_DIRECTORY")]
     acme_directory: String,
     /// Use Let's Encrypt's staging CA (untrusted certificates, generous rate limits) to try a setup.
     #[arg(long, conflicts_with = "acme_directory")]
@@ -93,14 +103,19 @@ struct Cli {
     acme_challenge: String,
     /// Program that publishes DNS TXT records (run as `PROGRAM set|clear NAME VALUE`): with it the
     /// server gets one wildcard certificate for *.DOMAIN through DNS-01.
-    #[arg(long, value_name = "PROGRAM")]
+    #[arg(long, value_name = "PROGRAM", env = "TUNNEL_ACME_DNS_HOOK")]
     acme_dns_hook: Option<PathBuf>,
     /// Send Strict-Transport-Security on https responses, with this max-age in seconds.
-    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "31536000")]
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "31536000", env = "TUNNEL_HSTS")]
     hsts: Option<u64>,
     /// A host name outside --domain that clients may claim (a custom domain pointed here by CNAME):
     /// `app.example.com` or `*.example.com`; `N=PATTERN` grants it to the N-th --token only.
-    #[arg(long = "allow-domain", value_name = "[N=]PATTERN")]
+    #[arg(
+        long = "allow-domain",
+        value_name = "[N=]PATTERN",
+        env = "TUNNEL_ALLOW_DOMAINS",
+        value_delimiter = ','
+    )]
     allow_domains: Vec<String>,
 }
 

@@ -3,6 +3,10 @@
 //! ports), operator files reloaded under open connections, TLS passthrough
 //! to a local TLS server, and what bad ClientHellos get.
 
+// #[tokio::test] expands to a block_on outside any runtime, and the tests
+// read and write small files between steps: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
 mod support;
 
 use std::sync::Arc;

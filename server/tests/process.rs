@@ -271,10 +271,20 @@ async fn bad_https_settings_name_the_flag_and_the_fix() {
     );
     let e = refused(&["--acme-dns-hook", "/bin/true"]).await;
     assert!(e.contains("add --acme"), "{e}");
-    let e = refused(&["--https", "127.0.0.1:0", "--acme", "--acme-email", "not an address"]).await;
+    let e = refused(&[
+        "--https",
+        "127.0.0.1:0",
+        "--acme",
+        "--acme-email",
+        "not an address",
+    ])
+    .await;
     assert!(e.contains("--acme-email"), "{e}");
     let e = refused(&["--allow-domain", "x=*.example.com"]).await;
-    assert!(e.contains("--allow-domain") && e.contains("position of a --token"), "{e}");
+    assert!(
+        e.contains("--allow-domain") && e.contains("position of a --token"),
+        "{e}"
+    );
 }
 
 fn field(ready: &str, key: &str) -> String {
@@ -293,7 +303,14 @@ async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
     let (cert, key) = one.write(home.path(), "edge");
     let mut server = Proc::spawn(
         Command::new(server_bin())
-            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--https", "127.0.0.1:0"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+            ])
             .args(["--domain", "edge.test", "--state-dir"])
             .arg(home.path())
             .arg("--edge-cert")
@@ -305,7 +322,9 @@ async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
     let https: std::net::SocketAddr = field(&ready, "https=").parse().unwrap();
     let visitor = support::tls::visitor(&[&one.cert_pem, &two.cert_pem]);
     let get = "GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n";
-    let mut open = support::tls::connect(https, "edge.test", visitor.clone()).await.unwrap();
+    let mut open = support::tls::connect(https, "edge.test", visitor.clone())
+        .await
+        .unwrap();
     assert_eq!(support::tls::presented(&open), one.fingerprint());
     assert_eq!(support::tls::request(&mut open, get).await.status, 404);
 
@@ -314,13 +333,24 @@ async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
     let (tc, tk) = (stamp(&cert), stamp(&key));
     two.write(home.path(), "edge");
     for (p, t) in [(&cert, tc), (&key, tk)] {
-        std::fs::File::options().write(true).open(p).unwrap().set_modified(t).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
     let pid = server.child.id().unwrap();
-    let status = Command::new("kill").args(["-HUP", &pid.to_string()]).status().await.unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
     assert!(status.success());
     server.log_until("reloaded the certificate").await;
-    let fresh = support::tls::connect(https, "edge.test", visitor.clone()).await.unwrap();
+    let fresh = support::tls::connect(https, "edge.test", visitor.clone())
+        .await
+        .unwrap();
     assert_eq!(support::tls::presented(&fresh), two.fingerprint());
     // The connection opened before the reload is still served.
     assert_eq!(support::tls::request(&mut open, get).await.status, 404);
@@ -330,12 +360,26 @@ async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
 
 #[tokio::test]
 async fn a_failing_dns_hook_is_reported_with_its_flag() {
-    let pebble = support::tls::Pebble::start(support::tls::free_port(), support::tls::free_port()).await;
+    let pebble =
+        support::tls::Pebble::start(support::tls::free_port(), support::tls::free_port()).await;
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
         Command::new(server_bin())
-            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--https", "127.0.0.1:0"])
-            .args(["--domain", "tunnel.test", "--acme", "--acme-directory", &pebble.directory])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--domain",
+                "tunnel.test",
+                "--acme",
+                "--acme-directory",
+                &pebble.directory,
+            ])
             .arg("--acme-root")
             .arg(&pebble.tls_root)
             .args(["--acme-dns-hook", "/bin/false", "--state-dir"])
@@ -347,7 +391,10 @@ async fn a_failing_dns_hook_is_reported_with_its_flag() {
         line.contains("--acme-dns-hook /bin/false") && line.contains("exited with"),
         "{line}"
     );
-    assert!(line.contains("set|clear NAME VALUE"), "the message says how the hook is run: {line}");
+    assert!(
+        line.contains("set|clear NAME VALUE"),
+        "the message says how the hook is run: {line}"
+    );
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{log}");
 }

@@ -150,7 +150,7 @@ pub async fn load_or_generate_dev(
         .map_err(|e| TlsError::Generate(e.to_string()))?
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     let cert_pem = generated.cert.pem();
-    let key_pem = generated.key_pair.serialize_pem();
+    let key_pem = generated.signing_key.serialize_pem();
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|source| TlsError::Write {
@@ -161,7 +161,7 @@ pub async fn load_or_generate_dev(
     write_atomic(&cert_path, cert_pem.as_bytes(), 0o644).await?;
     let pair = CertPair {
         chain: vec![generated.cert.der().clone()],
-        key: PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into()),
+        key: PrivateKeyDer::Pkcs8(generated.signing_key.serialize_der().into()),
     };
     Ok((pair, true))
 }

@@ -8,6 +8,10 @@
 //! transfer/s, the tunnel's CPU (server + client) per request or per GiB,
 //! their peak RSS, errors, and the tunnel/direct ratio from the same run.
 //!
+//! The https scenarios run wrk over TLS against nginx serving the same
+//! content over TLS directly (same certificate, an ECDSA P-256 one made
+//! here) and against the tunnel's https listener.
+//!
 //! Options: `--duration SECS` (10), `--rounds N` (3), `--quick` (3 s, 1
 //! round), `--only NAME` (a scenario), `--markdown FILE` (also write the
 //! table there). Environment passed through to both tunnel processes (e.g.
@@ -213,6 +217,9 @@ struct Scenario {
     conns: u32,
     close: bool,
     bulk: bool,
+    /// Visitors speak https (to nginx's TLS port directly, to the tunnel's
+    /// https listener through it).
+    tls: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -222,6 +229,7 @@ const SCENARIOS: &[Scenario] = &[
         conns: 50,
         close: false,
         bulk: false,
+        tls: false,
     },
     Scenario {
         name: "100 B, 400 keep-alive conns",
@@ -229,6 +237,7 @@ const SCENARIOS: &[Scenario] = &[
         conns: 400,
         close: false,
         bulk: false,
+        tls: false,
     },
     Scenario {
         name: "1 MiB, 50 conns",
@@ -236,6 +245,7 @@ const SCENARIOS: &[Scenario] = &[
         conns: 50,
         close: false,
         bulk: true,
+        tls: false,
     },
     Scenario {
         name: "new connection per request, 50 conns",
@@ -243,6 +253,23 @@ const SCENARIOS: &[Scenario] = &[
         conns: 50,
         close: true,
         bulk: false,
+        tls: false,
+    },
+    Scenario {
+        name: "https 100 B, 50 keep-alive conns",
+        path: "/100",
+        conns: 50,
+        close: false,
+        bulk: false,
+        tls: true,
+    },
+    Scenario {
+        name: "https new connection per request, 50 conns",
+        path: "/100",
+        conns: 50,
+        close: true,
+        bulk: false,
+        tls: true,
     },
 ];
 
@@ -267,16 +294,33 @@ fn wrk(url: &str, host: Option<&str>, s: &Scenario, duration: u64) -> WrkResult 
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// nginx with a config written here: 100-byte and 1 MiB responses.
-fn start_nginx(dir: &Path) -> (Proc, u16) {
+/// A certificate for the https scenarios (`edge.crt`, `edge.key` in `dir`).
+fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let g = rcgen::generate_simple_self_signed(vec![
+        "*.localhost".to_owned(),
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+    ])
+    .unwrap();
+    let (c, k) = (dir.join("edge.crt"), dir.join("edge.key"));
+    std::fs::write(&c, g.cert.pem()).unwrap();
+    std::fs::write(&k, g.signing_key.serialize_pem()).unwrap();
+    (c, k)
+}
+
+/// nginx with a config written here: 100-byte and 1 MiB responses, on a
+/// plain port and a TLS port.
+fn start_nginx(dir: &Path) -> (Proc, u16, u16) {
     let port = free_port();
+    let tls_port = free_port();
     std::fs::write(dir.join("1m.bin"), vec![b'x'; 1024 * 1024]).unwrap();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
          client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    root {d};\n\
+         server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n\
+         ssl_certificate {d}/edge.crt; ssl_certificate_key {d}/edge.key;\n    root {d};\n\
          location = /100 {{ default_type text/plain; return 200 \"{body}\"; }}\n\
          location = /1m {{ default_type application/octet-stream; try_files /1m.bin =404; }}\n  }}\n}}\n",
         d = dir.display(),
@@ -290,7 +334,8 @@ fn start_nginx(dir: &Path) -> (Proc, u16) {
         .spawn()
         .expect("nginx starts");
     wait_port(port);
-    (Proc(child), port)
+    wait_port(tls_port);
+    (Proc(child), port, tls_port)
 }
 
 /// The fallback backend (`tunnel_benches::backend`) on its own thread and
@@ -381,15 +426,103 @@ fn idle_connections(http: SocketAddr, host: &str, pids: &[u32], n: usize) -> (f6
     ((connected - before) / n as f64, (used - before) / n as f64)
 }
 
+/// As [`idle_connections`], over TLS: (TCP connected, handshake done and
+/// one request answered) bytes per connection.
+fn idle_tls_connections(https: SocketAddr, host: &str, pids: &[u32], n: usize) -> (f64, f64) {
+    use std::sync::Arc;
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    // The harness's own visitor: it measures the server, it trusts anything.
+    let cfg = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth(),
+    );
+    let rss = || pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum::<u64>() as f64 * 1024.0;
+    let before = rss();
+    let mut tcps = Vec::with_capacity(n);
+    for _ in 0..n {
+        tcps.push(TcpStream::connect(https).expect("connect"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let connected = rss();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let req = format!("GET /100 HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut conns = Vec::with_capacity(n);
+    for tcp in tcps {
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let c = rustls::ClientConnection::new(cfg.clone(), name.clone()).unwrap();
+        let mut s = rustls::StreamOwned::new(c, tcp);
+        s.write_all(req.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = 0;
+        while got < 100 {
+            let k = s.read(&mut buf).expect("response");
+            assert!(k > 0, "closed");
+            got += k;
+        }
+        conns.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let used = rss();
+    drop(conns);
+    ((connected - before) / n as f64, (used - before) / n as f64)
+}
+
 /// A running tunnel-server + tunnel-client pair (dropped client first).
 struct Tunnel {
     client: Proc,
     server: Proc,
     http: SocketAddr,
+    https: Option<SocketAddr>,
 }
 
 impl Tunnel {
-    fn start(server_bin: &Path, client_bin: &Path, dir: &Path, backend_port: u16) -> Tunnel {
+    fn start(
+        server_bin: &Path,
+        client_bin: &Path,
+        dir: &Path,
+        backend_port: u16,
+        tls: bool,
+    ) -> Tunnel {
         let (server, server_lines) = spawn_lines(
             Command::new(server_bin)
                 .args([
@@ -400,6 +533,18 @@ impl Tunnel {
                     "--state-dir",
                 ])
                 .arg(dir)
+                .args(if tls {
+                    vec![
+                        "--https".into(),
+                        "127.0.0.1:0".into(),
+                        "--edge-cert".into(),
+                        dir.join("edge.crt").into_os_string(),
+                        "--edge-key".into(),
+                        dir.join("edge.key").into_os_string(),
+                    ]
+                } else {
+                    Vec::new()
+                })
                 .env("RUST_LOG", "warn"),
         );
         let ready = server_lines
@@ -413,6 +558,7 @@ impl Tunnel {
                 .to_owned()
         };
         let http: SocketAddr = field("http=").parse().unwrap();
+        let https: Option<SocketAddr> = tls.then(|| field("https=").parse().unwrap());
         let quic = field("quic=");
         let expose = format!("127.0.0.1:{backend_port}");
         let (client, client_lines) = spawn_lines(
@@ -436,6 +582,7 @@ impl Tunnel {
             client,
             server,
             http,
+            https,
         }
     }
 
@@ -500,14 +647,16 @@ fn main() {
 
     let dir = std::env::temp_dir().join(format!("tunnel-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (_nginx, backend_port, backend_name) = if have("nginx") {
-        let (p, port) = start_nginx(&dir);
-        (Some(p), port, "nginx (1 worker)")
+    write_cert(&dir);
+    let (_nginx, backend_port, backend_tls, backend_name) = if have("nginx") {
+        let (p, port, tls) = start_nginx(&dir);
+        (Some(p), port, Some(tls), "nginx (1 worker)")
     } else {
         (
             None,
             start_builtin(),
-            "built-in keep-alive server (nginx not installed)",
+            None,
+            "built-in keep-alive server (nginx not installed; no https scenarios)",
         )
     };
 
@@ -519,17 +668,25 @@ fn main() {
     // Idle connections first, on fresh processes: later scenarios leave
     // freed heap behind that would hide the growth.
     let idle_line = if o.only.as_deref().is_none_or(|n| "idle".contains(n)) {
-        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port);
+        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port, false);
         let pids = t.pids();
         let base: u64 = pids.iter().map(|p| status_kib(*p, "VmRSS:")).sum();
         let (connected, with_stream) = idle_connections(t.http, host, &pids, 1000);
+        drop(t);
+        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port, true);
+        let pids = t.pids();
+        let (tls_connected, tls_with_stream) =
+            idle_tls_connections(t.https.unwrap(), host, &pids, 1000);
         format!(
             "\n1000 idle visitor connections (fresh processes, {:.1} MiB RSS before): {:.1} KiB each once \
              connected, {:.1} KiB each after one request (a live QUIC stream and local connection), \
-             server + client RSS growth.",
+             server + client RSS growth. Over https: {:.1} KiB each once connected, {:.1} KiB each after \
+             the handshake and one request.",
             base as f64 / 1024.0,
             connected / 1024.0,
-            with_stream / 1024.0
+            with_stream / 1024.0,
+            tls_connected / 1024.0,
+            tls_with_stream / 1024.0
         )
     } else {
         String::new()
@@ -544,10 +701,19 @@ fn main() {
         if o.only.as_deref().is_some_and(|n| !s.name.contains(n)) {
             continue;
         }
+        if s.tls && backend_tls.is_none() {
+            continue;
+        }
         // Fresh tunnel processes per scenario: the peak RSS is this scenario's.
-        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port);
+        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port, s.tls);
         let pids = t.pids();
-        let tunnel_url = format!("http://{}", t.http);
+        let (direct_url, tunnel_url) = match (s.tls, backend_tls, t.https) {
+            (true, Some(port), Some(https)) => (
+                format!("https://127.0.0.1:{port}"),
+                format!("https://{https}"),
+            ),
+            _ => (direct_url.clone(), format!("http://{}", t.http)),
+        };
         let mut d_runs = Vec::new();
         let mut t_runs = Vec::new();
         let mut cpu_per = Vec::new();

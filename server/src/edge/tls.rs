@@ -65,6 +65,19 @@ pub(crate) async fn serve(
     if !matches!(first, Ok(Ok(n)) if n > 0) {
         return;
     }
+    // Until here the task is this small future; the handshake's state is
+    // allocated once the visitor speaks.
+    Box::pin(handshake(state, tls, tcp, buf, peer, soft)).await;
+}
+
+async fn handshake(
+    state: Arc<State>,
+    tls: Arc<crate::EdgeTls>,
+    mut tcp: TcpStream,
+    mut buf: BytesMut,
+    peer: SocketAddr,
+    soft: CancellationToken,
+) {
     let deadline = Instant::now() + state.config.timeouts.tls_handshake;
     let mut acceptor = rustls::server::Acceptor::default();
     let mut fed = 0;

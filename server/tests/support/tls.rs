@@ -3,6 +3,10 @@
 //! CA: Debian's pebble with pebble-challtestsrv as its DNS, started on
 //! 127.0.0.1 with ports the test picks, ready when they say so.
 
+// Test setup writes and reads a few small files (certificates, configs)
+// before the code under test runs on them: blocking calls are fine here.
+#![allow(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,7 +40,7 @@ impl Made {
         .unwrap();
         Made {
             cert_pem: g.cert.pem(),
-            key_pem: g.key_pair.serialize_pem(),
+            key_pem: g.signing_key.serialize_pem(),
             der: g.cert.der().clone(),
         }
     }
