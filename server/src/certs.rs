@@ -337,14 +337,23 @@ pub struct CertFiles {
     pub key: PathBuf,
 }
 
+/// Modification times of the two files (`None` where unreadable).
+pub type Stamp = (Option<SystemTime>, Option<SystemTime>);
+
 impl CertFiles {
-    pub async fn load(&self) -> Result<Cert, TlsError> {
-        let pair = tunnel_lib::tls::load_pair(&self.cert, &self.key).await?;
-        Cert::from_pair(pair, &self.cert)
+    /// The certificate, and the files' modification times taken before
+    /// reading them (a change during the read is seen the next time).
+    pub async fn load(&self) -> (Stamp, Result<Cert, TlsError>) {
+        let stamp = self.stamp().await;
+        let cert = match tunnel_lib::tls::load_pair(&self.cert, &self.key).await {
+            Ok(pair) => Cert::from_pair(pair, &self.cert),
+            Err(e) => Err(e),
+        };
+        (stamp, cert)
     }
 
     /// Modification times of both files (`None` where unreadable).
-    pub async fn stamp(&self) -> (Option<SystemTime>, Option<SystemTime>) {
+    pub async fn stamp(&self) -> Stamp {
         let m = |p: PathBuf| async move {
             tokio::fs::metadata(p)
                 .await

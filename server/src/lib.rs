@@ -170,6 +170,8 @@ pub struct Server {
     state_dir: PathBuf,
     /// Notified to reload the operator's certificate files (SIGHUP).
     reload: Arc<Notify>,
+    /// The operator's certificate files, as they were when loaded.
+    watched: Option<(CertFiles, certs::Stamp)>,
     acme_worker: Option<acme::Worker>,
 }
 
@@ -219,19 +221,23 @@ impl Server {
 
         // The https edge: operator files and/or ACME, the own certificate as
         // the default.
+        let mut watched = None;
         let tls = match https_addr {
             None => None,
             Some(_) => {
                 let files = match (&config.edge_cert, &config.edge_key) {
-                    (Some(c), Some(k)) => Some(
-                        CertFiles {
+                    (Some(c), Some(k)) => {
+                        let files = CertFiles {
                             cert: c.clone(),
                             key: k.clone(),
-                        }
-                        .load()
-                        .await
-                        .map_err(|e| TlsError::Config(format!("--edge-cert/--edge-key: {e}")))?,
-                    ),
+                        };
+                        let (stamp, cert) = files.load().await;
+                        let cert = cert.map_err(|e| {
+                            TlsError::Config(format!("--edge-cert/--edge-key: {e}"))
+                        })?;
+                        watched = Some((files, stamp));
+                        Some(cert)
+                    }
                     _ => None,
                 };
                 let store = Arc::new(CertStore::new(files, own.clone()));
@@ -308,6 +314,7 @@ impl Server {
             cert_path,
             state_dir,
             reload: Arc::new(Notify::new()),
+            watched,
             acme_worker,
         })
     }
@@ -386,17 +393,11 @@ impl Server {
                 .await;
             }
         };
-        if let (Some(t), Some((c, k))) = (
-            &self.state.tls,
-            self.state
-                .config
-                .edge_cert
-                .clone()
-                .zip(self.state.config.edge_key.clone()),
-        ) {
+        if let (Some(t), Some((files, stamp))) = (&self.state.tls, self.watched) {
             tracker.spawn(watch_cert_files(
                 t.store.clone(),
-                CertFiles { cert: c, key: k },
+                files,
+                stamp,
                 self.reload.clone(),
                 shutdown.clone(),
             ));
@@ -502,23 +503,23 @@ async fn accept_tcp<S, F>(
 async fn watch_cert_files(
     store: Arc<CertStore>,
     files: CertFiles,
+    mut stamp: certs::Stamp,
     reload: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     const POLL: std::time::Duration = std::time::Duration::from_secs(2);
-    let mut stamp = files.stamp().await;
     loop {
         let asked = tokio::select! {
             _ = reload.notified() => true,
             _ = tokio::time::sleep(POLL) => false,
             _ = shutdown.cancelled() => return,
         };
-        let now = files.stamp().await;
-        if !asked && now == stamp {
+        if !asked && files.stamp().await == stamp {
             continue;
         }
+        let (now, cert) = files.load().await;
         stamp = now;
-        match files.load().await {
+        match cert {
             Ok(c) => {
                 info!(names = ?c.names, "reloaded the certificate from {}", files.cert.display());
                 store.set_files(c);

@@ -426,3 +426,163 @@ async fn tls_passthrough_shows_the_local_certificate() {
     client.stop().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn opt_out_of_the_redirect_and_opt_in_to_hsts() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Made::new(&["*.edge.test", "edge.test"]);
+    let (cert, key) = edge.write(dir.path(), "edge");
+    let listeners = TestServer::listeners(true);
+    let config = Config {
+        domain: "edge.test".into(),
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        edge_cert: Some(cert),
+        edge_key: Some(key),
+        hsts: Some(Duration::from_secs(600)),
+        ..Config::default()
+    };
+    let server = TestServer::start_on(config, listeners).await;
+    let backend = Backend::start("both").await;
+    let mut plain_ok = server.client_config(backend.addr, Some("plain"));
+    plain_ok.tunnels[0].plain_http = true;
+    let mut a = TestClient::start(plain_ok);
+    a.online(1).await;
+    let mut b = TestClient::start(server.client_config(backend.addr, Some("strict")));
+    b.online(1).await;
+
+    // The opted-out tunnel serves plain http; the other one redirects.
+    let r = raw_exchange(
+        server.http,
+        b"GET /hello HTTP/1.1\r\nHost: plain.edge.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        (r.status, &r.body[..]),
+        (200, &b"hello from both"[..]),
+        "{}",
+        r.head
+    );
+    assert!(
+        !r.head.contains("Strict-Transport-Security"),
+        "no HSTS over plain http"
+    );
+    let r = raw_exchange(
+        server.http,
+        b"GET /hello HTTP/1.1\r\nHost: strict.edge.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 308);
+    // Only a token being validated is answered on the plain port (see the
+    // HTTP-01 test); any other challenge path is an ordinary request.
+    let r = raw_exchange(
+        server.http,
+        b"GET /.well-known/acme-challenge/abc HTTP/1.1\r\nHost: strict.edge.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 308);
+
+    // HSTS on https responses, the app's own and the server's pages.
+    let visitor = tls::visitor(&[&edge.cert_pem]);
+    let r = tls::get(
+        server.https.unwrap(),
+        "strict.edge.test",
+        visitor.clone(),
+        "/hello",
+    )
+    .await;
+    assert!(
+        r.head
+            .contains("Strict-Transport-Security: max-age=600\r\n"),
+        "{}",
+        r.head
+    );
+    assert_eq!(r.body, b"hello from both");
+    a.stop().await;
+    b.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn custom_domains_need_a_grant_and_wildcard_rules_route_every_name_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = Made::new(&[
+        "*.edge.test",
+        "edge.test",
+        "app.mycompany.test",
+        "*.preview.mycompany.test",
+    ]);
+    let (cert, key) = edge.write(dir.path(), "edge");
+    let listeners = TestServer::listeners(true);
+    let config = Config {
+        domain: "edge.test".into(),
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        edge_cert: Some(cert),
+        edge_key: Some(key),
+        allow_domains: vec![
+            tunnel_server::config::parse_grant("app.mycompany.test").unwrap(),
+            tunnel_server::config::parse_grant("*.preview.mycompany.test").unwrap(),
+        ],
+        ..Config::default()
+    };
+    let server = TestServer::start_on(config, listeners).await;
+    let custom = Backend::start("custom").await;
+    let preview = Backend::start("preview").await;
+
+    // Not granted: refused with a message that names the flag.
+    let denied = TestClient::start(server.client_config(custom.addr, Some("other.mycompany.test")));
+    let err = denied.finished().await.unwrap_err();
+    assert!(err.to_string().contains("--allow-domain"), "{err}");
+
+    let mut a = TestClient::start(server.client_config(custom.addr, Some("App.MyCompany.test")));
+    let t = a.online(1).await;
+    assert_eq!(t[0].hostname, "app.mycompany.test");
+    let mut b =
+        TestClient::start(server.client_config(preview.addr, Some("*.preview.mycompany.test")));
+    let t = b.online(1).await;
+    assert_eq!(t[0].hostname, "*.preview.mycompany.test");
+
+    let visitor = tls::visitor(&[&edge.cert_pem]);
+    let https = server.https.unwrap();
+    let r = tls::get(https, "app.mycompany.test", visitor.clone(), "/hello").await;
+    assert_eq!(r.body, b"hello from custom");
+    for name in ["pr-1.preview.mycompany.test", "pr-2.preview.mycompany.test"] {
+        let r = tls::get(https, name, visitor.clone(), "/headers").await;
+        let seen = String::from_utf8_lossy(&r.body).to_ascii_lowercase();
+        assert!(seen.contains(&format!("host: {name}")), "{seen}");
+    }
+    // The rule covers names below it, not its parent.
+    let r = raw_exchange(
+        server.http,
+        b"GET / HTTP/1.1\r\nHost: preview.mycompany.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    a.stop().await;
+    b.stop().await;
+    server.stop().await;
+    custom.stop().await;
+    preview.stop().await;
+}
+
+#[tokio::test]
+async fn changed_files_are_picked_up_without_a_signal() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = Made::new(&["*.edge.test", "edge.test"]);
+    let two = Made::new(&["*.edge.test", "edge.test"]);
+    let server = file_server(dir.path(), &one).await;
+    let mut changes = server.certs.as_ref().unwrap().subscribe();
+    // A bad pair first (new certificate, old key): kept out, the old one stays.
+    std::fs::write(dir.path().join("edge.crt"), &two.cert_pem).unwrap();
+    let visitor = tls::visitor(&[&one.cert_pem, &two.cert_pem]);
+    std::fs::write(dir.path().join("edge.key"), &two.key_pem).unwrap();
+    tokio::time::timeout(WAIT, changes.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    let s = tls::connect(server.https.unwrap(), "edge.test", visitor)
+        .await
+        .unwrap();
+    assert_eq!(tls::presented(&s), two.fingerprint());
+    server.stop().await;
+}

@@ -390,6 +390,14 @@ impl TestClient {
             .unwrap()
             .unwrap();
     }
+
+    /// Waits for the client to end by itself (a fatal error).
+    pub async fn finished(self) -> Result<(), tunnel_client::ClientError> {
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("client run() returned by itself")
+            .unwrap()
+    }
 }
 
 /// Host part of a tunnel URL (`http://name.localhost:port` → `name.localhost:port`).
