@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use quinn::{ConnectionError, RecvStream, SendStream, VarInt};
-use tracing::debug;
+use tracing::{debug, info};
 
 use tunnel_lib::io::read_message;
-use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
+use tunnel_lib::limits::{HANDSHAKE_TIMEOUT, REGISTER_NOTICE, REGISTER_TIMEOUT};
 use tunnel_lib::paths::{default_state_dir, DEV_CERT_FILE};
 use tunnel_lib::proto::{close, Control, ErrorCode, PROTOCOL_VERSION};
 use tunnel_lib::quic::{explain, is_version_mismatch};
@@ -143,20 +143,9 @@ pub(crate) async fn attempt(
             )))
         }
     };
-    match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        session(config, conn.clone(), client_id, names),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => {
-            conn.close(VarInt::from_u32(close::NORMAL), b"timed out");
-            Err(AttemptError::Retry(
-                "the server did not answer the hello in time".into(),
-            ))
-        }
-    }
+    // The hello is bounded inside `session`; registrations may take longer
+    // (the server gets a new name its certificate first).
+    session(config, conn, client_id, names).await
 }
 
 async fn session(
@@ -187,7 +176,18 @@ async fn session(
         .await
         .map_err(|e| stream_err(&conn, e.to_string()))?;
     let mut buf = BytesMut::new();
-    match read_message(&mut recv, &mut buf, Control::decode).await {
+    let welcome = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        read_message(&mut recv, &mut buf, Control::decode),
+    )
+    .await;
+    let Ok(welcome) = welcome else {
+        conn.close(VarInt::from_u32(close::NORMAL), b"timed out");
+        return Err(AttemptError::Retry(
+            "the server did not answer the hello in time".into(),
+        ));
+    };
+    match welcome {
         Ok(Some(Control::Welcome { .. })) => {}
         Ok(Some(Control::Error { code, message, .. })) => return Err(refusal(code, message)),
         Ok(other) => {
@@ -221,7 +221,14 @@ async fn session(
         send.write_all(&out)
             .await
             .map_err(|e| stream_err(&conn, e.to_string()))?;
-        match read_message(&mut recv, &mut buf, Control::decode).await {
+        let answer = registration_answer(&mut recv, &mut buf, &spec.local).await;
+        let Ok(answer) = answer else {
+            conn.close(VarInt::from_u32(close::NORMAL), b"timed out");
+            return Err(AttemptError::Retry(format!(
+                "the server did not answer the registration within {REGISTER_TIMEOUT:?}"
+            )));
+        };
+        match answer {
             Ok(Some(Control::Registered {
                 tunnel_id,
                 hostname,
@@ -257,6 +264,23 @@ async fn session(
         tunnels,
         targets: Arc::new(targets),
     })
+}
+
+/// Waits for the answer to a registration, saying so once if it takes a
+/// while (a new https name gets its certificate before its URL).
+async fn registration_answer(
+    recv: &mut RecvStream,
+    buf: &mut BytesMut,
+    local: &str,
+) -> Result<Result<Option<Control>, tunnel_lib::io::StreamError>, tokio::time::error::Elapsed> {
+    let read = tokio::time::timeout(REGISTER_TIMEOUT, read_message(recv, buf, Control::decode));
+    tokio::pin!(read);
+    tokio::select! {
+        r = &mut read => return r,
+        _ = tokio::time::sleep(REGISTER_NOTICE) => {}
+    }
+    info!("waiting for the server to register the tunnel for {local} (a new https name gets its certificate first)");
+    read.await
 }
 
 fn refusal(code: ErrorCode, message: String) -> AttemptError {

@@ -193,8 +193,16 @@ impl Acme {
 
 impl Worker {
     /// Serves until `shutdown`: startup orders (the server's own name, the
-    /// wildcard with a DNS hook), registrations, renewals.
+    /// wildcard with a DNS hook), registrations, renewals. An order under
+    /// way at shutdown is abandoned.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.serve() => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn serve(&mut self) {
         let domain = self.registry.domain().to_owned();
         let mut startup_done = false;
         let mut account_retry = Instant::now();
@@ -229,7 +237,6 @@ impl Worker {
                     None => return,
                 },
                 _ = tokio::time::sleep_until(wake) => self.renew_due().await,
-                _ = shutdown.cancelled() => return,
             }
         }
     }

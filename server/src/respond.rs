@@ -242,3 +242,18 @@ pub fn misdirected(host: &str, sni: &str) -> ErrorPage {
         ),
     )
 }
+
+/// An HTTP request for a TLS-passthrough tunnel (no SNI, or plain http on a
+/// server without https).
+pub fn passthrough_only(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        421,
+        "tls-passthrough-only",
+        "Misdirected request",
+        format!(
+            "<code>{}</code> is a TLS passthrough tunnel: connect with TLS and the name \
+             <code>{0}</code> as SNI (for example https://{0}/).",
+            escape(host)
+        ),
+    )
+}

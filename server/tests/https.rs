@@ -387,7 +387,7 @@ async fn edge_files_reload_without_dropping_a_connection() {
 #[tokio::test]
 async fn tls_passthrough_shows_the_local_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = Made::new(&["*.edge.test", "edge.test"]);
+    let edge = Made::new(&["*.edge.test", "edge.test", "127.0.0.1"]);
     let server = file_server(dir.path(), &edge).await;
     let local = EchoTls::start("secure.edge.test").await;
     let mut cfg = server.client_config(local.addr, Some("secure"));
@@ -420,6 +420,23 @@ async fn tls_passthrough_shows_the_local_certificate() {
             .unwrap();
         assert_eq!(back, msg.as_bytes());
     }
+    // Plain http for a passthrough name goes to https; HTTP/1 over a TLS
+    // session without that SNI never reaches the local TLS server.
+    let r = raw_exchange(
+        server.http,
+        b"GET / HTTP/1.1\r\nHost: secure.edge.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 308, "{}", r.head);
+    let mut nosni = tls::connect(https, "127.0.0.1", tls::visitor(&[&edge.cert_pem]))
+        .await
+        .unwrap();
+    let r = tls::request(
+        &mut nosni,
+        "GET / HTTP/1.1\r\nHost: secure.edge.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 421, "{}", r.head);
     // The edge's own certificate is not what passthrough shows.
     let e = tls::connect(https, "secure.edge.test", tls::visitor(&[&edge.cert_pem])).await;
     assert!(e.is_err());

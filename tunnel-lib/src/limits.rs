@@ -13,6 +13,14 @@ pub const MAX_SUBDOMAIN_LEN: usize = 63;
 /// Deadline for a QUIC handshake plus the hello exchange.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Deadline for the answer to one registration: the server may first get
+/// the name a certificate from its ACME CA (which bounds that at 90 s).
+pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// After this long without an answer to a registration, the client says
+/// it is waiting.
+pub const REGISTER_NOTICE: Duration = Duration::from_secs(2);
+
 /// Deadline for the per-stream preface to arrive at the client.
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -19,7 +19,7 @@ use tunnel_lib::http1::{
 };
 use tunnel_lib::io::LeanRead;
 use tunnel_lib::limits::{FIRST_READ, IO_CHUNK};
-use tunnel_lib::proto::{reset, StreamKind};
+use tunnel_lib::proto::{reset, StreamKind, TunnelKind};
 
 use super::{Pending, Queue, Scheme, MAX_DISCARD};
 use crate::registry::{Rule, Session};
@@ -153,6 +153,13 @@ impl<R: LeanRead> RequestSide<R> {
         let action = match self.state.registry.route(head.host()) {
             None => Action::Answer(respond::not_found(&host_text(&head))),
             Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
+            // A passthrough tunnel is reached by its SNI only.
+            Some((rule, _)) if rule.kind == TunnelKind::Tls => Action::Answer(match self.scheme {
+                Scheme::Http if self.state.https_port.is_some() => {
+                    respond::to_https(self.state.https_url(&head))
+                }
+                _ => respond::passthrough_only(&rule.host),
+            }),
             Some((rule, _)) if self.scheme == Scheme::Http && self.redirects(&rule) => {
                 Action::Answer(respond::to_https(self.state.https_url(&head)))
             }
