@@ -16,19 +16,38 @@ use tunnel_lib::proto::TunnelKind;
 /// `tunnel-client --expose 8080` (or `tunnel-client http 8080`) gives the app on port 8080 a
 /// public URL; `tunnel-client tls 8443` passes TLS through to a local TLS server untouched.
 #[derive(Debug, Parser)]
-#[command(version, about, args_conflicts_with_subcommands = true)]
+#[command(version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     /// Local port (or HOST:PORT) to expose over HTTP (the same as `http PORT`).
     #[arg(long, value_name = "PORT|HOST:PORT")]
     expose: Option<String>,
-    #[command(flatten)]
-    name: NameArgs,
-    #[command(flatten)]
-    conn: ConnArgs,
+    /// Subdomain to ask for [default: one the server picks], or a full host name the server
+    /// allows (app.example.com, or *.preview.example.com for every name below it).
+    #[arg(long, value_name = "NAME", global = true)]
+    subdomain: Option<String>,
+    /// The server's QUIC address.
+    #[arg(
+        long,
+        default_value = "localhost:4433",
+        env = "TUNNEL_SERVER",
+        global = true
+    )]
+    server: String,
+    /// Token the server expects.
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
+    #[arg(long, value_name = "FILE", global = true)]
+    server_cert: Option<PathBuf>,
+    /// Pin the server certificate's SHA-256 (as tunnel-server prints it).
+    #[arg(long, value_name = "SHA256", global = true)]
+    server_fingerprint: Option<String>,
 }
 
+/// What to expose. Connection flags (`--server`, `--token`, trust) and
+/// `--subdomain` go before or after the command.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Expose a local HTTP service (the server terminates TLS and parses requests).
@@ -36,49 +55,16 @@ enum Command {
         /// Local port (or HOST:PORT).
         #[arg(value_name = "PORT|HOST:PORT")]
         local: String,
-        #[command(flatten)]
-        name: NameArgs,
         /// Also serve plain-http visitors instead of redirecting them to https.
         #[arg(long)]
         allow_http: bool,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
     /// Pass TLS through to a local TLS server, routed by SNI: visitors see its certificate.
     Tls {
         /// Local port (or HOST:PORT) of a TLS server.
         #[arg(value_name = "PORT|HOST:PORT")]
         local: String,
-        #[command(flatten)]
-        name: NameArgs,
-        #[command(flatten)]
-        conn: ConnArgs,
     },
-}
-
-#[derive(Debug, clap::Args)]
-struct NameArgs {
-    /// Subdomain to ask for [default: one the server picks], or a full host name the server
-    /// allows (app.example.com, or *.preview.example.com for every name below it).
-    #[arg(long, value_name = "NAME")]
-    subdomain: Option<String>,
-}
-
-/// How to reach and trust the server.
-#[derive(Debug, clap::Args)]
-struct ConnArgs {
-    /// The server's QUIC address.
-    #[arg(long, default_value = "localhost:4433", env = "TUNNEL_SERVER")]
-    server: String,
-    /// Token the server expects.
-    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
-    #[arg(long, value_name = "FILE")]
-    server_cert: Option<PathBuf>,
-    /// Pin the server certificate's SHA-256 (as tunnel-server prints it).
-    #[arg(long, value_name = "SHA256")]
-    server_fingerprint: Option<String>,
 }
 
 fn local_target(expose: &str) -> Result<String, String> {
@@ -105,24 +91,23 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (local, name, kind, plain_http, conn) = match cli.command {
-        Some(Command::Http {
-            local,
-            name,
-            allow_http,
-            conn,
-        }) => (local, name, TunnelKind::Http, allow_http, conn),
-        Some(Command::Tls { local, name, conn }) => (local, name, TunnelKind::Tls, false, conn),
-        None => match cli.expose {
-            Some(local) => (local, cli.name, TunnelKind::Http, false, cli.conn),
-            None => {
-                eprintln!(
-                    "error: nothing to expose: pass --expose PORT (or `tunnel-client http PORT`, \
-                     `tunnel-client tls PORT`); see --help"
-                );
-                return ExitCode::from(2);
-            }
-        },
+    let (local, kind, plain_http) = match (cli.command, cli.expose) {
+        (Some(_), Some(_)) => {
+            eprintln!(
+                "error: --expose and a command (http, tls) both say what to expose: pass one"
+            );
+            return ExitCode::from(2);
+        }
+        (Some(Command::Http { local, allow_http }), None) => (local, TunnelKind::Http, allow_http),
+        (Some(Command::Tls { local }), None) => (local, TunnelKind::Tls, false),
+        (None, Some(local)) => (local, TunnelKind::Http, false),
+        (None, None) => {
+            eprintln!(
+                "error: nothing to expose: pass --expose PORT (or `tunnel-client http PORT`, \
+                 `tunnel-client tls PORT`); see --help"
+            );
+            return ExitCode::from(2);
+        }
     };
     let local = match local_target(&local) {
         Ok(l) => l,
@@ -132,16 +117,16 @@ fn main() -> ExitCode {
         }
     };
     let config = Config {
-        server: conn.server,
-        token: conn.token,
+        server: cli.server,
+        token: cli.token,
         tunnels: vec![TunnelSpec {
             local,
-            subdomain: name.subdomain,
+            subdomain: cli.subdomain,
             kind,
             plain_http,
         }],
-        server_cert: conn.server_cert,
-        server_fingerprint: conn.server_fingerprint,
+        server_cert: cli.server_cert,
+        server_fingerprint: cli.server_fingerprint,
         ..Config::default()
     };
     let runtime = match tunnel_lib::runtime::build() {

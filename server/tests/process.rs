@@ -398,3 +398,67 @@ async fn a_failing_dns_hook_is_reported_with_its_flag() {
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{log}");
 }
+
+#[tokio::test]
+async fn client_commands_take_connection_flags_before_or_after() {
+    let home = tempfile::tempdir().unwrap();
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+            ])
+            .arg("--state-dir")
+            .arg(home.path()),
+    );
+    let ready = server.line().await;
+    let (quic, https) = (field(&ready, "quic="), field(&ready, "https="));
+    let https_port = https.rsplit(':').next().unwrap().to_owned();
+    let cert = home.path().join("cert.pem");
+    // Flags before the command, --subdomain after it.
+    let mut http = Proc::spawn(
+        Command::new(client_bin().await)
+            .args(["--server", &quic, "--server-cert"])
+            .arg(&cert)
+            .args(["http", "127.0.0.1:9", "--subdomain", "cli"]),
+    );
+    assert_eq!(
+        http.line().await,
+        format!("https://cli.localhost:{https_port} -> http://127.0.0.1:9")
+    );
+    // Everything after the command.
+    let mut tls = Proc::spawn(
+        Command::new(client_bin().await)
+            .args([
+                "tls",
+                "8443",
+                "--subdomain",
+                "secure",
+                "--server",
+                &quic,
+                "--server-cert",
+            ])
+            .arg(&cert),
+    );
+    assert_eq!(
+        tls.line().await,
+        format!("tls://secure.localhost:{https_port} -> localhost:8443")
+    );
+    // Both ways of saying what to expose at once: a clear refusal.
+    let out = Command::new(client_bin().await)
+        .args(["--expose", "8080", "http", "8080"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass one"));
+    for p in [http, tls] {
+        let (status, log) = p.terminate().await;
+        assert!(status.success(), "{log}");
+    }
+    let _ = server.terminate().await;
+}
