@@ -395,7 +395,7 @@ impl Worker {
                     root.display()
                 ))
             }),
-            None => Account::builder().map_err(|e| err(&e)),
+            None => Account::builder().map_err(|e| err(&chain(&e))),
         };
         let path = self.dir.join("account.json");
         if let Ok(json) = tokio::fs::read(&path).await {
@@ -404,7 +404,7 @@ impl Worker {
                     return builder()?
                         .from_credentials(creds)
                         .await
-                        .map_err(|e| err(&format!("restoring {}: {e}", path.display())))
+                        .map_err(|e| err(&format!("restoring {}: {}", path.display(), chain(&e))))
                 }
                 Err(e) => warn!("ignoring {}: {e}; creating a new account", path.display()),
             }
@@ -424,8 +424,10 @@ impl Worker {
             .await
             .map_err(|e| {
                 err(&format!(
-                    "cannot create an account at {}: {e}; check --acme-directory and the network",
-                    self.cfg.directory
+                    "cannot create an account at {}: {}; check --acme-directory, the network, and \
+                     (for a private CA) --acme-root",
+                    self.cfg.directory,
+                    chain(&e)
                 ))
             })?;
         let json = serde_json::to_vec(&creds).map_err(|e| err(&e))?;
@@ -449,7 +451,7 @@ impl Worker {
         let mut order = account
             .new_order(&NewOrder::new(&ids))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(chain(&e)))?;
         let mut cleanup: Vec<Cleanup> = Vec::new();
         let result = async {
             // First publish every response (two TXT values share one name
@@ -457,7 +459,7 @@ impl Worker {
             let mut ready = Vec::new();
             let mut auths = order.authorizations();
             while let Some(a) = auths.next().await {
-                let mut a = a.map_err(|e| fail(e.to_string()))?;
+                let mut a = a.map_err(|e| fail(chain(&e)))?;
                 match a.status {
                     AuthorizationStatus::Pending => {}
                     AuthorizationStatus::Valid => continue,
@@ -484,7 +486,7 @@ impl Worker {
                         let n = name.clone();
                         let key = tokio::task::spawn_blocking(move || alpn_certificate(&n, &digest))
                             .await
-                            .map_err(|e| fail(e.to_string()))?
+                            .map_err(|e| fail(chain(&e)))?
                             .map_err(fail)?;
                         self.store.set_alpn_challenge(&name, key);
                         cleanup.push(Cleanup::Alpn(name.clone()));
@@ -505,14 +507,14 @@ impl Worker {
             }
             let mut auths = order.authorizations();
             while let Some(a) = auths.next().await {
-                let mut a = a.map_err(|e| fail(e.to_string()))?;
+                let mut a = a.map_err(|e| fail(chain(&e)))?;
                 let t = a
                     .challenges
                     .iter()
                     .find(|c| ready.contains(&c.url))
                     .map(|c| c.r#type.clone());
                 if let Some(mut ch) = t.and_then(|t| a.challenge(t)) {
-                    ch.set_ready().await.map_err(|e| fail(e.to_string()))?;
+                    ch.set_ready().await.map_err(|e| fail(chain(&e)))?;
                 }
             }
             let retry = RetryPolicy::default().timeout(Duration::from_secs(120));
@@ -526,7 +528,7 @@ impl Worker {
                         Challenge::Http01 => "plain http (80)",
                     }
                 ))),
-                Err(e) => Err(fail(e.to_string())),
+                Err(e) => Err(fail(chain(&e))),
             }
         }
         .await;
@@ -545,16 +547,16 @@ impl Worker {
         let names_owned = names.to_vec();
         let (key_pem, csr) = tokio::task::spawn_blocking(move || csr_for(&names_owned))
             .await
-            .map_err(|e| fail(e.to_string()))?
+            .map_err(|e| fail(chain(&e)))?
             .map_err(fail)?;
         order
             .finalize_csr(&csr)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(chain(&e)))?;
         let chain = order
             .poll_certificate(&RetryPolicy::default().timeout(Duration::from_secs(120)))
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(chain(&e)))?;
         let cert = self
             .save_and_load(&names[0], chain.as_bytes(), key_pem.as_bytes())
             .await
@@ -694,6 +696,22 @@ async fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     f.sync_all().await?;
     drop(f);
     tokio::fs::rename(&tmp, path).await
+}
+
+/// An error with its causes (`client error (Connect): … invalid peer
+/// certificate: UnknownIssuer`): the top one alone rarely says what to fix.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = c.source();
+    }
+    out
 }
 
 /// A time as seconds since the epoch, for logs.

@@ -461,7 +461,7 @@ async fn accept_tcp<S, F>(
     hard: CancellationToken,
     serve: S,
 ) where
-    S: Fn(Arc<State>, TcpStream, SocketAddr, CancellationToken) -> F,
+    S: Fn(Arc<State>, TcpStream, SocketAddr, CancellationToken) -> F + Copy + Send + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -487,10 +487,11 @@ async fn accept_tcp<S, F>(
         let state = state.clone();
         let soft = shutdown.clone();
         let hard = hard.clone();
-        let conn = serve(state, tcp, peer, soft);
+        // The connection's future is made inside the task: made outside
+        // and moved in, the task would hold it twice.
         tracker.spawn(async move {
             tokio::select! {
-                _ = conn => {}
+                _ = serve(state, tcp, peer, soft) => {}
                 _ = hard.cancelled() => {}
             }
             drop(permit);
