@@ -294,8 +294,13 @@ async fn wildcard_through_the_dns_hook_needs_no_order_per_tunnel() {
     backend.stop().await;
 }
 
-/// A server for `localhost` with the operator's certificate files.
-async fn file_server(dir: &std::path::Path, made: &Made) -> TestServer {
+/// A server for `edge.test` with the operator's certificate files (and
+/// whatever `tweak` adds).
+async fn file_server_with(
+    dir: &std::path::Path,
+    made: &Made,
+    tweak: impl FnOnce(&mut Config),
+) -> TestServer {
     let (cert, key) = made.write(dir, "edge");
     let listeners = TestServer::listeners(true);
     let mut config = Config {
@@ -306,7 +311,12 @@ async fn file_server(dir: &std::path::Path, made: &Made) -> TestServer {
         ..Config::default()
     };
     config.timeouts.tls_handshake = Duration::from_millis(500);
+    tweak(&mut config);
     TestServer::start_on(config, listeners).await
+}
+
+async fn file_server(dir: &std::path::Path, made: &Made) -> TestServer {
+    file_server_with(dir, made, |_| {}).await
 }
 
 #[tokio::test]
@@ -448,17 +458,10 @@ async fn tls_passthrough_shows_the_local_certificate() {
 async fn opt_out_of_the_redirect_and_opt_in_to_hsts() {
     let dir = tempfile::tempdir().unwrap();
     let edge = Made::new(&["*.edge.test", "edge.test"]);
-    let (cert, key) = edge.write(dir.path(), "edge");
-    let listeners = TestServer::listeners(true);
-    let config = Config {
-        domain: "edge.test".into(),
-        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
-        edge_cert: Some(cert),
-        edge_key: Some(key),
-        hsts: Some(Duration::from_secs(600)),
-        ..Config::default()
-    };
-    let server = TestServer::start_on(config, listeners).await;
+    let server = file_server_with(dir.path(), &edge, |c| {
+        c.hsts = Some(Duration::from_secs(600))
+    })
+    .await;
     let backend = Backend::start("both").await;
     let mut plain_ok = server.client_config(backend.addr, Some("plain"));
     plain_ok.tunnels[0].plain_http = true;
@@ -529,20 +532,13 @@ async fn custom_domains_need_a_grant_and_wildcard_rules_route_every_name_below()
         "app.mycompany.test",
         "*.preview.mycompany.test",
     ]);
-    let (cert, key) = edge.write(dir.path(), "edge");
-    let listeners = TestServer::listeners(true);
-    let config = Config {
-        domain: "edge.test".into(),
-        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
-        edge_cert: Some(cert),
-        edge_key: Some(key),
-        allow_domains: vec![
+    let server = file_server_with(dir.path(), &edge, |c| {
+        c.allow_domains = vec![
             tunnel_server::config::parse_grant("app.mycompany.test").unwrap(),
             tunnel_server::config::parse_grant("*.preview.mycompany.test").unwrap(),
-        ],
-        ..Config::default()
-    };
-    let server = TestServer::start_on(config, listeners).await;
+        ]
+    })
+    .await;
     let custom = Backend::start("custom").await;
     let preview = Backend::start("preview").await;
 

@@ -287,6 +287,20 @@ async fn bad_https_settings_name_the_flag_and_the_fix() {
     );
 }
 
+/// `tunnel-server` on 127.0.0.1 port 0 with an https listener, its state in
+/// `home`, plus `extra` arguments; returns it once its ready line is read.
+async fn https_server(home: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args(["--https", "127.0.0.1:0", "--state-dir"])
+            .arg(home)
+            .args(extra),
+    );
+    let ready = server.line().await;
+    (server, ready)
+}
+
 fn field(ready: &str, key: &str) -> String {
     ready
         .split_whitespace()
@@ -301,24 +315,18 @@ async fn sighup_reloads_the_edge_certificate_under_an_open_connection() {
     let one = support::tls::Made::new(&["edge.test", "*.edge.test"]);
     let two = support::tls::Made::new(&["edge.test", "*.edge.test"]);
     let (cert, key) = one.write(home.path(), "edge");
-    let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-            ])
-            .args(["--domain", "edge.test", "--state-dir"])
-            .arg(home.path())
-            .arg("--edge-cert")
-            .arg(&cert)
-            .arg("--edge-key")
-            .arg(&key),
-    );
-    let ready = server.line().await;
+    let (mut server, ready) = https_server(
+        home.path(),
+        &[
+            "--domain".as_ref(),
+            "edge.test".as_ref(),
+            "--edge-cert".as_ref(),
+            cert.as_os_str(),
+            "--edge-key".as_ref(),
+            key.as_os_str(),
+        ],
+    )
+    .await;
     let https: std::net::SocketAddr = field(&ready, "https=").parse().unwrap();
     let visitor = support::tls::visitor(&[&one.cert_pem, &two.cert_pem]);
     let get = "GET / HTTP/1.1\r\nHost: edge.test\r\n\r\n";
@@ -363,29 +371,21 @@ async fn a_failing_dns_hook_is_reported_with_its_flag() {
     let pebble =
         support::tls::Pebble::start(support::tls::free_port(), support::tls::free_port()).await;
     let home = tempfile::tempdir().unwrap();
-    let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--domain",
-                "tunnel.test",
-                "--acme",
-                "--acme-directory",
-                &pebble.directory,
-            ])
-            .arg("--acme-root")
-            .arg(&pebble.tls_root)
-            .args(["--acme-dns-hook", "/bin/false", "--state-dir"])
-            .arg(home.path()),
-    );
-    server.line().await;
+    let (mut server, _) = https_server(
+        home.path(),
+        &[
+            "--domain".as_ref(),
+            "tunnel.test".as_ref(),
+            "--acme".as_ref(),
+            "--acme-directory".as_ref(),
+            pebble.directory.as_ref(),
+            "--acme-root".as_ref(),
+            pebble.tls_root.as_os_str(),
+            "--acme-dns-hook".as_ref(),
+            "/bin/false".as_ref(),
+        ],
+    )
+    .await;
     let line = server.log_until("--acme-dns-hook").await;
     assert!(
         line.contains("--acme-dns-hook /bin/false") && line.contains("exited with"),
@@ -402,20 +402,7 @@ async fn a_failing_dns_hook_is_reported_with_its_flag() {
 #[tokio::test]
 async fn client_commands_take_connection_flags_before_or_after() {
     let home = tempfile::tempdir().unwrap();
-    let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-            ])
-            .arg("--state-dir")
-            .arg(home.path()),
-    );
-    let ready = server.line().await;
+    let (server, ready) = https_server(home.path(), &[]).await;
     let (quic, https) = (field(&ready, "quic="), field(&ready, "https="));
     let https_port = https.rsplit(':').next().unwrap().to_owned();
     let cert = home.path().join("cert.pem");

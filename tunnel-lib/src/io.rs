@@ -191,6 +191,27 @@ async fn lean_tcp(tcp: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::
     }
 }
 
+/// The TCP types the edge and the splice read from.
+macro_rules! lean_tcp {
+    ($($t:ty),*) => {$(
+        impl LeanRead for $t {
+            fn read_lean<'a>(
+                &'a mut self,
+                buf: &'a mut BytesMut,
+                want: usize,
+            ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+                let this: &'a Self = self;
+                lean_tcp(this.as_ref(), buf, want)
+            }
+        }
+    )*};
+}
+
+lean_tcp!(
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::ReadHalf<'_>
+);
+
 impl LeanRead for TcpStream {
     fn read_lean<'a>(
         &'a mut self,
@@ -198,28 +219,6 @@ impl LeanRead for TcpStream {
         want: usize,
     ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
         lean_tcp(self, buf, want)
-    }
-}
-
-impl LeanRead for tokio::net::tcp::OwnedReadHalf {
-    fn read_lean<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-        want: usize,
-    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
-        let this: &'a Self = self;
-        lean_tcp(this.as_ref(), buf, want)
-    }
-}
-
-impl LeanRead for tokio::net::tcp::ReadHalf<'_> {
-    fn read_lean<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-        want: usize,
-    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
-        let this: &'a Self = self;
-        lean_tcp(this.as_ref(), buf, want)
     }
 }
 
