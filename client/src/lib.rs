@@ -46,7 +46,7 @@ pub struct TunnelSpec {
 pub struct Config {
     /// `host:port` of the server's QUIC listener.
     pub server: String,
-    pub token: Option<String>,
+    pub token: Option<tunnel_lib::auth::Secret>,
     pub tunnels: Vec<TunnelSpec>,
     /// Connect to this address instead of resolving `server`'s host (whose
     /// name is still the one verified), like curl's `--resolve`.
@@ -266,4 +266,16 @@ fn random_id() -> [u8; 16] {
         );
     }
     id
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn debug_masks_the_token() {
+        let c = super::Config {
+            token: Some("hunter2-token".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
 }

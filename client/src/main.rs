@@ -90,6 +90,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,quinn=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, none for journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (local, kind, plain_http) = match (cli.command, cli.expose) {
         (Some(_), Some(_)) => {
@@ -118,7 +120,7 @@ fn main() -> ExitCode {
     };
     let config = Config {
         server: cli.server,
-        token: cli.token,
+        token: cli.token.map(Into::into),
         tunnels: vec![TunnelSpec {
             local,
             subdomain: cli.subdomain,

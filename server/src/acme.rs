@@ -680,22 +680,7 @@ fn file_name(name: &str) -> String {
 
 /// Writes a file readable by the owner only, atomically.
 async fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    if let Some(dir) = path.parent() {
-        tokio::fs::create_dir_all(dir).await?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .await?;
-    f.write_all(data).await?;
-    f.sync_all().await?;
-    drop(f);
-    tokio::fs::rename(&tmp, path).await
+    tunnel_lib::paths::write_atomic(path, data, 0o600).await
 }
 
 /// An error with its causes (`client error (Connect): … invalid peer

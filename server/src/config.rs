@@ -29,6 +29,13 @@ pub enum ConfigError {
     CertKeyPair,
     #[error("no state directory: set --state-dir (or HOME / XDG_STATE_HOME / TUNNEL_STATE_DIR)")]
     NoStateDir,
+    #[error(
+        "cannot use {path}: {source}; check the state directory's permissions or pass --state-dir"
+    )]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("--edge-cert and --edge-key go together: pass both (PEM files), or neither")]
     EdgeCertKeyPair,
     #[error("{0} needs --https ADDR (for example --https 0.0.0.0:443): certificates are for the https listener")]
@@ -74,7 +81,7 @@ pub struct Config {
     /// QUIC listener for clients (used by `Listeners::bind`).
     pub quic: SocketAddr,
     /// Accepted client tokens. Empty: no authentication (loopback only).
-    pub tokens: Vec<String>,
+    pub tokens: Vec<tunnel_lib::auth::Secret>,
     /// Where the self-signed certificate is kept. `None`: the default
     /// (`tunnel_lib::paths::default_state_dir`).
     pub state_dir: Option<PathBuf>,
@@ -225,5 +232,21 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_masks_tokens() {
+        let c = Config {
+            tokens: vec!["hunter2-token".into()],
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("Secret(***)"), "{shown}");
     }
 }

@@ -259,7 +259,16 @@ impl Server {
             store: tls.as_ref().map(|t| t.store.clone()),
             public_name: config.domain.to_ascii_lowercase(),
         }))?;
-        let endpoint = tunnel_lib::quic::server_endpoint(listeners.quic, quic_cfg)
+        let reset_secret =
+            tunnel_lib::paths::load_or_create_secret(&state_dir, tunnel_lib::paths::RESET_KEY_FILE)
+                .await
+                .map_err(|source| {
+                    ServerError::Config(ConfigError::StateDir {
+                        path: state_dir.join(tunnel_lib::paths::RESET_KEY_FILE),
+                        source,
+                    })
+                })?;
+        let endpoint = tunnel_lib::quic::server_endpoint(listeners.quic, quic_cfg, &reset_secret)
             .map_err(ServerError::Endpoint)?;
         let https_public = https_addr.map(|a| config.public_https_port.unwrap_or(a.port()));
         let urls = match https_public {
@@ -284,7 +293,7 @@ impl Server {
         let tokens = config
             .tokens
             .iter()
-            .map(|t| tunnel_lib::auth::token_digest(t))
+            .map(|t| tunnel_lib::auth::token_digest(t.expose()))
             .collect();
         let (acme, acme_worker) = match (&config.acme, &tls) {
             (Some(cfg), Some(t)) => {

@@ -127,6 +127,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,quinn=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour for a person at a terminal, none for journald or a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut allow_domains = Vec::new();
     for g in &cli.allow_domains {
@@ -166,7 +168,7 @@ fn main() -> ExitCode {
         domain: cli.domain,
         http: cli.http,
         quic: cli.quic,
-        tokens: cli.tokens,
+        tokens: cli.tokens.into_iter().map(Into::into).collect(),
         state_dir: cli.state_dir,
         cert: cli.cert,
         key: cli.key,

@@ -70,7 +70,7 @@ pub(crate) async fn serve(
     let owner = if state.tokens.is_empty() {
         Owner::Anonymous
     } else {
-        match tunnel_lib::auth::match_token(&state.tokens, &token) {
+        match tunnel_lib::auth::match_token(&state.tokens, token.expose()) {
             Some(i) => Owner::Token(i),
             None => {
                 info!(%remote, "client rejected: wrong or missing token");
@@ -132,7 +132,14 @@ pub(crate) async fn serve(
     conn.close(VarInt::from_u32(close::NORMAL), b"session ended");
 }
 
-type Hello = (SendStream, RecvStream, BytesMut, String, [u8; 16], u16);
+type Hello = (
+    SendStream,
+    RecvStream,
+    BytesMut,
+    tunnel_lib::auth::Secret,
+    [u8; 16],
+    u16,
+);
 
 async fn accept_hello(conn: &quinn::Connection) -> Result<Hello, String> {
     let (send, mut recv) = conn.accept_bi().await.map_err(|e| explain(&e))?;

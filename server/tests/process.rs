@@ -449,3 +449,133 @@ async fn client_commands_take_connection_flags_before_or_after() {
     }
     let _ = server.terminate().await;
 }
+
+/// Issue 9, restart recovery: a server killed with SIGKILL and started again
+/// on the same ports is serving the old client again within seconds, not
+/// after the client's 20 s idle timeout: the stateless-reset key persists in
+/// the state directory, so the restarted server's resets are recognised.
+#[tokio::test]
+async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
+    let home = tempfile::tempdir().unwrap();
+    let start = |args: Vec<String>| {
+        Proc::spawn(
+            Command::new(server_bin())
+                .args(&args)
+                .arg("--state-dir")
+                .arg(home.path()),
+        )
+    };
+    let mut first = start(vec![
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--quic".into(),
+        "127.0.0.1:0".into(),
+    ]);
+    let ready = first.line().await;
+    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    let backend = Backend::start("again").await;
+    let mut config = tunnel_client::Config {
+        server: quic.clone(),
+        dev_state_dir: Some(home.path().to_owned()),
+        backoff_base: std::time::Duration::from_millis(100),
+        backoff_cap: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    config.tunnels.push(tunnel_client::TunnelSpec {
+        local: backend.addr.to_string(),
+        subdomain: Some("again".into()),
+        ..Default::default()
+    });
+    let mut client = TestClient::start(config);
+    client.online(1).await;
+
+    let pid = first.child.id().unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    let _ = first.child.wait().await;
+    let mut second = start(vec![
+        "--http".into(),
+        http.clone(),
+        "--quic".into(),
+        quic.clone(),
+    ]);
+    second.line().await;
+    let restarted = std::time::Instant::now();
+    client.online(2).await;
+    let back = restarted.elapsed();
+    assert!(
+        back < std::time::Duration::from_secs(5),
+        "back after {back:?}: the old connection was not reset"
+    );
+    let r = raw_exchange(
+        http.parse().unwrap(),
+        b"GET /hello HTTP/1.1\r\nHost: again.localhost\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.body, b"hello from again", "the same URL serves again");
+    eprintln!("serving again {back:?} after the restarted server was ready");
+    client.stop().await;
+    let _ = second.terminate().await;
+    backend.stop().await;
+}
+
+/// Issue 9, secrets: at `trace`, neither binary writes a token anywhere, and
+/// a log that is not a terminal carries no colour codes.
+#[tokio::test]
+async fn tokens_never_reach_the_logs_even_at_trace() {
+    const TOKEN: &str = "s3cret-token-that-must-not-leak";
+    let home = tempfile::tempdir().unwrap();
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                "127.0.0.1:0",
+                "--state-dir",
+            ])
+            .arg(home.path())
+            .env("TUNNEL_TOKENS", format!("{TOKEN},another-{TOKEN}"))
+            .env("RUST_LOG", "trace"),
+    );
+    let ready = server.line().await;
+    let quic = field(&ready, "quic=");
+    let mut client = Proc::spawn(
+        Command::new(client_bin().await)
+            .args(["--server", &quic, "--expose", "9", "--server-cert"])
+            .arg(home.path().join("cert.pem"))
+            .env("TUNNEL_TOKEN", TOKEN)
+            .env("RUST_LOG", "trace"),
+    );
+    client.line().await;
+    // A wrong token too: the refusal is logged, the tokens are not.
+    let wrong = Command::new(client_bin().await)
+        .args(["--server", &quic, "--expose", "9", "--server-cert"])
+        .arg(home.path().join("cert.pem"))
+        .env("TUNNEL_TOKEN", format!("wrong-{TOKEN}"))
+        .env("RUST_LOG", "trace")
+        .output()
+        .await
+        .unwrap();
+    assert!(!wrong.status.success());
+    let (_, client_log) = client.terminate().await;
+    let (_, server_log) = server.terminate().await;
+    let wrong_log = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    for (who, log) in [
+        ("server", &server_log),
+        ("client", &client_log),
+        ("wrong client", &wrong_log),
+    ] {
+        assert!(log.lines().count() > 10, "{who} logged at trace: {log}");
+        assert!(!log.contains(TOKEN), "the {who} log holds a token");
+        assert!(!log.contains('\u{1b}'), "the {who} log holds ANSI escapes");
+    }
+    assert!(
+        server_log.contains("wrong or missing token"),
+        "{server_log}"
+    );
+}

@@ -121,16 +121,28 @@ pub fn warn_small_buffer(granted: usize) {
 }
 
 /// A server endpoint on an already-bound UDP socket (tests pass port 0).
+/// `reset_secret` keys the stateless-reset tokens: kept across restarts
+/// (the server stores it in its state directory), a restarted server's
+/// resets are recognised by the clients of the one before, which then
+/// reconnect at once instead of waiting out their idle timeout.
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     cfg: quinn::ServerConfig,
+    reset_secret: &[u8],
 ) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(cfg),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
+    // Connection IDs carry a keyed checksum; a restarted server must accept
+    // the old ones as its own to answer them with a reset (quinn drops
+    // packets whose CID fails the check). The key comes from the secret.
+    let tag = ring::hmac::sign(&key, b"tunnel connection-id key");
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&tag.as_ref()[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(key));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))
 }
 
 /// A client endpoint on an ephemeral port of the right address family.

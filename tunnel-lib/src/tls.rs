@@ -166,27 +166,14 @@ pub async fn load_or_generate_dev(
     Ok((pair, true))
 }
 
-/// Writes via a temporary file and a rename, so a reader (the client looking
-/// for the dev certificate) never sees half a file.
+/// [`crate::paths::write_atomic`], with the error the caller reports.
 async fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), TlsError> {
-    use tokio::io::AsyncWriteExt;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let err = |source| TlsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
+    crate::paths::write_atomic(path, data, mode)
         .await
-        .map_err(err)?;
-    f.write_all(data).await.map_err(err)?;
-    f.sync_all().await.map_err(err)?;
-    drop(f);
-    tokio::fs::rename(&tmp, path).await.map_err(err)
+        .map_err(|source| TlsError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// How the client verifies the server.

@@ -3,6 +3,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::codec::{decode_frame, patch_len, put_string, Reader};
+use crate::auth::Secret;
 use crate::error::ProtoError;
 use crate::limits::MAX_CONTROL_FRAME;
 
@@ -90,7 +91,7 @@ pub enum Control {
     /// stale session at once.
     Hello {
         version: u16,
-        token: String,
+        token: Secret,
         client_id: [u8; 16],
         agent: String,
     },
@@ -148,7 +149,7 @@ impl Control {
             } => {
                 dst.put_u8(T_HELLO);
                 dst.put_u16(*version);
-                put_string(dst, token);
+                put_string(dst, token.expose());
                 dst.extend_from_slice(client_id);
                 put_string(dst, agent);
             }
@@ -214,7 +215,7 @@ impl Control {
         let msg = match r.u8()? {
             T_HELLO => {
                 let version = r.u16()?;
-                let token = r.string()?;
+                let token = Secret::from(r.string()?);
                 let mut client_id = [0u8; 16];
                 client_id.copy_from_slice(r.take(16)?);
                 let agent = r.string()?;

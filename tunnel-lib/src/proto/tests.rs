@@ -13,7 +13,7 @@ fn samples() -> Vec<Control> {
         },
         Control::Hello {
             version: 9,
-            token: String::new(),
+            token: "".into(),
             client_id: [0; 16],
             agent: String::new(),
         },
