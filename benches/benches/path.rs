@@ -55,6 +55,8 @@ impl Path {
             }
             let config = tunnel_server::Config {
                 state_dir: Some(state.path().to_owned()),
+                max_visitors_per_ip: 0,
+                visitor_rate_per_ip: 0,
                 ..Default::default()
             };
             let listeners = tunnel_server::Listeners::bind(

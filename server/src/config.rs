@@ -99,6 +99,12 @@ pub struct Config {
     pub name_grace: Duration,
     /// Concurrent visitor connections; past it, new ones wait in the backlog.
     pub max_visitors: usize,
+    /// Concurrent visitor connections from one IP address (0: no limit);
+    /// past it, new ones get 429 and a close.
+    pub max_visitors_per_ip: usize,
+    /// New visitor connections per second from one IP address (0: no limit;
+    /// bursts of twice that pass).
+    pub visitor_rate_per_ip: u32,
     /// Concurrent client connections.
     pub max_clients: usize,
     /// Tunnels one client connection may register.
@@ -137,6 +143,8 @@ impl Default for Config {
             public_https_port: None,
             name_grace: Duration::from_secs(300),
             max_visitors: 16_384,
+            max_visitors_per_ip: 512,
+            visitor_rate_per_ip: 200,
             max_clients: 1024,
             max_tunnels_per_client: 32,
             http_limits: Limits::default(),

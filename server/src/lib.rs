@@ -12,6 +12,7 @@
 //! - `upstream`: open a data stream to a client, its preface and reply.
 //! - [`certs`]: the certificates visitors see, chosen per SNI.
 //! - [`acme`]: certificates from an ACME CA (one worker task).
+//! - [`fairness`]: per-IP limits on open and new visitor connections.
 //! - [`respond`]: the pages the server writes itself.
 //!
 //! [`run`] (or [`Server::bind`] + [`Server::run`]) is what `main` calls and
@@ -24,6 +25,7 @@ pub mod acme;
 pub mod certs;
 pub mod config;
 mod edge;
+pub mod fairness;
 pub mod registry;
 pub mod respond;
 mod session;
@@ -38,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use tunnel_lib::limits::SHUTDOWN_GRACE;
 use tunnel_lib::proto::close;
@@ -130,6 +132,8 @@ pub(crate) struct State {
     pub(crate) https_port: Option<u16>,
     /// Certificates on demand for registered hosts.
     pub(crate) acme: Option<Acme>,
+    /// Per-IP limits on visitor connections.
+    pub(crate) fairness: fairness::Fairness,
 }
 
 impl State {
@@ -304,6 +308,8 @@ impl Server {
             }
             _ => (None, None),
         };
+        let fairness =
+            fairness::Fairness::new(config.max_visitors_per_ip, config.visitor_rate_per_ip);
         Ok(Server {
             state: Arc::new(State {
                 config,
@@ -312,6 +318,7 @@ impl Server {
                 tls,
                 https_port: https_public,
                 acme,
+                fairness,
             }),
             http: listeners.http,
             https: listeners.https,
@@ -379,14 +386,18 @@ impl Server {
         let visitors = Arc::new(Semaphore::new(self.state.config.max_visitors));
         let clients = Arc::new(Semaphore::new(self.state.config.max_clients));
 
+        let tasks = Tasks {
+            tracker: tracker.clone(),
+            soft: shutdown.clone(),
+            hard: hard.clone(),
+        };
         let http_loop = accept_tcp(
             self.state.clone(),
             self.http,
             visitors.clone(),
-            tracker.clone(),
-            shutdown.clone(),
-            hard.clone(),
+            tasks.clone(),
             edge::serve_tcp,
+            false,
         );
         let https_loop = async {
             if let Some(l) = self.https {
@@ -394,10 +405,9 @@ impl Server {
                     self.state.clone(),
                     l,
                     visitors.clone(),
-                    tracker.clone(),
-                    shutdown.clone(),
-                    hard.clone(),
+                    tasks.clone(),
                     edge::tls::serve,
+                    true,
                 )
                 .await;
             }
@@ -458,6 +468,15 @@ pub async fn run(
     Server::bind(config, listeners).await?.run(shutdown).await
 }
 
+/// Who owns a task and when it stops: the tracker it is spawned on, the
+/// token that asks it to finish (stop taking work) and the one that cuts it.
+#[derive(Clone)]
+struct Tasks {
+    tracker: TaskTracker,
+    soft: CancellationToken,
+    hard: CancellationToken,
+}
+
 /// Accepts visitors on one TCP listener and runs `serve` for each. Generic
 /// over `serve` so each listener's task is exactly its own future (a task
 /// that could be either would be as large as the larger).
@@ -465,14 +484,18 @@ async fn accept_tcp<S, F>(
     state: Arc<State>,
     listener: TcpListener,
     permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    hard: CancellationToken,
+    tasks: Tasks,
     serve: S,
+    tls_edge: bool,
 ) where
     S: Fn(Arc<State>, TcpStream, SocketAddr, CancellationToken) -> F + Copy + Send + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
+    let Tasks {
+        tracker,
+        soft: shutdown,
+        hard,
+    } = tasks;
     loop {
         // A permit first: past the limit, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -493,6 +516,18 @@ async fn accept_tcp<S, F>(
             },
             _ = shutdown.cancelled() => return,
         };
+        // Per-IP fairness, before anything is spawned: a plain visitor turned
+        // away reads a 429 (written without waiting), a TLS one a close.
+        let slot = match state.fairness.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                debug!(%peer, "visitor turned away: {why:?}");
+                if !tls_edge {
+                    let _ = tcp.try_write(&fairness::refusal_response(why));
+                }
+                continue;
+            }
+        };
         let state = state.clone();
         let soft = shutdown.clone();
         let hard = hard.clone();
@@ -503,6 +538,7 @@ async fn accept_tcp<S, F>(
                 _ = serve(state, tcp, peer, soft) => {}
                 _ = hard.cancelled() => {}
             }
+            drop(slot);
             drop(permit);
         });
     }

@@ -53,6 +53,12 @@ struct Cli {
     /// Concurrent visitor connections.
     #[arg(long, default_value_t = 16_384)]
     max_visitors: usize,
+    /// Concurrent visitor connections from one IP address (0: no limit); past it, 429.
+    #[arg(long, default_value_t = 512)]
+    max_visitors_per_ip: usize,
+    /// New visitor connections per second from one IP address (0: no limit; bursts of twice that).
+    #[arg(long, default_value_t = 200)]
+    visitor_rate_per_ip: u32,
     /// Concurrent tunnel clients.
     #[arg(long, default_value_t = 1024)]
     max_clients: usize,
@@ -175,6 +181,8 @@ fn main() -> ExitCode {
         public_port: cli.public_port,
         name_grace: Duration::from_secs(cli.name_grace),
         max_visitors: cli.max_visitors,
+        max_visitors_per_ip: cli.max_visitors_per_ip,
+        visitor_rate_per_ip: cli.visitor_rate_per_ip,
         max_clients: cli.max_clients,
         max_body: cli.max_body,
         https: cli.https,

@@ -365,6 +365,9 @@ pub async fn splice(
         Err(e) => {
             let _ = send.reset(VarInt::from_u32(reset::LOCAL_RESET));
             let _ = recv.stop(VarInt::from_u32(reset::CANCELLED));
+            // A cut exchange reaches the local service as a reset (RST), not
+            // as a clean end of its request.
+            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             Err(e)
         }
     }

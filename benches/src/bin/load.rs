@@ -530,6 +530,11 @@ impl Tunnel {
                     "127.0.0.1:0",
                     "--quic",
                     "127.0.0.1:0",
+                    // wrk is one address opening thousands of connections.
+                    "--max-visitors-per-ip",
+                    "0",
+                    "--visitor-rate-per-ip",
+                    "0",
                     "--state-dir",
                 ])
                 .arg(dir)

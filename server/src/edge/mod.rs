@@ -162,6 +162,7 @@ pub(crate) async fn serve_stream<R, W>(
         tx: Queue(tx),
         up: None,
         in_flight: in_flight.clone(),
+        mid_body: false,
     }
     .run(soft);
     let responses = ResponseSide::new(state, wr, rx, in_flight, scheme).run();

@@ -64,6 +64,21 @@ pub(super) struct RequestSide<R> {
     /// Exchanges forwarded upstream and not yet answered (shared with the
     /// response side).
     pub(super) in_flight: Arc<AtomicUsize>,
+    /// Set while a request's bytes (or an upgraded relay) are going out on
+    /// `up`: if this side is dropped then (the response side ended first, or
+    /// the hard shutdown), the stream is reset, never finished, so the local
+    /// service sees a cut request, not a complete-looking one.
+    pub(super) mid_body: bool,
+}
+
+impl<R> Drop for RequestSide<R> {
+    fn drop(&mut self) {
+        if self.mid_body {
+            if let Some(up) = self.up.as_mut() {
+                let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
+            }
+        }
+    }
 }
 
 // Returned once per request and moved straight into use: boxing the head
@@ -374,6 +389,7 @@ impl<R: LeanRead> RequestSide<R> {
         // for `Expect: 100-continue` to work.
         self.tx.push(pending).await.map_err(|_| Stop)?;
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.mid_body = true;
         let sent = match self.up.as_mut() {
             Some(up) => match up.send.write_chunk(out).await {
                 Ok(()) => match head.body {
@@ -393,6 +409,7 @@ impl<R: LeanRead> RequestSide<R> {
             }
             return Err(Stop);
         }
+        self.mid_body = false;
         drop(abort_tx);
         if let Some(rx) = upgraded_rx {
             // No further request is read until the upgrade is decided; a
@@ -476,9 +493,13 @@ impl<R: LeanRead> RequestSide<R> {
         {
             return;
         }
-        let _ = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
-        // Raw mode: the FIN above is the half-close; nothing to retire.
-        self.up = None;
+        self.mid_body = true;
+        let ended = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+        // Raw mode: the FIN is the half-close; a failed relay is reset.
+        self.mid_body = ended.is_err();
+        if !self.mid_body {
+            self.up = None;
+        }
     }
 }
 
