@@ -67,6 +67,119 @@ fn split_host(server: &str) -> Result<(&str, u16), AttemptError> {
     Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
 }
 
+/// The client's UDP endpoints, one per address family, made when first
+/// needed and kept across reconnects.
+#[derive(Default)]
+pub(crate) struct Endpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
+}
+
+impl Endpoints {
+    fn for_addr(&mut self, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+        let slot = if addr.is_ipv4() {
+            &mut self.v4
+        } else {
+            &mut self.v6
+        };
+        if let Some(ep) = slot {
+            return Ok(ep.clone());
+        }
+        let ep = tunnel_lib::quic::client_endpoint(addr)?;
+        *slot = Some(ep.clone());
+        Ok(ep)
+    }
+
+    /// Lets each endpoint flush its closes (bounded by `limit`).
+    pub(crate) async fn wait_idle(self, limit: std::time::Duration) {
+        for ep in [self.v4, self.v6].into_iter().flatten() {
+            let _ = tokio::time::timeout(limit, ep.wait_idle()).await;
+        }
+    }
+}
+
+/// Addresses to try, in the resolver's order but with the families
+/// alternating (RFC 8305 §4): a host whose first family is broken still
+/// gets its other family tried within one head start.
+fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let first_v6 = addrs.first().is_some_and(|a| a.is_ipv6());
+    let (mut a, mut b): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|x| x.is_ipv6() == first_v6);
+    a.reverse();
+    b.reverse();
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    while let Some(x) = a.pop() {
+        out.push(x);
+        if let Some(y) = b.pop() {
+            out.push(y);
+        }
+    }
+    out.extend(b.into_iter().rev());
+    out.truncate(MAX_ADDRESSES);
+    out
+}
+
+/// At most this many addresses are tried per attempt.
+const MAX_ADDRESSES: usize = 8;
+
+/// RFC 8305's connection attempt delay: the next address gets its try this
+/// long after the previous one started, or at once when it failed.
+const HEAD_START: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Connects to the first address that completes a handshake, starting one
+/// attempt per head start (one task each, owned by this call: the others are
+/// dropped, and their handshakes abandoned, when one wins).
+async fn race(
+    addrs: Vec<SocketAddr>,
+    endpoints: &mut Endpoints,
+    cfg: quinn::ClientConfig,
+    host: &str,
+    server: &str,
+) -> Result<quinn::Connection, AttemptError> {
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut pending = addrs.into_iter();
+    let mut last: Option<AttemptError> = None;
+    loop {
+        let more = pending.len() > 0;
+        if attempts.is_empty() || more {
+            if let Some(addr) = pending.next() {
+                let ep = endpoints
+                    .for_addr(addr)
+                    .map_err(|e| AttemptError::Retry(format!("cannot open a UDP socket: {e}")))?;
+                let connecting = ep.connect_with(cfg.clone(), addr, host).map_err(|e| {
+                    AttemptError::Fatal(ClientError::Config(format!(
+                        "cannot connect to {host}: {e}"
+                    )))
+                })?;
+                let server = server.to_owned();
+                attempts.spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
+                        Ok(Ok(c)) => Ok(c),
+                        Ok(Err(e)) => Err(classify_connect(&e, &server)),
+                        Err(_) => Err(AttemptError::Retry(format!(
+                            "no answer from {server} ({addr}) within {HANDSHAKE_TIMEOUT:?}; is tunnel-server \
+                             running and its UDP port open?"
+                        ))),
+                    }
+                });
+            }
+        }
+        let more = pending.len() > 0;
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(conn))) => return Ok(conn),
+                Some(Ok(Err(e @ AttemptError::Fatal(_)))) => return Err(e),
+                Some(Ok(Err(e))) => last = Some(e),
+                Some(Err(join)) => last = Some(AttemptError::Retry(format!("connection attempt failed: {join}"))),
+                None if !more => {
+                    return Err(last.unwrap_or_else(|| AttemptError::Retry(format!("{host}: no address to try"))));
+                }
+                None => {}
+            },
+            _ = tokio::time::sleep(HEAD_START), if more => {}
+        }
+    }
+}
+
 /// How to verify this server: flags first, then the dev certificate of a
 /// server on this machine, then the webpki roots.
 async fn trust(config: &Config, host: &str) -> Result<ServerTrust, AttemptError> {
@@ -103,7 +216,7 @@ async fn trust(config: &Config, host: &str) -> Result<ServerTrust, AttemptError>
 
 pub(crate) async fn attempt(
     config: &Config,
-    endpoint: &mut Option<quinn::Endpoint>,
+    endpoints: &mut Endpoints,
     client_id: [u8; 16],
     names: &[Option<String>],
 ) -> Result<Live, AttemptError> {
@@ -111,38 +224,27 @@ pub(crate) async fn attempt(
     let trust = trust(config, host).await?;
     let client_cfg = tunnel_lib::quic::client_config(&trust)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
-    let addr: SocketAddr = match config.connect_to {
-        Some(a) => a,
-        None => tokio::net::lookup_host((host, port))
+    let addrs: Vec<SocketAddr> = if config.connect_to.is_empty() {
+        tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| AttemptError::Retry(format!("cannot resolve {host}: {e}")))?
-            .next()
-            .ok_or_else(|| AttemptError::Retry(format!("{host} resolved to no address")))?,
+            .collect()
+    } else {
+        config.connect_to.clone()
     };
-    let ep = match endpoint {
-        Some(ep) if ep.local_addr().is_ok_and(|a| a.is_ipv4() == addr.is_ipv4()) => ep.clone(),
-        _ => {
-            let ep = tunnel_lib::quic::client_endpoint(addr)
-                .map_err(|e| AttemptError::Retry(format!("cannot open a UDP socket: {e}")))?;
-            *endpoint = Some(ep.clone());
-            ep
-        }
-    };
-    let connecting = ep.connect_with(client_cfg, addr, host).map_err(|e| {
-        AttemptError::Fatal(ClientError::Config(format!(
-            "cannot connect to {host}: {e}"
-        )))
-    })?;
-    let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(classify_connect(&e, &config.server)),
-        Err(_) => {
-            return Err(AttemptError::Retry(format!(
-                "no answer from {} ({addr}) within {HANDSHAKE_TIMEOUT:?}; is tunnel-server running and UDP port {port} open?",
-                config.server
-            )))
-        }
-    };
+    if addrs.is_empty() {
+        return Err(AttemptError::Retry(format!(
+            "{host} resolved to no address"
+        )));
+    }
+    let conn = race(
+        interleave(addrs),
+        endpoints,
+        client_cfg,
+        host,
+        &config.server,
+    )
+    .await?;
     // The hello is bounded inside `session`; registrations may take longer
     // (the server gets a new name its certificate first).
     session(config, conn, client_id, names).await
@@ -323,5 +425,44 @@ pub(crate) fn classify_lost(e: &ConnectionError) -> Outcome {
             ))
         }
         other => Outcome::Lost(explain(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::interleave;
+    use std::net::SocketAddr;
+
+    #[test]
+    fn families_alternate_from_the_first_one() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let got = interleave(vec![
+            a("[::1]:1"),
+            a("[::2]:1"),
+            a("[::3]:1"),
+            a("1.1.1.1:1"),
+            a("2.2.2.2:1"),
+        ]);
+        assert_eq!(
+            got,
+            [
+                a("[::1]:1"),
+                a("1.1.1.1:1"),
+                a("[::2]:1"),
+                a("2.2.2.2:1"),
+                a("[::3]:1")
+            ]
+        );
+        let got = interleave(vec![
+            a("1.1.1.1:1"),
+            a("[::1]:1"),
+            a("[::2]:1"),
+            a("[::3]:1"),
+        ]);
+        assert_eq!(
+            got,
+            [a("1.1.1.1:1"), a("[::1]:1"), a("[::2]:1"), a("[::3]:1")]
+        );
+        assert_eq!(interleave(Vec::new()), Vec::<SocketAddr>::new());
     }
 }

@@ -48,9 +48,10 @@ pub struct Config {
     pub server: String,
     pub token: Option<tunnel_lib::auth::Secret>,
     pub tunnels: Vec<TunnelSpec>,
-    /// Connect to this address instead of resolving `server`'s host (whose
-    /// name is still the one verified), like curl's `--resolve`.
-    pub connect_to: Option<std::net::SocketAddr>,
+    /// Connect to these addresses instead of resolving `server`'s host
+    /// (whose name is still the one verified), like curl's `--resolve`.
+    /// Empty: resolve. Every address is tried, the families interleaved.
+    pub connect_to: Vec<std::net::SocketAddr>,
     /// Trust this certificate file (self-signed server or private CA).
     pub server_cert: Option<PathBuf>,
     /// Pin the server certificate's SHA-256.
@@ -69,7 +70,7 @@ impl Default for Config {
             server: "localhost:4433".into(),
             token: None,
             tunnels: Vec::new(),
-            connect_to: None,
+            connect_to: Vec::new(),
             server_cert: None,
             server_fingerprint: None,
             dev_state_dir: None,
@@ -139,12 +140,12 @@ pub async fn run(
     let mut names: Vec<Option<String>> =
         config.tunnels.iter().map(|t| t.subdomain.clone()).collect();
     let mut generation = 0u64;
-    let mut endpoint: Option<quinn::Endpoint> = None;
+    let mut endpoints = connect::Endpoints::default();
     let _ = status.send(Status::Connecting);
 
     let result = loop {
         let attempt = tokio::select! {
-            a = connect::attempt(&config, &mut endpoint, client_id, &names) => a,
+            a = connect::attempt(&config, &mut endpoints, client_id, &names) => a,
             _ = shutdown.cancelled() => break Ok(()),
         };
         let reason = match attempt {
@@ -202,9 +203,7 @@ pub async fn run(
     // Stop local forwards, then let the endpoint flush its close.
     tracker.close();
     tracker.wait().await;
-    if let Some(ep) = endpoint {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
-    }
+    endpoints.wait_idle(Duration::from_secs(2)).await;
     result
 }
 

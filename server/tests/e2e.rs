@@ -359,3 +359,35 @@ async fn a_visitor_who_leaves_cancels_the_local_request() {
     unrig(server, client).await;
     backend.stop().await;
 }
+
+/// Issue 9, client addresses: every resolved address is tried, the next
+/// one 250 ms after the last (RFC 8305), so an address that swallows
+/// packets (an IPv6 route that goes nowhere, say) does not keep the client
+/// offline.
+#[tokio::test]
+async fn a_dead_first_address_does_not_keep_the_client_offline() {
+    let backend = Backend::start("second").await;
+    let server = TestServer::start().await;
+    // A UDP port that takes datagrams and never answers.
+    let blackhole = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = server.client_config(backend.addr, Some("second"));
+    cfg.server = format!("localhost:{}", server.quic.port());
+    cfg.connect_to = vec![blackhole.local_addr().unwrap(), server.quic];
+    let started = std::time::Instant::now();
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "online after {:?}: the second address waited for the first's timeout",
+        started.elapsed()
+    );
+    let mut visitor = visitor(server.http).await;
+    let resp = visitor
+        .send_request(get("second.localhost", "/hello"))
+        .await
+        .unwrap();
+    assert_eq!(body_text(resp).await, "hello from second");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}

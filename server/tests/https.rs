@@ -60,7 +60,7 @@ fn public_client(
 ) -> tunnel_client::Config {
     let mut c = server.client_config(local, Some(name));
     c.server = format!("{DOMAIN}:{}", server.quic.port());
-    c.connect_to = Some(server.quic);
+    c.connect_to = vec![server.quic];
     c.server_cert = Some(root.to_owned());
     c.dev_state_dir = None;
     c

@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 use thiserror::Error;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ProtoError;
 use crate::limits::{FIRST_READ, IO_CHUNK, LISTEN_BACKLOG};
@@ -36,15 +36,19 @@ pub enum StreamError {
 
 /// A TCP listener with a backlog that absorbs bursts (the OS default of 128
 /// stalls a burst of new visitors for a second).
+/// An IPv6 address (`[::]:443`) also takes IPv4 visitors where the OS allows
+/// it (dual-stack), whatever `net.ipv6.bindv6only` says.
 pub fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(addr)?;
-    sock.listen(LISTEN_BACKLOG)
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(false);
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(LISTEN_BACKLOG as i32)?;
+    TcpListener::from_std(sock.into())
 }
 
 /// Reads one message with `decode` (a sans-IO decoder), pulling chunks into
