@@ -26,6 +26,7 @@ pub mod certs;
 pub mod config;
 mod edge;
 pub mod fairness;
+mod names_file;
 pub mod registry;
 pub mod respond;
 mod session;
@@ -294,11 +295,12 @@ impl Server {
             config.max_tunnels_per_client,
             config.allow_domains.clone(),
         ));
-        let tokens = config
+        let tokens: Vec<[u8; 32]> = config
             .tokens
             .iter()
             .map(|t| tunnel_lib::auth::token_digest(t.expose()))
             .collect();
+        names_file::restore(&state_dir, &registry, &tokens).await;
         let (acme, acme_worker) = match (&config.acme, &tls) {
             (Some(cfg), Some(t)) => {
                 let (a, mut w) =
@@ -424,6 +426,13 @@ impl Server {
         if let Some(w) = self.acme_worker {
             tracker.spawn(w.run(shutdown.clone()));
         }
+        let names_path = self.state_dir.join(names_file::NAMES_FILE);
+        tracker.spawn(names_file::keep(
+            self.state.registry.clone(),
+            names_path.clone(),
+            self.state.tokens.clone(),
+            shutdown.clone(),
+        ));
         let quic_loop = accept_quic(
             self.state.clone(),
             self.endpoint.clone(),
@@ -449,6 +458,8 @@ impl Server {
             }
             tracker.wait().await;
         }
+        // Every session has ended (its names are reservations now).
+        names_file::write(&self.state.registry, &names_path, &self.state.tokens).await;
         self.endpoint.close(
             quinn::VarInt::from_u32(close::GOING_AWAY),
             b"server shutting down",

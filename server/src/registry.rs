@@ -157,6 +157,9 @@ pub struct Registry {
     /// the same client at once on reconnect.
     clients: DashMap<[u8; 16], u64>,
     grants: Vec<DomainGrant>,
+    /// Told whenever claims or reservations change (the state file is
+    /// rewritten then).
+    changed: Arc<tokio::sync::Notify>,
     next_session: AtomicU64,
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
@@ -261,6 +264,7 @@ impl Registry {
                 .build(),
             clients: DashMap::new(),
             grants,
+            changed: Arc::new(tokio::sync::Notify::new()),
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
@@ -385,6 +389,7 @@ impl Registry {
             t
         });
         lock(&session.hosts).push(host.as_str().into());
+        self.changed.notify_one();
         let url = self.url(&host, req.kind);
         Ok(Registered {
             tunnel_id,
@@ -487,6 +492,40 @@ impl Registry {
         self.clients
             .remove_if(&session.client_id, |_, id| *id == session.id);
         self.sessions.invalidate(&session.id);
+        if !hosts.is_empty() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Every host that is claimed or reserved, with its owner: what must
+    /// survive a restart so that each name goes back to its owner only.
+    pub fn held_names(&self) -> Vec<(String, Owner)> {
+        let mut out: Vec<(String, Owner)> = self
+            .reserved
+            .iter()
+            .map(|(h, o)| (h.to_string(), o))
+            .collect();
+        for e in self.names.iter() {
+            if let Some(s) = self.sessions.get(&e.value().session_id) {
+                out.push((e.key().to_string(), s.owner));
+            }
+        }
+        out
+    }
+
+    /// Reserves `names` for their owners for the grace period (after a
+    /// restart, from the state file). A live claim is left alone.
+    pub fn restore_names(&self, names: Vec<(String, Owner)>) {
+        for (host, owner) in names {
+            if !self.names.contains_key(host.as_str()) {
+                self.reserved.insert(host.into(), owner);
+            }
+        }
+    }
+
+    /// Notified when claims or reservations change.
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Live sessions (for shutdown and operator actions).

@@ -391,3 +391,53 @@ async fn a_dead_first_address_does_not_keep_the_client_offline() {
     server.stop().await;
     backend.stop().await;
 }
+
+/// Issue 9, names survive a restart: after the server stops and starts
+/// again on the same state directory, another token cannot take a name
+/// during the grace, and its owner gets it back.
+#[tokio::test]
+async fn a_restarted_server_keeps_each_name_for_its_owner() {
+    let backend = Backend::start("kept").await;
+    let tokens = || vec!["alice".into(), "bob".into()];
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: tokens(),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = server.client_config(backend.addr, Some("kept"));
+    cfg.token = Some("alice".into());
+    let mut alice = TestClient::start(cfg);
+    alice.online(1).await;
+    alice.stop().await;
+    let state = server.stop_keeping_state().await;
+    let names = std::fs::read_to_string(state.path().join("names.json")).unwrap();
+    assert!(
+        names.contains("kept.localhost") && !names.contains("alice"),
+        "{names}"
+    );
+
+    let again = TestServer::start_in(
+        tunnel_server::Config {
+            tokens: tokens(),
+            ..Default::default()
+        },
+        TestServer::listeners(false),
+        state,
+    )
+    .await;
+    let mut cfg = again.client_config(backend.addr, Some("kept"));
+    cfg.token = Some("bob".into());
+    let res = TestClient::start(cfg).finished().await;
+    assert!(
+        matches!(&res, Err(tunnel_client::ClientError::NameTaken(m)) if m.contains("reserved")),
+        "{res:?}"
+    );
+    let mut cfg = again.client_config(backend.addr, Some("kept"));
+    cfg.token = Some("alice".into());
+    let mut alice = TestClient::start(cfg);
+    let t = alice.online(1).await;
+    assert_eq!(t[0].hostname, "kept.localhost");
+    alice.stop().await;
+    again.stop().await;
+    backend.stop().await;
+}

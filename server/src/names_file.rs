@@ -1,0 +1,134 @@
+//! The names the server holds, kept in its state directory (`names.json`,
+//! 0600) so that after a restart, even `kill -9`, each name goes back to
+//! its owner only: restored as reservations for `--name-grace`.
+//!
+//! Owners are written as the SHA-256 digest of their token (what the server
+//! keeps in memory anyway), so the file holds no token, and a token removed
+//! from the configuration loses its names. The file is rewritten (atomically)
+//! whenever claims or reservations change, by one task.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::registry::{Owner, Registry};
+
+pub(crate) const NAMES_FILE: &str = "names.json";
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The file's contents for `names`.
+pub(crate) fn encode(names: &[(String, Owner)], tokens: &[[u8; 32]]) -> Vec<u8> {
+    let list: Vec<serde_json::Value> = names
+        .iter()
+        .filter_map(|(host, owner)| {
+            let owner = match owner {
+                Owner::Anonymous => "anonymous".to_owned(),
+                Owner::Token(i) => format!("token-sha256:{}", hex(tokens.get(*i)?)),
+            };
+            Some(serde_json::json!({ "host": host, "owner": owner }))
+        })
+        .collect();
+    serde_json::to_vec_pretty(&serde_json::json!({ "version": 1, "names": list }))
+        .unwrap_or_default()
+}
+
+/// The names in a file's contents, their owners matched against today's
+/// tokens (names of tokens no longer configured are dropped).
+pub(crate) fn decode(data: &[u8], tokens: &[[u8; 32]]) -> Result<Vec<(String, Owner)>, String> {
+    let v: serde_json::Value = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+    let list = v["names"].as_array().ok_or("no \"names\" list")?;
+    let mut out = Vec::new();
+    for e in list {
+        let (Some(host), Some(owner)) = (e["host"].as_str(), e["owner"].as_str()) else {
+            continue;
+        };
+        let owner = match owner {
+            "anonymous" if tokens.is_empty() => Owner::Anonymous,
+            o => match o.strip_prefix("token-sha256:") {
+                Some(d) => match tokens.iter().position(|t| hex(t) == d) {
+                    Some(i) => Owner::Token(i),
+                    None => continue,
+                },
+                None => continue,
+            },
+        };
+        out.push((host.to_owned(), owner));
+    }
+    Ok(out)
+}
+
+/// Restores the names of the previous run, if the file is there.
+pub(crate) async fn restore(dir: &Path, registry: &Registry, tokens: &[[u8; 32]]) {
+    let path = dir.join(NAMES_FILE);
+    let Ok(data) = tokio::fs::read(&path).await else {
+        return;
+    };
+    match decode(&data, tokens) {
+        Ok(names) => registry.restore_names(names),
+        Err(e) => warn!("ignoring {}: {e}; names start free", path.display()),
+    }
+}
+
+/// Rewrites the file on every change until `shutdown`, then once more.
+pub(crate) async fn keep(
+    registry: Arc<Registry>,
+    path: PathBuf,
+    tokens: Vec<[u8; 32]>,
+    shutdown: CancellationToken,
+) {
+    let changes = registry.changes();
+    loop {
+        let last = tokio::select! {
+            _ = changes.notified() => false,
+            _ = shutdown.cancelled() => true,
+        };
+        write(&registry, &path, &tokens).await;
+        if last {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn write(registry: &Registry, path: &Path, tokens: &[[u8; 32]]) {
+    let data = encode(&registry.held_names(), tokens);
+    if let Err(e) = tunnel_lib::paths::write_atomic(path, &data, 0o600).await {
+        warn!(
+            "cannot save {}: {e}; names will not survive a restart",
+            path.display()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_round_trip_by_token_digest() {
+        let tokens = [[1u8; 32], [2u8; 32]];
+        let names = vec![
+            ("a.example.com".to_owned(), Owner::Token(1)),
+            ("b.example.com".to_owned(), Owner::Token(0)),
+        ];
+        let data = encode(&names, &tokens);
+        assert!(!String::from_utf8_lossy(&data).contains("Token("));
+        assert_eq!(decode(&data, &tokens).unwrap(), names);
+        // Tokens reordered: the same owners, by digest.
+        let swapped = [[2u8; 32], [1u8; 32]];
+        assert_eq!(
+            decode(&data, &swapped).unwrap(),
+            vec![
+                ("a.example.com".to_owned(), Owner::Token(0)),
+                ("b.example.com".to_owned(), Owner::Token(1)),
+            ]
+        );
+        // A token removed: its names are free.
+        assert_eq!(decode(&data, &[[1u8; 32]]).unwrap().len(), 1);
+        assert!(decode(b"not json", &tokens).is_err());
+    }
+}
