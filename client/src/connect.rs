@@ -258,7 +258,7 @@ async fn session(
 ) -> Result<Live, AttemptError> {
     let lost = |e: &ConnectionError| match classify_lost(e) {
         Outcome::Fatal(e) => AttemptError::Fatal(e),
-        Outcome::Lost(m) => AttemptError::Retry(m),
+        Outcome::Lost(m) | Outcome::GoingAway(m) => AttemptError::Retry(m),
         Outcome::Shutdown => AttemptError::Retry("shut down".into()),
     };
     let stream_err = |conn: &quinn::Connection, e: String| match conn.close_reason() {

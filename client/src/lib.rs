@@ -119,6 +119,10 @@ pub enum ClientError {
     Config(String),
 }
 
+/// How long a connection the server said it is leaving may keep serving
+/// the streams it has (the server's drain is 30 s by default).
+const GOING_AWAY_LIMIT: Duration = Duration::from_secs(60);
+
 /// Runs until `shutdown` or a fatal error (bad token, version mismatch, a
 /// name that is taken on the first registration). Every other failure is
 /// retried with backoff.
@@ -176,6 +180,26 @@ pub async fn run(
                         warn!("connection to the server lost: {why}; reconnecting");
                         why
                     }
+                    Outcome::GoingAway(why) => {
+                        // Make-before-break: the old connection serves its
+                        // streams until the server closes it (bounded), while
+                        // the next one is made at once.
+                        let old = live.conn.clone();
+                        let stop = shutdown.clone();
+                        tracker.spawn(async move {
+                            tokio::select! {
+                                _ = old.closed() => {}
+                                _ = tokio::time::sleep(GOING_AWAY_LIMIT) => {}
+                                _ = stop.cancelled() => {}
+                            }
+                        });
+                        drop(live);
+                        let _ = status.send(Status::Reconnecting {
+                            attempt: 0,
+                            reason: format!("the server is going away: {why}"),
+                        });
+                        continue;
+                    }
                 }
             }
             Err(connect::AttemptError::Fatal(e)) => break Err(e),
@@ -210,6 +234,9 @@ pub async fn run(
 enum Outcome {
     Shutdown,
     Lost(String),
+    /// The server is draining: reconnect now, let the old connection's
+    /// streams finish.
+    GoingAway(String),
     Fatal(ClientError),
 }
 
@@ -238,7 +265,10 @@ async fn serve(
                 Err(e) => return connect::classify_lost(&e),
             },
             m = tunnel_lib::io::read_message(&mut live.control_recv, &mut live.control_buf, Control::decode) => match m {
-                Ok(Some(Control::GoingAway { reason })) => info!("server is going away: {reason}"),
+                Ok(Some(Control::GoingAway { reason })) => {
+                    info!("server is going away ({reason}): connecting again while exchanges in flight finish");
+                    return Outcome::GoingAway(reason);
+                }
                 Ok(Some(other)) => warn!("unexpected control message {other:?}"),
                 Ok(None) | Err(_) => {
                     // The control stream ended: the connection is going too.

@@ -99,6 +99,9 @@ pub struct Config {
     pub name_grace: Duration,
     /// Concurrent visitor connections; past it, new ones wait in the backlog.
     pub max_visitors: usize,
+    /// At shutdown, how long exchanges in flight may take to finish before
+    /// they are cut.
+    pub drain_timeout: Duration,
     /// Concurrent visitor connections from one IP address (0: no limit);
     /// past it, new ones get 429 and a close.
     pub max_visitors_per_ip: usize,
@@ -143,6 +146,7 @@ impl Default for Config {
             public_https_port: None,
             name_grace: Duration::from_secs(300),
             max_visitors: 16_384,
+            drain_timeout: Duration::from_secs(30),
             max_visitors_per_ip: 512,
             visitor_rate_per_ip: 200,
             max_clients: 1024,

@@ -135,6 +135,9 @@ pub(crate) struct State {
     pub(crate) acme: Option<Acme>,
     /// Per-IP limits on visitor connections.
     pub(crate) fairness: fairness::Fairness,
+    /// Cancelled once visitor connections have drained at shutdown: the
+    /// client sessions close then, not before.
+    pub(crate) drained: CancellationToken,
 }
 
 impl State {
@@ -321,6 +324,7 @@ impl Server {
                 https_port: https_public,
                 acme,
                 fairness,
+                drained: CancellationToken::new(),
             }),
             http: listeners.http,
             https: listeners.https,
@@ -378,8 +382,9 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, tells
-    /// clients it is going away, gives in-flight work [`SHUTDOWN_GRACE`] and
-    /// returns once every task has ended.
+    /// clients it is going away, lets in-flight exchanges finish (for up to
+    /// `Config::drain_timeout`), closes the sessions and returns once every
+    /// task has ended.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let tracker = TaskTracker::new();
         // Visitor connections stop taking new requests at `shutdown` and are
@@ -388,8 +393,11 @@ impl Server {
         let visitors = Arc::new(Semaphore::new(self.state.config.max_visitors));
         let clients = Arc::new(Semaphore::new(self.state.config.max_clients));
 
+        // Visitor connections have their own tracker: the drain waits for
+        // them before the client sessions are closed.
+        let visitor_tasks = TaskTracker::new();
         let tasks = Tasks {
-            tracker: tracker.clone(),
+            tracker: visitor_tasks.clone(),
             soft: shutdown.clone(),
             hard: hard.clone(),
         };
@@ -442,14 +450,29 @@ impl Server {
         );
         tokio::join!(http_loop, https_loop, quic_loop);
 
-        // Draining.
+        // Draining: no new visitors or clients; visitor connections finish
+        // what they are relaying (no new requests), for up to the drain
+        // timeout; sessions stay open meanwhile (the clients were told
+        // GoingAway and are connecting elsewhere or again).
+        let drain = self.state.config.drain_timeout;
+        visitor_tasks.close();
+        if tokio::time::timeout(drain, visitor_tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "in-flight exchanges did not finish within --drain-timeout {drain:?}; cutting them"
+            );
+            hard.cancel();
+            visitor_tasks.wait().await;
+        }
+        self.state.drained.cancel();
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
             .await
             .is_err()
         {
-            warn!("in-flight work did not finish within {SHUTDOWN_GRACE:?}; cutting it");
-            hard.cancel();
+            warn!("client sessions did not end within {SHUTDOWN_GRACE:?}; closing them");
             for s in self.state.registry.sessions() {
                 s.conn.close(
                     quinn::VarInt::from_u32(close::GOING_AWAY),

@@ -53,6 +53,10 @@ struct Cli {
     /// Concurrent visitor connections.
     #[arg(long, default_value_t = 16_384)]
     max_visitors: usize,
+    /// At SIGTERM, seconds that exchanges in flight may take to finish before they are cut
+    /// (a second signal exits at once).
+    #[arg(long, default_value_t = 30)]
+    drain_timeout: u64,
     /// Concurrent visitor connections from one IP address (0: no limit); past it, 429.
     #[arg(long, default_value_t = 512)]
     max_visitors_per_ip: usize,
@@ -181,6 +185,7 @@ fn main() -> ExitCode {
         public_port: cli.public_port,
         name_grace: Duration::from_secs(cli.name_grace),
         max_visitors: cli.max_visitors,
+        drain_timeout: Duration::from_secs(cli.drain_timeout),
         max_visitors_per_ip: cli.max_visitors_per_ip,
         visitor_rate_per_ip: cli.visitor_rate_per_ip,
         max_clients: cli.max_clients,
@@ -274,25 +279,34 @@ async fn on_hangup(reload: std::sync::Arc<tokio::sync::Notify>, shutdown: Cancel
 
 /// Ctrl-C or SIGTERM: cancel. Owned by the runtime; ends with it.
 async fn on_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+            return;
+        };
         tokio::select! {
-            _ = ctrl_c => {}
+            _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        tracing::info!(
+            "shutting down: draining exchanges in flight (a second signal exits at once)"
+        );
+        shutdown.cancel();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without waiting for the drain");
+        std::process::exit(1);
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
-    shutdown.cancel();
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    }
 }

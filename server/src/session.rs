@@ -118,6 +118,12 @@ pub(crate) async fn serve(
         }
         .encode(&mut out);
         let _ = send.write_all(&out).await;
+        // Make-before-break: the streams of exchanges in flight go on until
+        // the visitors have drained (or the client leaves first).
+        tokio::select! {
+            _ = state.drained.cancelled() => {}
+            _ = conn.closed() => {}
+        }
         conn.close(
             VarInt::from_u32(close::GOING_AWAY),
             b"server shutting down; reconnect later",

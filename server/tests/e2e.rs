@@ -441,3 +441,59 @@ async fn a_restarted_server_keeps_each_name_for_its_owner() {
     again.stop().await;
     backend.stop().await;
 }
+
+/// Issue 9, a drain that loses nothing: at shutdown a response in flight
+/// runs to its end (the session stays open until visitors drained), the
+/// client hears GoingAway and starts reconnecting at once, and `run()`
+/// returns by itself afterwards.
+#[tokio::test]
+async fn shutdown_lets_a_response_in_flight_finish() {
+    let backend = Backend::start("drain").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("drain")));
+    client.online(1).await;
+    let mut v = visitor(server.http).await;
+    let resp = v
+        .send_request(get("drain.localhost", "/stream"))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    seen.push_str(std::str::from_utf8(&piece(&mut body).await.unwrap()).unwrap());
+
+    // SIGTERM in the middle of the response.
+    server.shutdown.cancel();
+    // The client is told and reconnects right away (make-before-break).
+    tokio::time::timeout(
+        WAIT,
+        client
+            .status
+            .wait_for(|s| matches!(s, tunnel_client::Status::Reconnecting { reason, .. } if reason.contains("going away"))),
+    )
+    .await
+    .expect("told GoingAway")
+    .unwrap();
+    // The response is still served, to its end.
+    for _ in 0..2 {
+        backend.step.notify_one();
+        seen.push_str(std::str::from_utf8(&piece(&mut body).await.unwrap()).unwrap());
+    }
+    assert_eq!(seen, "piece-0;piece-1;piece-2;");
+    assert!(piece(&mut body).await.is_none(), "the body ended cleanly");
+    drop(v);
+    tokio::time::timeout(WAIT, server.task)
+        .await
+        .expect("run() returned after the drain")
+        .unwrap();
+    client.stop().await;
+    backend.stop().await;
+}
+
+/// The next data frame of a response body, `None` at its end.
+async fn piece(body: &mut hyper::body::Incoming) -> Option<bytes::Bytes> {
+    use http_body_util::BodyExt;
+    let frame = tokio::time::timeout(WAIT, body.frame())
+        .await
+        .expect("piece arrived");
+    frame.map(|f| f.unwrap().into_data().unwrap())
+}
