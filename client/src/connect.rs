@@ -343,7 +343,10 @@ async fn session(
                     hostname,
                     local: spec.local.clone(),
                 });
-                targets.insert(tunnel_id, Target::new(spec.local.clone(), addrs));
+                targets.insert(
+                    tunnel_id,
+                    Target::new(spec.local.clone(), addrs, config.local),
+                );
             }
             Ok(Some(Control::Error { code, message, .. })) => {
                 conn.close(VarInt::from_u32(close::NORMAL), b"registration refused");

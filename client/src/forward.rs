@@ -9,7 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use tunnel_lib::io::{read_message, splice, SpliceEnd};
 use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, LOCAL_POOL_IDLE, LOCAL_POOL_MAX, PREFACE_TIMEOUT};
@@ -28,16 +28,100 @@ pub(crate) struct Target {
     /// Idle local connections handed back at a clean HTTP boundary (the
     /// server said `REUSE`), newest last. Touched only in synchronous code.
     pub(crate) idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Fails fast while the local service keeps failing (synchronous only).
+    breaker: Mutex<Breaker>,
+    pub(crate) policy: LocalPolicy,
+}
+
+/// How the client treats a local service that does not answer.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPolicy {
+    /// How long one dial of the local service may take.
+    pub connect_timeout: std::time::Duration,
+    /// Consecutive failed dials that open the circuit (0: never).
+    pub breaker_after: u32,
+    /// How long an open circuit answers 502 at once before one visitor's
+    /// dial probes the service again (doubling while it keeps failing, up
+    /// to 16 times this).
+    pub breaker_cooldown: std::time::Duration,
+}
+
+impl Default for LocalPolicy {
+    fn default() -> Self {
+        LocalPolicy {
+            connect_timeout: LOCAL_CONNECT_TIMEOUT,
+            breaker_after: 3,
+            breaker_cooldown: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// A circuit breaker per tunnel: closed (dial), open until a moment (fail
+/// at once), then half-open (one dial probes; others still fail at once).
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// How many times in a row it opened (the cool-down doubles).
+    opened: u32,
+    probing: bool,
+}
+
+enum Gate {
+    Dial,
+    /// This dial is the probe of a half-open circuit.
+    Probe,
+    Open(std::time::Duration),
 }
 
 impl Target {
-    pub(crate) fn new(local: String, addrs: Vec<SocketAddr>) -> Target {
+    pub(crate) fn new(local: String, addrs: Vec<SocketAddr>, policy: LocalPolicy) -> Target {
         Target {
             local,
             addrs,
             preferred: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            breaker: Mutex::new(Breaker::default()),
+            policy,
         }
+    }
+
+    fn gate(&self) -> Gate {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        match b.open_until {
+            None => Gate::Dial,
+            Some(until) => {
+                let now = Instant::now();
+                if now < until {
+                    Gate::Open(until - now)
+                } else if b.probing {
+                    Gate::Open(std::time::Duration::ZERO)
+                } else {
+                    b.probing = true;
+                    Gate::Probe
+                }
+            }
+        }
+    }
+
+    /// Records a dial's outcome; returns the cool-down if the circuit opened.
+    fn record(&self, ok: bool) -> Option<std::time::Duration> {
+        let policy = self.policy;
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.probing = false;
+        if ok {
+            *b = Breaker::default();
+            return None;
+        }
+        b.failures += 1;
+        if policy.breaker_after == 0 || b.failures < policy.breaker_after && b.open_until.is_none()
+        {
+            return None;
+        }
+        let cool = policy.breaker_cooldown * (1u32 << b.opened.min(4));
+        b.opened += 1;
+        b.open_until = Some(Instant::now() + cool);
+        Some(cool)
     }
 
     /// A recently idle connection that is still open, if any.
@@ -96,10 +180,41 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
         .await;
         return;
     };
+    let gate = target.gate();
+    if let Gate::Open(left) = gate {
+        let message = format!(
+            "{} failed its last connection attempts, so the tunnel answers at once for a while \
+             (circuit open; the next try in {:.1} s)",
+            target.local,
+            left.as_secs_f64()
+        );
+        reply(
+            &mut send,
+            Reply::Failed {
+                code: ReplyCode::Unreachable,
+                message,
+            },
+        )
+        .await;
+        return;
+    }
     let tcp = match dial(target).await {
-        Ok(t) => t,
+        Ok(t) => {
+            if matches!(gate, Gate::Probe) {
+                info!("{} answers again: circuit closed", target.local);
+            }
+            target.record(true);
+            t
+        }
         Err((code, message)) => {
             warn!(visitor = %preface.visitor, "{message}: is the local service running?");
+            if let Some(cool) = target.record(false) {
+                warn!(
+                    "{} keeps failing: answering 502 at once for {:.1} s (circuit open), then probing",
+                    target.local,
+                    cool.as_secs_f64()
+                );
+            }
             reply(&mut send, Reply::Failed { code, message }).await;
             return;
         }
@@ -136,7 +251,8 @@ async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
     let n = target.addrs.len();
     for i in (0..n).map(|k| (first + k) % n) {
         let addr = &target.addrs[i];
-        match tokio::time::timeout(LOCAL_CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        let limit = target.policy.connect_timeout;
+        match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
                 if i != first {
@@ -160,7 +276,7 @@ async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
                 last = (
                     ReplyCode::TimedOut,
                     format!(
-                        "connecting to {} ({addr}) timed out after {LOCAL_CONNECT_TIMEOUT:?}",
+                        "connecting to {} ({addr}) timed out after {limit:?}",
                         target.local
                     ),
                 )

@@ -15,6 +15,8 @@
 mod connect;
 mod forward;
 
+pub use forward::LocalPolicy;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +61,8 @@ pub struct Config {
     /// Where a dev server on this machine keeps its certificate
     /// (default: `tunnel_lib::paths::default_state_dir()`).
     pub dev_state_dir: Option<PathBuf>,
+    /// Dial timeout and circuit breaker for the local services.
+    pub local: LocalPolicy,
     /// First reconnect delay ceiling and the cap.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -74,6 +78,7 @@ impl Default for Config {
             server_cert: None,
             server_fingerprint: None,
             dev_state_dir: None,
+            local: LocalPolicy::default(),
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
         }

@@ -44,6 +44,9 @@ struct Cli {
     /// Pin the server certificate's SHA-256 (as tunnel-server prints it).
     #[arg(long, value_name = "SHA256", global = true)]
     server_fingerprint: Option<String>,
+    /// Seconds a connection to the local service may take before the visitor gets a 502.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, global = true)]
+    local_timeout: f64,
 }
 
 /// What to expose. Connection flags (`--server`, `--token`, trust) and
@@ -129,6 +132,12 @@ fn main() -> ExitCode {
         }],
         server_cert: cli.server_cert,
         server_fingerprint: cli.server_fingerprint,
+        local: tunnel_client::LocalPolicy {
+            connect_timeout: std::time::Duration::from_secs_f64(
+                cli.local_timeout.clamp(0.1, 3600.0),
+            ),
+            ..Default::default()
+        },
         ..Config::default()
     };
     let runtime = match tunnel_lib::runtime::build() {

@@ -497,3 +497,57 @@ async fn piece(body: &mut hyper::body::Incoming) -> Option<bytes::Bytes> {
         .expect("piece arrived");
     frame.map(|f| f.unwrap().into_data().unwrap())
 }
+
+/// Issue 9, local service health: after consecutive failed dials the
+/// tunnel answers 502 at once (circuit open), then one visitor probes; once
+/// the app is back, the circuit closes.
+#[tokio::test]
+async fn a_failing_local_service_opens_the_circuit_and_a_probe_closes_it() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let server = TestServer::start().await;
+    let mut cfg = server.client_config(([127, 0, 0, 1], port).into(), Some("flaky"));
+    cfg.local = tunnel_client::LocalPolicy {
+        breaker_after: 2,
+        breaker_cooldown: std::time::Duration::from_millis(200),
+        ..Default::default()
+    };
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    let ask = || {
+        raw_exchange(
+            server.http,
+            b"GET /hello HTTP/1.1\r\nHost: flaky.localhost\r\n\r\n",
+        )
+    };
+    for _ in 0..2 {
+        let r = ask().await;
+        assert_eq!(r.status, 502);
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("refused"),
+            "{r:?}"
+        );
+    }
+    let r = ask().await;
+    assert_eq!(r.status, 502);
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("circuit open"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+
+    // The app comes back on its port; after the cool-down (200 ms, a timer
+    // of the test's own choosing) the next visitor's dial probes it, and
+    // the circuit closes.
+    let backend = Backend::start_on(port, "back").await;
+    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    let ok = ask().await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    assert_eq!(ok.body, b"hello from back");
+    assert_eq!(ask().await.status, 200);
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}

@@ -59,7 +59,12 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start(tag: &'static str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0, tag).await
+    }
+
+    /// On a given port of 127.0.0.1 (0: any).
+    pub async fn start_on(port: u16, tag: &'static str) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let connections = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
@@ -440,6 +445,7 @@ pub async fn body_text(resp: Response<Incoming>) -> String {
 }
 
 /// A raw response: status, head text, body.
+#[derive(Debug)]
 pub struct Raw {
     pub status: u16,
     pub head: String,
