@@ -520,3 +520,55 @@ async fn a_request_body_cut_by_an_early_answer_reaches_the_app_as_a_reset() {
     client.stop().await;
     server.stop().await;
 }
+
+/// Issue 9, the other path of a cut body: the drain timeout expires with a
+/// request body still coming, the exchange is cut, and the local app sees a
+/// reset, not the end of a request that looks complete.
+#[tokio::test]
+async fn a_body_cut_by_the_end_of_the_drain_reaches_the_app_as_a_reset() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (got_head_tx, got_head) = tokio::sync::oneshot::channel::<()>();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<std::io::Result<usize>>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_head_tx.send(());
+        // Wait for the rest of the body, which never comes whole.
+        let end = loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) => break Ok(0),
+                Ok(_) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = seen_tx.send(end);
+    });
+    let server = TestServer::start_with(tunnel_server::Config {
+        drain_timeout: Duration::from_millis(300),
+        ..Default::default()
+    })
+    .await;
+    let mut client = TestClient::start(server.client_config(app, Some("slow")));
+    client.online(1).await;
+    let mut visitor = TcpStream::connect(server.http).await.unwrap();
+    visitor
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: slow.localhost\r\nContent-Length: 1000000\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, got_head).await.unwrap().unwrap();
+    server.shutdown.cancel();
+    let end = tokio::time::timeout(WAIT, seen_rx).await.unwrap().unwrap();
+    let err = end.expect_err("the app read a clean end of a cut request");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+    tokio::time::timeout(WAIT, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    client.stop().await;
+}
