@@ -479,31 +479,11 @@ async fn raw_on(tcp: &mut TcpStream, req: &[u8]) -> Raw {
 /// request that only looks complete.
 #[tokio::test]
 async fn a_request_body_cut_by_an_early_answer_reaches_the_app_as_a_reset() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<std::io::Result<usize>>();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        // Answer before the body is in, and close after it.
-        tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            .await
-            .unwrap();
-        // What does the rest of the request look like from here?
-        let end = loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) => break Ok(0),
-                Ok(_) => continue,
-                Err(e) => break Err(e),
-            }
-        };
-        let _ = seen_tx.send(end);
-    });
+    // Answer before the body is in, and close after it.
+    let (app, _, seen_rx) = cut_body_app(Some(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+    ))
+    .await;
     let server = TestServer::start().await;
     let mut client = TestClient::start(server.client_config(app, Some("early")));
     client.online(1).await;
@@ -526,29 +506,7 @@ async fn a_request_body_cut_by_an_early_answer_reaches_the_app_as_a_reset() {
 /// reset, not the end of a request that looks complete.
 #[tokio::test]
 async fn a_body_cut_by_the_end_of_the_drain_reaches_the_app_as_a_reset() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    let (got_head_tx, got_head) = tokio::sync::oneshot::channel::<()>();
-    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<std::io::Result<usize>>();
-    tokio::spawn(async move {
-        let (mut tcp, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 65536];
-        let mut got = Vec::new();
-        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = tcp.read(&mut buf).await.unwrap();
-            got.extend_from_slice(&buf[..n]);
-        }
-        let _ = got_head_tx.send(());
-        // Wait for the rest of the body, which never comes whole.
-        let end = loop {
-            match tcp.read(&mut buf).await {
-                Ok(0) => break Ok(0),
-                Ok(_) => continue,
-                Err(e) => break Err(e),
-            }
-        };
-        let _ = seen_tx.send(end);
-    });
+    let (app, got_head, seen_rx) = cut_body_app(None).await;
     let server = TestServer::start_with(tunnel_server::Config {
         drain_timeout: Duration::from_millis(300),
         ..Default::default()
@@ -571,4 +529,42 @@ async fn a_body_cut_by_the_end_of_the_drain_reaches_the_app_as_a_reset() {
         .unwrap()
         .unwrap();
     client.stop().await;
+}
+
+/// A local app that reads a request head, writes `answer` (if any), then
+/// reads on and reports how the rest of the request ended: `Ok(0)` for a
+/// clean end, an error for a reset.
+async fn cut_body_app(
+    answer: Option<&'static [u8]>,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Receiver<()>,
+    tokio::sync::oneshot::Receiver<std::io::Result<usize>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (got_head_tx, got_head) = tokio::sync::oneshot::channel::<()>();
+    let (seen_tx, seen_rx) = tokio::sync::oneshot::channel::<std::io::Result<usize>>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 65536];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = got_head_tx.send(());
+        if let Some(a) = answer {
+            tcp.write_all(a).await.unwrap();
+        }
+        let end = loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) => break Ok(0),
+                Ok(_) => continue,
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = seen_tx.send(end);
+    });
+    (app, got_head, seen_rx)
 }
