@@ -176,18 +176,7 @@ async fn quickstart_with_real_processes() {
 #[tokio::test]
 async fn wrong_token_exits_non_zero_with_a_message() {
     let home = tempfile::tempdir().unwrap();
-    let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(home.path())
-            .env("TUNNEL_TOKENS", "sesame,other"),
-    );
+    let mut server = Proc::spawn(server_cmd(home.path()).env("TUNNEL_TOKENS", "sesame,other"));
     let ready = server.line().await;
     let quic = ready
         .split_whitespace()
@@ -287,14 +276,27 @@ async fn bad_https_settings_name_the_flag_and_the_fix() {
     );
 }
 
-/// `tunnel-server` on 127.0.0.1 port 0 with an https listener, its state in
-/// `home`, plus `extra` arguments; returns it once its ready line is read.
+/// `tunnel-server` on 127.0.0.1 port 0 with its state in `home`; callers
+/// add flags and environment.
+fn server_cmd(home: &std::path::Path) -> Command {
+    let mut c = Command::new(server_bin());
+    c.args([
+        "--http",
+        "127.0.0.1:0",
+        "--quic",
+        "127.0.0.1:0",
+        "--state-dir",
+    ])
+    .arg(home);
+    c
+}
+
+/// [`server_cmd`] with an https listener and `extra` arguments; returns it
+/// once its ready line is read.
 async fn https_server(home: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
     let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
-            .args(["--https", "127.0.0.1:0", "--state-dir"])
-            .arg(home)
+        server_cmd(home)
+            .args(["--https", "127.0.0.1:0"])
             .args(extra),
     );
     let ready = server.line().await;
@@ -530,15 +532,7 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     const TOKEN: &str = "s3cret-token-that-must-not-leak";
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(home.path())
+        server_cmd(home.path())
             .env("TUNNEL_TOKENS", format!("{TOKEN},another-{TOKEN}"))
             .env("RUST_LOG", "trace"),
     );
