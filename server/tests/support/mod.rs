@@ -674,4 +674,5 @@ pub fn statuses(text: &str) -> Vec<&str> {
         .collect()
 }
 
+pub mod fault;
 pub mod tls;

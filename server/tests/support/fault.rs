@@ -1,0 +1,178 @@
+//! A user-space UDP impairment proxy between one QUIC client and the
+//! server: loss per direction, delay, reordering, duplication, partition and
+//! NAT rebinding. The client sends to `addr`; the proxy relays from its own
+//! "NAT" socket to the server and back. One task, a bounded delay queue, a
+//! seeded generator (each run drops the same packets).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// What the link does to packets. Probabilities are in [0, 1].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Faults {
+    /// Client to server.
+    pub loss_up: f64,
+    /// Server to client.
+    pub loss_down: f64,
+    /// Added to every packet, both ways.
+    pub delay: Duration,
+    /// This share of packets is held `delay + 5 ms` longer (overtaken).
+    pub reorder: f64,
+    /// This share of packets is sent twice.
+    pub duplicate: f64,
+    /// Nothing passes either way.
+    pub partition: bool,
+}
+
+impl Faults {
+    pub fn loss(each_way: f64) -> Faults {
+        Faults {
+            loss_up: each_way,
+            loss_down: each_way,
+            ..Default::default()
+        }
+    }
+}
+
+enum Cmd {
+    Set(Faults),
+    /// The NAT forgets its mapping: a new source port towards the server.
+    Rebind,
+}
+
+pub struct FaultProxy {
+    /// Where the client sends.
+    pub addr: SocketAddr,
+    cmds: mpsc::Sender<Cmd>,
+    task: JoinHandle<()>,
+}
+
+/// Packets waiting for their time, at most this many (a router's queue:
+/// past it they are dropped).
+const QUEUE: usize = 8192;
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Held {
+    due: Instant,
+    seq: u64,
+    up: bool,
+    data: Vec<u8>,
+}
+
+impl FaultProxy {
+    pub async fn start(server: SocketAddr, faults: Faults) -> FaultProxy {
+        let front = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = front.local_addr().unwrap();
+        let (cmds, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(async move {
+            let mut faults = faults;
+            let mut back = nat_socket(server).await;
+            let mut client: Option<SocketAddr> = None;
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut held: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
+            let mut seq = 0u64;
+            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            loop {
+                let next_due = held.peek().map(|h| h.0.due);
+                let sleep = async {
+                    match next_due {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (up, data) = tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { continue };
+                        client = Some(from);
+                        (true, a[..n].to_vec())
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { continue };
+                        (false, b[..n].to_vec())
+                    }
+                    _ = sleep => {
+                        let Reverse(h) = held.pop().unwrap();
+                        send(&front, &back, client, h.up, &h.data).await;
+                        continue;
+                    }
+                    c = rx.recv() => match c {
+                        Some(Cmd::Set(f)) => { faults = f; continue }
+                        Some(Cmd::Rebind) => { back = nat_socket(server).await; continue }
+                        None => return,
+                    },
+                };
+                let loss = if up { faults.loss_up } else { faults.loss_down };
+                if faults.partition || chance(&mut rng, loss) {
+                    continue;
+                }
+                let copies = if chance(&mut rng, faults.duplicate) { 2 } else { 1 };
+                let mut delay = faults.delay;
+                if chance(&mut rng, faults.reorder) {
+                    delay += Duration::from_millis(5);
+                }
+                for _ in 0..copies {
+                    if delay.is_zero() {
+                        send(&front, &back, client, up, &data).await;
+                    } else if held.len() < QUEUE {
+                        seq += 1;
+                        held.push(Reverse(Held {
+                            due: Instant::now() + delay,
+                            seq,
+                            up,
+                            data: data.clone(),
+                        }));
+                    }
+                }
+            }
+        });
+        FaultProxy { addr, cmds, task }
+    }
+
+    pub async fn set(&self, faults: Faults) {
+        self.cmds.send(Cmd::Set(faults)).await.unwrap();
+    }
+
+    pub async fn rebind(&self) {
+        self.cmds.send(Cmd::Rebind).await.unwrap();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn nat_socket(server: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.connect(server).await.unwrap();
+    s
+}
+
+async fn send(front: &UdpSocket, back: &UdpSocket, client: Option<SocketAddr>, up: bool, d: &[u8]) {
+    // A full socket buffer drops, as a link would.
+    if up {
+        let _ = back.send(d).await;
+    } else if let Some(c) = client {
+        let _ = front.send_to(d, c).await;
+    }
+}
+
+/// xorshift64*: true with probability `p`.
+fn chance(state: &mut u64, p: f64) -> bool {
+    if p <= 0.0 {
+        return false;
+    }
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    let x = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
+    ((x >> 11) as f64 / (1u64 << 53) as f64) < p
+}
