@@ -90,12 +90,33 @@ impl Endpoints {
         Ok(ep)
     }
 
+    /// Moves the endpoint that reaches `remote` to a new UDP socket (a new
+    /// local port); quinn then migrates each of its connections actively:
+    /// a fresh connection ID and a PING on the new path at once.
+    pub(crate) fn rebind(&self, remote: SocketAddr) -> std::io::Result<()> {
+        let ep = if remote.is_ipv4() { &self.v4 } else { &self.v6 };
+        match ep {
+            Some(ep) => ep.rebind(tunnel_lib::quic::client_socket(remote)?),
+            None => Ok(()),
+        }
+    }
+
     /// Lets each endpoint flush its closes (bounded by `limit`).
     pub(crate) async fn wait_idle(self, limit: std::time::Duration) {
         for ep in [self.v4, self.v6].into_iter().flatten() {
             let _ = tokio::time::timeout(limit, ep.wait_idle()).await;
         }
     }
+}
+
+/// The local address this host would send from to reach `remote` now (a
+/// connected UDP socket sends nothing); `None` while there is no route.
+pub(crate) async fn route_source(remote: SocketAddr) -> Option<std::net::IpAddr> {
+    let probe = tokio::net::UdpSocket::bind(tunnel_lib::quic::wildcard_for(remote))
+        .await
+        .ok()?;
+    probe.connect(remote).await.ok()?;
+    probe.local_addr().ok().map(|a| a.ip())
 }
 
 /// Addresses to try, in the resolver's order but with the families

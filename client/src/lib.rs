@@ -170,7 +170,7 @@ pub async fn run(
                     tunnels: live.tunnels.clone(),
                     generation,
                 });
-                let outcome = serve(&mut live, &tracker, &shutdown).await;
+                let outcome = serve(&mut live, &endpoints, &tracker, &shutdown).await;
                 current.store(None);
                 match outcome {
                     Outcome::Shutdown => {
@@ -236,6 +236,9 @@ pub async fn run(
     result
 }
 
+/// How often the client checks which local address reaches the server.
+const PATH_CHECK: Duration = Duration::from_secs(1);
+
 enum Outcome {
     Shutdown,
     Lost(String),
@@ -250,12 +253,35 @@ enum Outcome {
 /// grants (`MAX_STREAMS_PER_CLIENT`).
 async fn serve(
     live: &mut connect::Live,
+    endpoints: &connect::Endpoints,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    let remote = live.conn.remote_address();
+    let mut source = connect::route_source(remote).await;
+    let mut path_check = tokio::time::interval(PATH_CHECK);
+    path_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
+            _ = path_check.tick() => {
+                // Active migration: when the address this host would send
+                // from changes (the laptop changed networks), move to a new
+                // socket now instead of waiting for the peer to notice.
+                let now = connect::route_source(remote).await;
+                if let (Some(old), Some(new)) = (source, now) {
+                    if old != new {
+                        match endpoints.rebind(remote) {
+                            Ok(()) => info!("local address changed ({old} -> {new}): migrating the connection"),
+                            Err(e) => warn!("local address changed ({old} -> {new}) but a new socket failed: {e}; \
+                                              the connection stays on the old one"),
+                        }
+                    }
+                }
+                if now.is_some() {
+                    source = now;
+                }
+            }
             r = live.conn.accept_bi() => match r {
                 Ok((send, recv)) => {
                     let targets = live.targets.clone();

@@ -147,12 +147,23 @@ pub fn server_endpoint(
 
 /// A client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    let bind: SocketAddr = if server.is_ipv4() {
+    quinn::Endpoint::client(wildcard_for(server))
+}
+
+/// A new socket for a client endpoint (`Endpoint::rebind`): the wildcard
+/// address of `server`'s family, a new port.
+pub fn client_socket(server: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    std::net::UdpSocket::bind(wildcard_for(server))
+}
+
+/// Port 0 on the unspecified address of `addr`'s family: the kernel picks
+/// the source address per route, so a changed route changes it.
+pub fn wildcard_for(addr: SocketAddr) -> SocketAddr {
+    if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
-    };
-    quinn::Endpoint::client(bind)
+    }
 }
 
 /// TLS alert `no_application_protocol` (120) as a QUIC crypto error.
