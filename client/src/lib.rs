@@ -189,13 +189,24 @@ pub async fn run(
                         // Make-before-break: the old connection serves its
                         // streams until the server closes it (bounded), while
                         // the next one is made at once.
+                        // It still takes the streams the server opens while
+                        // it drains (requests that were already on their way).
                         let old = live.conn.clone();
+                        let targets = live.targets.clone();
                         let stop = shutdown.clone();
+                        let streams = tracker.clone();
                         tracker.spawn(async move {
-                            tokio::select! {
-                                _ = old.closed() => {}
-                                _ = tokio::time::sleep(GOING_AWAY_LIMIT) => {}
-                                _ = stop.cancelled() => {}
+                            let limit = tokio::time::sleep(GOING_AWAY_LIMIT);
+                            tokio::pin!(limit);
+                            loop {
+                                tokio::select! {
+                                    r = old.accept_bi() => match r {
+                                        Ok((send, recv)) => spawn_stream(&streams, targets.clone(), &stop, send, recv),
+                                        Err(_) => break,
+                                    },
+                                    _ = &mut limit => break,
+                                    _ = stop.cancelled() => break,
+                                }
                             }
                         });
                         drop(live);
@@ -283,16 +294,7 @@ async fn serve(
                 }
             }
             r = live.conn.accept_bi() => match r {
-                Ok((send, recv)) => {
-                    let targets = live.targets.clone();
-                    let stop = shutdown.clone();
-                    tracker.spawn(async move {
-                        tokio::select! {
-                            _ = forward::handle(targets, send, recv) => {}
-                            _ = stop.cancelled() => {}
-                        }
-                    });
-                }
+                Ok((send, recv)) => spawn_stream(tracker, live.targets.clone(), shutdown, send, recv),
                 Err(e) => return connect::classify_lost(&e),
             },
             m = tunnel_lib::io::read_message(&mut live.control_recv, &mut live.control_buf, Control::decode) => match m {
@@ -309,6 +311,23 @@ async fn serve(
             },
         }
     }
+}
+
+/// One task per stream the server opens, tracked, ended by `stop`.
+fn spawn_stream(
+    tracker: &TaskTracker,
+    targets: forward::Targets,
+    stop: &CancellationToken,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        tokio::select! {
+            _ = forward::handle(targets, send, recv) => {}
+            _ = stop.cancelled() => {}
+        }
+    });
 }
 
 fn random_id() -> [u8; 16] {

@@ -454,33 +454,41 @@ impl Server {
         // what they are relaying (no new requests), for up to the drain
         // timeout; sessions stay open meanwhile (the clients were told
         // GoingAway and are connecting elsewhere or again).
-        let drain = self.state.config.drain_timeout;
-        visitor_tasks.close();
-        if tokio::time::timeout(drain, visitor_tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                "in-flight exchanges did not finish within --drain-timeout {drain:?}; cutting them"
-            );
-            hard.cancel();
-            visitor_tasks.wait().await;
-        }
-        self.state.drained.cancel();
-        tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
-            warn!("client sessions did not end within {SHUTDOWN_GRACE:?}; closing them");
-            for s in self.state.registry.sessions() {
-                s.conn.close(
-                    quinn::VarInt::from_u32(close::GOING_AWAY),
-                    b"server shutting down; reconnect later",
+        // New clients are refused meanwhile (at once, not left to time
+        // out): a client told GoingAway tries its next address.
+        let refusing = CancellationToken::new();
+        let refuse = refuse_clients(self.endpoint.clone(), refusing.clone());
+        let drain_then_close = async {
+            let drain = self.state.config.drain_timeout;
+            visitor_tasks.close();
+            if tokio::time::timeout(drain, visitor_tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!(
+                    "in-flight exchanges did not finish within --drain-timeout {drain:?}; cutting them"
                 );
+                hard.cancel();
+                visitor_tasks.wait().await;
             }
-            tracker.wait().await;
-        }
+            self.state.drained.cancel();
+            tracker.close();
+            if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+                .await
+                .is_err()
+            {
+                warn!("client sessions did not end within {SHUTDOWN_GRACE:?}; closing them");
+                for s in self.state.registry.sessions() {
+                    s.conn.close(
+                        quinn::VarInt::from_u32(close::GOING_AWAY),
+                        b"server shutting down; reconnect later",
+                    );
+                }
+                tracker.wait().await;
+            }
+            refusing.cancel();
+        };
+        tokio::join!(refuse, drain_then_close);
         // Every session has ended (its names are reservations now).
         names_file::write(&self.state.registry, &names_path, &self.state.tokens).await;
         self.endpoint.close(
@@ -530,26 +538,7 @@ async fn accept_tcp<S, F>(
         soft: shutdown,
         hard,
     } = tasks;
-    loop {
-        // A permit first: past the limit, new connections wait in the backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = shutdown.cancelled() => return,
-        };
-        let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    error!("accept failed: {e}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
-                        _ = shutdown.cancelled() => return,
-                    }
-                }
-            },
-            _ = shutdown.cancelled() => return,
-        };
+    let visitor = |tcp: TcpStream, peer: SocketAddr, permit, soft: CancellationToken| {
         // Per-IP fairness, before anything is spawned: a plain visitor turned
         // away reads a 429 (written without waiting), a TLS one a close.
         let slot = match state.fairness.admit(peer.ip()) {
@@ -559,11 +548,10 @@ async fn accept_tcp<S, F>(
                 if !tls_edge {
                     let _ = tcp.try_write(&fairness::refusal_response(why));
                 }
-                continue;
+                return;
             }
         };
         let state = state.clone();
-        let soft = shutdown.clone();
         let hard = hard.clone();
         // The connection's future is made inside the task: made outside
         // and moved in, the task would hold it twice.
@@ -575,8 +563,49 @@ async fn accept_tcp<S, F>(
             drop(slot);
             drop(permit);
         });
+    };
+    loop {
+        // A permit first: past the limit, new connections wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    error!("accept failed: {e}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        visitor(tcp, peer, permit, shutdown.clone());
+    }
+    // Stopping. Closing the listener resets the connections the kernel has
+    // already completed in its backlog: take those first (each gets
+    // `FIRST_REQUEST_GRACE` for its first request, as the edge gives every
+    // connection that has not spoken yet).
+    let mut taken = 0usize;
+    while let Ok(permit) = permits.clone().try_acquire_owned() {
+        let ready = tokio::select! {
+            biased;
+            r = listener.accept() => r,
+            _ = std::future::ready(()) => break,
+        };
+        let Ok((tcp, peer)) = ready else { break };
+        visitor(tcp, peer, permit, shutdown.clone());
+        taken += 1;
+    }
+    if taken > 0 {
+        debug!("{taken} visitor connections taken from the backlog at shutdown");
     }
 }
+
 
 /// Reloads the operator's certificate on `reload` (SIGHUP) and when either
 /// file's modification time changes. A bad file keeps the old certificate.
@@ -607,6 +636,19 @@ async fn watch_cert_files(
             Err(e) => {
                 warn!("--edge-cert/--edge-key reload failed, keeping the current certificate: {e}")
             }
+        }
+    }
+}
+
+/// Refuses every incoming client connection until `stop`.
+async fn refuse_clients(endpoint: quinn::Endpoint, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            i = endpoint.accept() => match i {
+                Some(i) => i.refuse(),
+                None => return,
+            },
+            _ = stop.cancelled() => return,
         }
     }
 }

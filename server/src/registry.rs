@@ -160,6 +160,9 @@ pub struct Registry {
     /// Told whenever claims or reservations change (the state file is
     /// rewritten then).
     changed: Arc<tokio::sync::Notify>,
+    /// Woken (all waiters) whenever a host gets a route: visitors held for
+    /// a reconnecting owner look again.
+    returned: tokio::sync::Notify,
     next_session: AtomicU64,
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
@@ -265,6 +268,7 @@ impl Registry {
             clients: DashMap::new(),
             grants,
             changed: Arc::new(tokio::sync::Notify::new()),
+            returned: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
@@ -390,6 +394,7 @@ impl Registry {
         });
         lock(&session.hosts).push(host.as_str().into());
         self.changed.notify_one();
+        self.returned.notify_waiters();
         let url = self.url(&host, req.kind);
         Ok(Registered {
             tunnel_id,
@@ -519,6 +524,32 @@ impl Registry {
         for (host, owner) in names {
             if !self.names.contains_key(host.as_str()) {
                 self.reserved.insert(host.into(), owner);
+            }
+        }
+    }
+
+    /// Whether `host` (normalised) has no route but is reserved for an
+    /// owner who may be reconnecting.
+    pub fn awaits_owner(&self, host: &str) -> bool {
+        self.routes.load().get(host).is_none() && self.reserved.contains_key(host)
+    }
+
+    /// Waits until `host` has a route again or `limit` passes, while it
+    /// [awaits its owner](Self::awaits_owner). No lock is held.
+    pub async fn owner_back(&self, host: &str, limit: Duration) {
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            // Armed before the check: a registration in between still wakes it.
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if !self.awaits_owner(host) {
+                return;
+            }
+            tokio::select! {
+                _ = returned => {}
+                _ = &mut deadline => return,
             }
         }
     }

@@ -764,3 +764,85 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
     let _ = app.terminate().await;
     let _ = server.terminate().await;
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Issue 9: a client killed with `kill -9` while visitors have streams open
+/// costs the server nothing once the QUIC idle timeout has passed: its
+/// session ends, the visitors are answered or closed, and the server's
+/// file descriptors are back to their count before the client came.
+#[tokio::test]
+async fn a_killed_client_leaves_nothing_behind_on_the_server() {
+    let home = tempfile::tempdir().unwrap();
+    let backend = Backend::start("doomed").await;
+    let mut server = Proc::spawn(&mut server_cmd(home.path()));
+    let ready = server.line().await;
+    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    let pid = server.child.id().unwrap();
+    let baseline = open_fds(pid);
+
+    let mut client = Proc::spawn(
+        Command::new(client_bin().await)
+            .args(["--server", &quic, "--expose", &backend.addr.to_string()])
+            .env("HOME", home.path())
+            .env("TUNNEL_STATE_DIR", home.path()),
+    );
+    let url_line = client.line().await;
+    let host = host_of(url_line.split(" -> ").next().unwrap());
+    // Visitors with streams open and data in flight.
+    let mut visitors = Vec::new();
+    for _ in 0..8 {
+        let mut v = visitor(http.parse().unwrap()).await;
+        let resp = v
+            .send_request(get(&host, &format!("/bytes/{}", 100 << 20)))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        visitors.push((v, resp));
+    }
+    let busy = open_fds(pid);
+    assert!(busy >= baseline + 8, "{busy} fds with 8 visitors, {baseline} before");
+
+    let killed = std::time::Instant::now();
+    assert!(run(&["kill", "-KILL", &client.child.id().unwrap().to_string()]).await);
+    let _ = client.child.wait().await;
+    drop(visitors);
+    // The server only learns from silence: up to the idle timeout (20 s).
+    // Then the name is held for its owner: a visitor waits `OWNER_HOLD`
+    // for it and reads that the tunnel's client is offline.
+    let limit = std::time::Duration::from_secs(40);
+    let request = format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let gone = loop {
+        // A request towards a session not yet known dead hangs: bounded.
+        let probe = raw_exchange(http.parse().unwrap(), request.as_bytes());
+        let hold = std::time::Duration::from_secs(8);
+        if tokio::time::timeout(hold, probe)
+            .await
+            .is_ok_and(|r| r.status == 502 && String::from_utf8_lossy(&r.body).contains("offline"))
+        {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < limit, "the session still stands {limit:?} after kill -9");
+    };
+    // The probes' own connections close with them; then the count is back.
+    let back = loop {
+        let now = open_fds(pid);
+        if now <= baseline {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < limit + std::time::Duration::from_secs(10),
+            "{now} fds, baseline {baseline}"
+        );
+        // Polling a count that has no event to wait on.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    eprintln!("session gone {gone:?} after kill -9 (idle timeout + hold)");
+    eprintln!("fds back to {baseline} and the session gone {back:?} after kill -9");
+    let _ = server.terminate().await;
+    backend.stop().await;
+}

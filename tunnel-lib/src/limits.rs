@@ -38,6 +38,16 @@ pub const OPEN_STREAM_TIMEOUT: Duration = Duration::from_secs(10);
 pub const QUIC_KEEP_ALIVE: Duration = Duration::from_millis(1500);
 pub const QUIC_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long a visitor's request for a name reserved for a reconnecting
+/// client waits for it (a server restart, a client's network blip) before
+/// the "client is offline" page.
+pub const OWNER_HOLD: Duration = Duration::from_secs(5);
+
+/// Once the server is stopping, a visitor connection that has not sent its
+/// first request yet (accepted a moment before the signal, or taken from the
+/// backlog) has this long to send it before it is closed.
+pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
+
 /// Streams the server may have open towards one client at once: one per
 /// proxied visitor connection. Past it, `open_bi` waits (bounded by
 /// `OPEN_STREAM_TIMEOUT`).

@@ -44,6 +44,7 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use tunnel_lib::io::LeanRead;
+use tunnel_lib::limits::FIRST_REQUEST_GRACE;
 
 use crate::registry::Rule;
 use crate::respond::ErrorPage;
@@ -115,8 +116,14 @@ pub(crate) async fn serve_tcp(
     // arrives (it is, right after accept).
     let mut probe = [0u8; 1];
     let spoke = tokio::select! {
-        r = timeout(idle, tcp.peek(&mut probe)) => matches!(r, Ok(Ok(n)) if n > 0),
-        _ = soft.cancelled() => false,
+        r = timeout(idle, tcp.peek(&mut probe)) => Some(matches!(r, Ok(Ok(n)) if n > 0)),
+        _ = soft.cancelled() => None,
+    };
+    // Stopping before it spoke: it may have been accepted a moment ago.
+    // (Sequential, so the two timeouts share the future's storage.)
+    let spoke = match spoke {
+        Some(s) => s,
+        None => matches!(timeout(FIRST_REQUEST_GRACE, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0),
     };
     if spoke {
         let (rd, wr) = tcp.into_split();

@@ -12,6 +12,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use tunnel_lib::limits::{FIRST_REQUEST_GRACE, OWNER_HOLD};
 use tunnel_lib::http1::encode::{chunk_size_line, CHUNK_END, LAST_CHUNK};
 use tunnel_lib::http1::{
     normalise_host, BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, RequestHead,
@@ -40,6 +41,10 @@ enum Action {
     Answer(ErrorPage),
     /// The rendered head goes to the tunnel's client.
     Forward(Bytes, Arc<Rule>, Arc<Session>),
+    /// The host is reserved for a client that is reconnecting: route again
+    /// once it is back (or `OWNER_HOLD` has passed). Boxed: rare, and the
+    /// head must not widen every connection's future.
+    AwaitOwner(Box<RequestHead>, Box<str>),
 }
 
 pub(super) struct Upstream {
@@ -93,14 +98,25 @@ enum HeadRead {
     Reject(ErrorPage),
 }
 
+/// Resolves once the server is stopping, plus `FIRST_REQUEST_GRACE` for a
+/// connection that has not carried a request yet (it may have been accepted
+/// a moment before the signal, its request still on the way).
+pub(super) async fn stopping(soft: &CancellationToken, first: bool) {
+    soft.cancelled().await;
+    if first {
+        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+    }
+}
+
 /// The request side stops: the connection is done once the response side
 /// has answered what is queued.
 struct Stop;
 
 impl<R: LeanRead> RequestSide<R> {
     pub(super) async fn run(mut self, soft: CancellationToken) {
+        let mut first = true;
         loop {
-            let head = match self.read_head(&soft).await {
+            let head = match self.read_head(&soft, first).await {
                 HeadRead::Head(h) => h,
                 HeadRead::Idle => break,
                 HeadRead::Gone => {
@@ -127,9 +143,22 @@ impl<R: LeanRead> RequestSide<R> {
             // The head is consumed here, before any await: the connection's
             // future then holds a few facts and the rendered bytes, not the
             // parsed head (568 bytes, which an async fn would keep twice).
-            let (facts, action) = self.route(head);
+            first = false;
+            let (mut facts, mut action) = self.route(head, true);
+            if let Action::AwaitOwner(head, host) = action {
+                let registry = self.state.registry.clone();
+                tokio::select! {
+                    _ = Box::pin(async move { registry.owner_back(&host, OWNER_HOLD).await }) => {}
+                    _ = soft.cancelled() => {}
+                }
+                (facts, action) = self.route(*head, false);
+            }
             let keep_alive = facts.keep_alive;
             let result = match action {
+                // (`route` holds once only; a second hold answers.)
+                Action::AwaitOwner(_, host) => {
+                    self.answer_locally(facts, respond::client_gone(&host)).await
+                }
                 Action::Answer(page) => self.answer_locally(facts, page).await,
                 Action::Forward(fwd, rule, session) => {
                     self.forward(facts, fwd, rule, &session.conn).await
@@ -145,7 +174,7 @@ impl<R: LeanRead> RequestSide<R> {
 
     /// Routes a head by its Host: the server's own page, or the forwarded
     /// head rendered for the tunnel.
-    fn route(&self, head: RequestHead) -> (Facts, Action) {
+    fn route(&self, head: RequestHead, may_hold: bool) -> (Facts, Action) {
         let facts = Facts {
             body: head.body,
             keep_alive: head.keep_alive,
@@ -166,7 +195,16 @@ impl<R: LeanRead> RequestSide<R> {
             }
         }
         let action = match self.state.registry.route(head.host()) {
-            None => Action::Answer(respond::not_found(&host_text(&head))),
+            None => match normalise_host(head.host()) {
+                Some(h) if self.state.registry.awaits_owner(&h) => {
+                    if may_hold {
+                        let h: Box<str> = h.as_ref().into();
+                        return (facts, Action::AwaitOwner(Box::new(head), h));
+                    }
+                    Action::Answer(respond::client_gone(&h))
+                }
+                _ => Action::Answer(respond::not_found(&host_text(&head))),
+            },
             Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
             // A passthrough tunnel is reached by its SNI only.
             Some((rule, _)) if rule.kind == TunnelKind::Tls => Action::Answer(match self.scheme {
@@ -212,8 +250,10 @@ impl<R: LeanRead> RequestSide<R> {
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one
-    /// deadline for the whole head.
-    async fn read_head(&mut self, soft: &CancellationToken) -> HeadRead {
+    /// deadline for the whole head. Once the server is stopping, a
+    /// connection between requests is done; one that has not sent its first
+    /// request yet gets `FIRST_REQUEST_GRACE` to send it.
+    async fn read_head(&mut self, soft: &CancellationToken, first: bool) -> HeadRead {
         let limits = &self.state.config.http_limits;
         let t = &self.state.config.timeouts;
         let mut reader = RequestReader::new();
@@ -241,12 +281,14 @@ impl<R: LeanRead> RequestSide<R> {
                     }
                 },
                 None => tokio::select! {
+                    // Bytes already here are a request: served, stopping or not.
+                    biased;
                     r = timeout(t.keep_alive_idle, read) => match r {
                         Ok(Ok(n)) => n,
                         Ok(Err(_)) => return HeadRead::Gone,
                         Err(_) => return HeadRead::Idle,
                     },
-                    _ = soft.cancelled() => return HeadRead::Idle,
+                    _ = stopping(soft, first) => return HeadRead::Idle,
                 },
             };
             if n == 0 {

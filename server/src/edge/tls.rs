@@ -25,6 +25,7 @@ use tracing::debug;
 
 use tunnel_lib::http1::normalise_host;
 use tunnel_lib::io::LeanRead;
+use tunnel_lib::limits::FIRST_REQUEST_GRACE;
 use tunnel_lib::proto::{StreamKind, TunnelKind};
 
 use super::{serve_stream, Scheme};
@@ -59,8 +60,13 @@ pub(crate) async fn serve(
     // then one deadline for the whole handshake.
     let mut buf = BytesMut::new();
     let first = tokio::select! {
-        r = tokio::time::timeout(state.config.timeouts.keep_alive_idle, tcp.read_lean(&mut buf, 2048)) => r,
-        _ = soft.cancelled() => return,
+        r = tokio::time::timeout(state.config.timeouts.keep_alive_idle, tcp.read_lean(&mut buf, 2048)) => Some(r),
+        _ = soft.cancelled() => None,
+    };
+    // Stopping before it spoke: it may have been accepted a moment ago.
+    let first = match first {
+        Some(r) => r,
+        None => tokio::time::timeout(FIRST_REQUEST_GRACE, tcp.read_lean(&mut buf, 2048)).await,
     };
     if !matches!(first, Ok(Ok(n)) if n > 0) {
         return;
