@@ -606,7 +606,6 @@ async fn accept_tcp<S, F>(
     }
 }
 
-
 /// Reloads the operator's certificate on `reload` (SIGHUP) and when either
 /// file's modification time changes. A bad file keeps the old certificate.
 async fn watch_cert_files(

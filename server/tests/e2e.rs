@@ -567,10 +567,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     let backend = Backend::start("app").await;
     let la = TestServer::listeners(false);
     let lb = TestServer::listeners(false);
-    let edges = Arc::new([
-        la.http.local_addr().unwrap(),
-        lb.http.local_addr().unwrap(),
-    ]);
+    let edges = Arc::new([la.http.local_addr().unwrap(), lb.http.local_addr().unwrap()]);
     let b_quic = lb.quic.local_addr().unwrap();
     // One test address makes all the load: no per-IP limits here.
     let config = || tunnel_server::Config {

@@ -109,7 +109,11 @@ async fn hellos(rig: &Rig, n: usize, parallel: usize) -> Vec<String> {
 async fn ten_percent_loss_each_way_loses_no_request() {
     let rig = rig(Faults::loss(0.10)).await;
     let failures = hellos(&rig, 100, 10).await;
-    assert!(failures.is_empty(), "{} failed: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failed: {failures:?}",
+        failures.len()
+    );
     rig.stop().await;
 }
 
@@ -117,7 +121,11 @@ async fn ten_percent_loss_each_way_loses_no_request() {
 async fn twenty_percent_loss_each_way_loses_at_most_one_in_a_hundred() {
     let rig = rig(Faults::loss(0.20)).await;
     let failures = hellos(&rig, 200, 10).await;
-    assert!(failures.len() <= 2, "{} of 200 failed: {failures:?}", failures.len());
+    assert!(
+        failures.len() <= 2,
+        "{} of 200 failed: {failures:?}",
+        failures.len()
+    );
     rig.stop().await;
 }
 
@@ -225,7 +233,11 @@ async fn after_a_three_second_partition_the_tunnel_serves_within_two_seconds() {
     let took = healed.elapsed();
     eprintln!("serving again {took:?} after a 3 s partition healed");
     assert!(took <= Duration::from_secs(2), "took {took:?}");
-    assert_eq!(rig.generation(), 1, "a 3 s partition should not cost a reconnect");
+    assert_eq!(
+        rig.generation(),
+        1,
+        "a 3 s partition should not cost a reconnect"
+    );
     rig.stop().await;
 }
 
@@ -244,8 +256,14 @@ async fn after_a_sixty_second_partition_the_client_reconnects_with_the_same_url(
     // Both ends gave the connection up long ago (idle timeout 20 s); the
     // client reconnects by itself and is given its name back.
     let again = rig.client.online(2).await;
-    eprintln!("online again {:?} after a 60 s partition healed", healed.elapsed());
+    eprintln!(
+        "online again {:?} after a 60 s partition healed",
+        healed.elapsed()
+    );
     assert_eq!(again[0].url, rig.url);
-    assert_eq!(fetch(&rig, "/hello", WAIT).await.unwrap(), b"hello from app");
+    assert_eq!(
+        fetch(&rig, "/hello", WAIT).await.unwrap(),
+        b"hello from app"
+    );
     rig.stop().await;
 }

@@ -588,7 +588,10 @@ impl Netns {
         let id = std::process::id();
         let name = format!("tnl-mig-{id}");
         let net = format!("10.213.{}", id % 250 + 1);
-        let (outer, inner) = (format!("tmo{}", id % 100_000), format!("tmi{}", id % 100_000));
+        let (outer, inner) = (
+            format!("tmo{}", id % 100_000),
+            format!("tmi{}", id % 100_000),
+        );
         let ns = Netns {
             name: name.clone(),
             net: net.clone(),
@@ -631,7 +634,16 @@ impl Netns {
         let ip = |a: &str| format!("{}.{a}/24", self.net);
         for (op, a) in [("add", "3"), ("del", "2")] {
             let ok = run(&[
-                "ip", "netns", "exec", &self.name, "ip", "addr", op, &ip(a), "dev", &self.inner,
+                "ip",
+                "netns",
+                "exec",
+                &self.name,
+                "ip",
+                "addr",
+                op,
+                &ip(a),
+                "dev",
+                &self.inner,
             ])
             .await;
             assert!(ok, "ip addr {op} {a} failed");
@@ -670,7 +682,12 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
         Command::new(server_bin())
-            .args(["--http", "127.0.0.1:0", "--quic", &format!("{}.1:0", ns.net)])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--quic",
+                &format!("{}.1:0", ns.net),
+            ])
             // Not loopback: a token is required.
             .env("TUNNEL_TOKENS", "migration-token")
             .arg("--state-dir")
@@ -688,7 +705,15 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         .unwrap();
     let mut app = Proc::spawn(
         ns.exec()
-            .args(["python3", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1"])
+            .args([
+                "python3",
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+            ])
             .arg("--directory")
             .arg(files.path()),
     );
@@ -747,10 +772,17 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         }
     }
     let h = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    assert!(got[..h].starts_with(b"HTTP/1.") && got[9..12] == *b"200", "{:?}", String::from_utf8_lossy(&got[..h]));
+    assert!(
+        got[..h].starts_with(b"HTTP/1.") && got[9..12] == *b"200",
+        "{:?}",
+        String::from_utf8_lossy(&got[..h])
+    );
     assert!(moved, "the download ended before the address moved");
     assert_eq!(got.len() - h, N, "the body was cut");
-    assert!(got[h..] == pattern(0, N), "the body differs after the migration");
+    assert!(
+        got[h..] == pattern(0, N),
+        "the body differs after the migration"
+    );
     eprintln!(
         "50 MiB intact; the rest took {:?} after the address moved",
         moved_at.unwrap().elapsed()
@@ -805,7 +837,10 @@ async fn a_killed_client_leaves_nothing_behind_on_the_server() {
         visitors.push((v, resp));
     }
     let busy = open_fds(pid);
-    assert!(busy >= baseline + 8, "{busy} fds with 8 visitors, {baseline} before");
+    assert!(
+        busy >= baseline + 8,
+        "{busy} fds with 8 visitors, {baseline} before"
+    );
 
     let killed = std::time::Instant::now();
     assert!(run(&["kill", "-KILL", &client.child.id().unwrap().to_string()]).await);
@@ -826,7 +861,10 @@ async fn a_killed_client_leaves_nothing_behind_on_the_server() {
         {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < limit, "the session still stands {limit:?} after kill -9");
+        assert!(
+            killed.elapsed() < limit,
+            "the session still stands {limit:?} after kill -9"
+        );
     };
     // The probes' own connections close with them; then the count is back.
     let back = loop {

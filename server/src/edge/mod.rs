@@ -123,7 +123,9 @@ pub(crate) async fn serve_tcp(
     // (Sequential, so the two timeouts share the future's storage.)
     let spoke = match spoke {
         Some(s) => s,
-        None => matches!(timeout(FIRST_REQUEST_GRACE, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0),
+        None => {
+            matches!(timeout(FIRST_REQUEST_GRACE, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
+        }
     };
     if spoke {
         let (rd, wr) = tcp.into_split();

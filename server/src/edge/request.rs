@@ -12,7 +12,6 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use tunnel_lib::limits::{FIRST_REQUEST_GRACE, OWNER_HOLD};
 use tunnel_lib::http1::encode::{chunk_size_line, CHUNK_END, LAST_CHUNK};
 use tunnel_lib::http1::{
     normalise_host, BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, RequestHead,
@@ -20,6 +19,7 @@ use tunnel_lib::http1::{
 };
 use tunnel_lib::io::LeanRead;
 use tunnel_lib::limits::{FIRST_READ, IO_CHUNK};
+use tunnel_lib::limits::{FIRST_REQUEST_GRACE, OWNER_HOLD};
 use tunnel_lib::proto::{reset, StreamKind, TunnelKind};
 
 use super::{Pending, Queue, Scheme, MAX_DISCARD};
@@ -157,7 +157,8 @@ impl<R: LeanRead> RequestSide<R> {
             let result = match action {
                 // (`route` holds once only; a second hold answers.)
                 Action::AwaitOwner(_, host) => {
-                    self.answer_locally(facts, respond::client_gone(&host)).await
+                    self.answer_locally(facts, respond::client_gone(&host))
+                        .await
                 }
                 Action::Answer(page) => self.answer_locally(facts, page).await,
                 Action::Forward(fwd, rule, session) => {

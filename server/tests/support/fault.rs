@@ -112,7 +112,11 @@ impl FaultProxy {
                 if faults.partition || chance(&mut rng, loss) {
                     continue;
                 }
-                let copies = if chance(&mut rng, faults.duplicate) { 2 } else { 1 };
+                let copies = if chance(&mut rng, faults.duplicate) {
+                    2
+                } else {
+                    1
+                };
                 let mut delay = faults.delay;
                 if chance(&mut rng, faults.reorder) {
                     delay += Duration::from_millis(5);
