@@ -35,6 +35,14 @@ use tunnel_lib::http1::normalise_host;
 use tunnel_lib::limits::MAX_SUBDOMAIN_LEN;
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
+/// A reserved host's client is away: it stopped, or it dropped and may be
+/// on its way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offline {
+    Left,
+    Reconnecting,
+}
+
 /// Who a name belongs to across reconnects: the token that registered it.
 /// On a server without tokens (loopback development) everyone is the same
 /// anonymous owner, so a restarted client can take its name back at once.
@@ -153,6 +161,9 @@ pub struct Registry {
     names: DashMap<Box<str>, Claim>,
     /// Released hosts, reserved for their owner for the grace period.
     reserved: Cache<Box<str>, Owner>,
+    /// Reserved hosts whose client said goodbye (stopped on purpose):
+    /// visitors are not held for them.
+    left: Cache<Box<str>, ()>,
     /// client process id → its live session, to replace a stale session of
     /// the same client at once on reconnect.
     clients: DashMap<[u8; 16], u64>,
@@ -262,6 +273,10 @@ impl Registry {
             sessions: Cache::builder().build(),
             names: DashMap::new(),
             reserved: Cache::builder()
+                .time_to_live(name_grace)
+                .max_capacity(1_000_000)
+                .build(),
+            left: Cache::builder()
                 .time_to_live(name_grace)
                 .max_capacity(1_000_000)
                 .build(),
@@ -393,6 +408,7 @@ impl Registry {
             t
         });
         lock(&session.hosts).push(host.as_str().into());
+        self.left.invalidate(host.as_str());
         self.changed.notify_one();
         self.returned.notify_waiters();
         let url = self.url(&host, req.kind);
@@ -478,8 +494,18 @@ impl Registry {
     /// Removes a session and its routes; its names stay reserved for its
     /// owner for the grace period. Idempotent.
     pub fn end_session(&self, session: &Session) {
+        self.end_session_as(session, false);
+    }
+
+    /// [`end_session`](Self::end_session), saying whether the client left
+    /// on purpose (then visitors are told at once that it is offline
+    /// instead of being held for its return).
+    pub fn end_session_as(&self, session: &Session, left: bool) {
         let hosts = std::mem::take(&mut *lock(&session.hosts));
         for host in &hosts {
+            if left {
+                self.left.insert(host.clone(), ());
+            }
             // Reserve first, then release: no window in which another owner
             // could claim the name.
             self.reserved.insert(host.clone(), session.owner);
@@ -531,7 +557,19 @@ impl Registry {
     /// Whether `host` (normalised) has no route but is reserved for an
     /// owner who may be reconnecting.
     pub fn awaits_owner(&self, host: &str) -> bool {
-        self.routes.load().get(host).is_none() && self.reserved.contains_key(host)
+        self.offline(host) == Some(Offline::Reconnecting)
+    }
+
+    /// Why a host without a route has none, if it is reserved for its owner.
+    pub fn offline(&self, host: &str) -> Option<Offline> {
+        if self.routes.load().get(host).is_some() || !self.reserved.contains_key(host) {
+            return None;
+        }
+        Some(if self.left.contains_key(host) {
+            Offline::Left
+        } else {
+            Offline::Reconnecting
+        })
     }
 
     /// Waits until `host` has a route again or `limit` passes, while it

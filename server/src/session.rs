@@ -129,7 +129,13 @@ pub(crate) async fn serve(
             b"server shutting down; reconnect later",
         );
     }
-    state.registry.end_session(&session);
+    // The client stopped on purpose (tunnel-client exiting): no visitor
+    // is held for its return.
+    let left = matches!(
+        conn.close_reason(),
+        Some(quinn::ConnectionError::ApplicationClosed(ref a)) if a.error_code == VarInt::from_u32(close::NORMAL)
+    );
+    state.registry.end_session_as(&session, left);
     let why = conn
         .close_reason()
         .map(|e| explain(&e))

@@ -718,3 +718,29 @@ async fn hello_via(edges: &[std::net::SocketAddr], host: &str) -> Result<(), Str
     }
     Err(last)
 }
+
+/// A client that stops on purpose is not waited for: its visitors read at
+/// once that it is offline (the name stays reserved for it).
+#[tokio::test]
+async fn a_client_that_stopped_is_reported_offline_at_once() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, None));
+    let host = host_of(&client.online(1).await[0].url);
+    client.stop().await;
+    let asked = std::time::Instant::now();
+    let raw = raw_exchange(
+        server.http,
+        format!("GET /hello HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let took = asked.elapsed();
+    assert_eq!(raw.status, 502, "{raw:?}");
+    assert!(String::from_utf8_lossy(&raw.body).contains("offline"));
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "held {took:?} for a client that left"
+    );
+    server.stop().await;
+    backend.stop().await;
+}

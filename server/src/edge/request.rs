@@ -23,7 +23,7 @@ use tunnel_lib::limits::{FIRST_REQUEST_GRACE, OWNER_HOLD};
 use tunnel_lib::proto::{reset, StreamKind, TunnelKind};
 
 use super::{Pending, Queue, Scheme, MAX_DISCARD};
-use crate::registry::{Rule, Session};
+use crate::registry::{Offline, Rule, Session};
 use crate::respond::{self, ErrorPage};
 use crate::{upstream, State};
 
@@ -196,16 +196,18 @@ impl<R: LeanRead> RequestSide<R> {
             }
         }
         let action = match self.state.registry.route(head.host()) {
-            None => match normalise_host(head.host()) {
-                Some(h) if self.state.registry.awaits_owner(&h) => {
-                    if may_hold {
+            None => {
+                let offline = normalise_host(head.host())
+                    .and_then(|h| Some((self.state.registry.offline(&h)?, h)));
+                match offline {
+                    Some((Offline::Reconnecting, h)) if may_hold => {
                         let h: Box<str> = h.as_ref().into();
                         return (facts, Action::AwaitOwner(Box::new(head), h));
                     }
-                    Action::Answer(respond::client_gone(&h))
+                    Some((_, h)) => Action::Answer(respond::client_gone(&h)),
+                    None => Action::Answer(respond::not_found(&host_text(&head))),
                 }
-                _ => Action::Answer(respond::not_found(&host_text(&head))),
-            },
+            }
             Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
             // A passthrough tunnel is reached by its SNI only.
             Some((rule, _)) if rule.kind == TunnelKind::Tls => Action::Answer(match self.scheme {
