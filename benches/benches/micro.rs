@@ -30,10 +30,7 @@ fn parse(input: &[u8], limits: &Limits) -> RequestHead {
 #[divan::bench(args = [("wrk", WRK_GET), ("browser", BROWSER_GET)])]
 fn head_parse_and_rewrite(bencher: Bencher, (_, input): (&str, &[u8])) {
     let limits = Limits::default();
-    let fwd = Forwarded {
-        client_ip: "203.0.113.9".parse().unwrap(),
-        proto: "http",
-    };
+    let fwd = Forwarded::plain("203.0.113.9".parse().unwrap(), "http");
     let mut out = BytesMut::with_capacity(4096);
     bencher
         .counter(divan::counter::BytesCount::new(input.len()))

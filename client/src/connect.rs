@@ -13,7 +13,7 @@ use tracing::{debug, info};
 use tunnel_lib::io::read_message;
 use tunnel_lib::limits::{HANDSHAKE_TIMEOUT, REGISTER_NOTICE, REGISTER_TIMEOUT};
 use tunnel_lib::paths::{default_state_dir, DEV_CERT_FILE};
-use tunnel_lib::proto::{close, Control, ErrorCode, PROTOCOL_VERSION};
+use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION};
 use tunnel_lib::quic::{explain, is_version_mismatch};
 use tunnel_lib::tls::{fingerprint, parse_fingerprint, read_certs, ServerTrust};
 
@@ -31,6 +31,8 @@ pub(crate) struct Live {
     pub(crate) control_buf: BytesMut,
     pub(crate) tunnels: Vec<TunnelInfo>,
     pub(crate) targets: Targets,
+    /// UDP tunnels: tunnel id → the local address datagrams go to.
+    pub(crate) udp: Arc<HashMap<u32, SocketAddr>>,
 }
 
 pub(crate) enum AttemptError {
@@ -324,6 +326,7 @@ async fn session(
 
     let mut tunnels = Vec::with_capacity(config.tunnels.len());
     let mut targets = HashMap::new();
+    let mut udp = HashMap::new();
     for (i, spec) in config.tunnels.iter().enumerate() {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec.local.as_str())
             .await
@@ -333,12 +336,28 @@ async fn session(
             .collect();
         let mut out = BytesMut::new();
         let request_id = i as u32 + 1;
+        let learned = names.get(i).cloned().flatten();
+        // A TCP or UDP tunnel's name is its port (`tcp:40022`): asked for
+        // again.
+        let (subdomain, remote_port) = match spec.kind {
+            TunnelKind::Tcp | TunnelKind::Udp => (
+                String::new(),
+                learned
+                    .as_deref()
+                    .and_then(|h| h.split_once(':'))
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(spec.remote_port),
+            ),
+            _ => (learned.unwrap_or_default(), 0),
+        };
         Control::Register {
             request_id,
-            subdomain: names.get(i).cloned().flatten().unwrap_or_default(),
+            subdomain,
             local: spec.local.clone(),
             kind: spec.kind,
             plain_http: spec.plain_http,
+            remote_port,
+            policy: spec.policy.clone(),
         }
         .encode(&mut out);
         send.write_all(&out)
@@ -364,6 +383,14 @@ async fn session(
                     hostname,
                     local: spec.local.clone(),
                 });
+                if spec.kind == TunnelKind::Udp {
+                    // UDP cannot tell a closed port: an IPv4 address first
+                    // (`localhost` gives ::1 first, most services bind v4).
+                    let to = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first());
+                    if let Some(a) = to {
+                        udp.insert(tunnel_id, *a);
+                    }
+                }
                 targets.insert(
                     tunnel_id,
                     Target::new(spec.local.clone(), addrs, config.local),
@@ -389,6 +416,7 @@ async fn session(
         control_buf: buf,
         tunnels,
         targets: Arc::new(targets),
+        udp: Arc::new(udp),
     })
 }
 

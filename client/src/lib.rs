@@ -12,8 +12,10 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config_file;
 mod connect;
 mod forward;
+mod udp;
 
 pub use forward::LocalPolicy;
 
@@ -42,6 +44,11 @@ pub struct TunnelSpec {
     pub kind: TunnelKind,
     /// Serve plain-http visitors too (no redirect to https).
     pub plain_http: bool,
+    /// A TCP tunnel's public port to ask for (0: any from the server's
+    /// range). After the first registration the port given is asked again.
+    pub remote_port: u16,
+    /// What the server enforces on visitors (HTTP tunnels).
+    pub policy: tunnel_lib::proto::Policy,
 }
 
 #[derive(Debug, Clone)]
@@ -201,7 +208,7 @@ pub async fn run(
                             loop {
                                 tokio::select! {
                                     r = old.accept_bi() => match r {
-                                        Ok((send, recv)) => spawn_stream(&streams, targets.clone(), &stop, send, recv),
+                                        Ok((send, recv)) => spawn_stream(&streams, &old, targets.clone(), &stop, send, recv),
                                         Err(_) => break,
                                     },
                                     _ = &mut limit => break,
@@ -268,6 +275,13 @@ async fn serve(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Outcome {
+    if !live.udp.is_empty() {
+        tracker.spawn(udp::dispatch(
+            live.conn.clone(),
+            live.udp.clone(),
+            shutdown.clone(),
+        ));
+    }
     let remote = live.conn.remote_address();
     let mut source = connect::route_source(remote).await;
     let mut path_check = tokio::time::interval(PATH_CHECK);
@@ -294,7 +308,7 @@ async fn serve(
                 }
             }
             r = live.conn.accept_bi() => match r {
-                Ok((send, recv)) => spawn_stream(tracker, live.targets.clone(), shutdown, send, recv),
+                Ok((send, recv)) => spawn_stream(tracker, &live.conn, live.targets.clone(), shutdown, send, recv),
                 Err(e) => return connect::classify_lost(&e),
             },
             m = tunnel_lib::io::read_message(&mut live.control_recv, &mut live.control_buf, Control::decode) => match m {
@@ -316,16 +330,24 @@ async fn serve(
 /// One task per stream the server opens, tracked, ended by `stop`.
 fn spawn_stream(
     tracker: &TaskTracker,
+    conn: &quinn::Connection,
     targets: forward::Targets,
     stop: &CancellationToken,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) {
     let stop = stop.clone();
+    let conn = conn.clone();
     tracker.spawn(async move {
         tokio::select! {
             _ = forward::handle(targets, send, recv) => {}
-            _ = stop.cancelled() => {}
+            // At shutdown the connection is closed first (`run`), so the
+            // streams dropped here end as part of that close, never as a
+            // clean FIN the server would take for the end of the data.
+            _ = async {
+                stop.cancelled().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            } => {}
         }
     });
 }

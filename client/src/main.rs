@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tunnel_client::{Config, Status, TunnelSpec};
+use tunnel_client::{config_file, Config, Status, TunnelSpec};
 use tunnel_lib::proto::TunnelKind;
 
 /// Expose a local service at a public URL through a tunnel-server.
@@ -27,14 +27,13 @@ struct Cli {
     /// allows (app.example.com, or *.preview.example.com for every name below it).
     #[arg(long, value_name = "NAME", global = true)]
     subdomain: Option<String>,
-    /// The server's QUIC address.
-    #[arg(
-        long,
-        default_value = "localhost:4433",
-        env = "TUNNEL_SERVER",
-        global = true
-    )]
-    server: String,
+    /// The server's QUIC address [default: the config file's, else localhost:4433].
+    #[arg(long, env = "TUNNEL_SERVER", global = true)]
+    server: Option<String>,
+    /// The client's config file (server, token, tunnels) [default: ~/.config/tunnel/client.toml,
+    /// read if it exists].
+    #[arg(long, value_name = "FILE", env = "TUNNEL_CLIENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Token the server expects.
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
@@ -61,6 +60,8 @@ enum Command {
         /// Also serve plain-http visitors instead of redirecting them to https.
         #[arg(long)]
         allow_http: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Pass TLS through to a local TLS server, routed by SNI: visitors see its certificate.
     Tls {
@@ -68,6 +69,74 @@ enum Command {
         #[arg(value_name = "PORT|HOST:PORT")]
         local: String,
     },
+    /// Run the tunnels of the config file (all, or those named) over one connection.
+    Start {
+        /// Names of `[tunnels.NAME]` tables [default: all].
+        names: Vec<String>,
+    },
+    /// Save --server, --token (and --server-fingerprint or --server-cert) in the config file
+    /// (mode 0600), so later runs need no flags.
+    Login,
+    /// Expose a local UDP service (WireGuard, DNS, a game server) on a public UDP port.
+    Udp {
+        /// Local port (or HOST:PORT).
+        #[arg(value_name = "PORT|HOST:PORT")]
+        local: String,
+        /// The public port to ask for (from the server's --udp-ports) [default: any].
+        #[arg(long, value_name = "PORT")]
+        remote_port: Option<u16>,
+    },
+    /// Expose a local TCP service (SSH, a database...) on a public port of the server.
+    Tcp {
+        /// Local port (or HOST:PORT).
+        #[arg(value_name = "PORT|HOST:PORT")]
+        local: String,
+        /// The public port to ask for (from the server's --tcp-ports) [default: any].
+        #[arg(long, value_name = "PORT")]
+        remote_port: Option<u16>,
+    },
+}
+
+/// What the server enforces on an HTTP tunnel's visitors, and the edits it
+/// makes to their requests.
+#[derive(Debug, clap::Args)]
+struct PolicyArgs {
+    /// Visitors must sign in (HTTP Basic): USER:PASSWORD, or USER:sha256:HEX (repeatable).
+    #[arg(long, value_name = "USER:PASSWORD")]
+    basic_auth: Vec<String>,
+    /// Only visitors from this address or CIDR (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    allow: Vec<String>,
+    /// No visitors from this address or CIDR (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    deny: Vec<String>,
+    /// Requests per second one visitor address may make (bursts of twice that); past it, 429.
+    #[arg(long, value_name = "N")]
+    rate_per_ip: Option<u32>,
+    /// The Host the local app sees: `rewrite` (its own address, for Vite, webpack, Django,
+    /// Rails) or a value [default: the visitor's].
+    #[arg(long, value_name = "rewrite|HOST")]
+    host_header: Option<String>,
+    /// Add a header to every request: "NAME: VALUE" (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    request_header_add: Vec<String>,
+    /// Remove a header from every request (repeatable).
+    #[arg(long, value_name = "NAME")]
+    request_header_remove: Vec<String>,
+}
+
+impl PolicyArgs {
+    fn policy(self) -> Result<tunnel_lib::proto::Policy, String> {
+        tunnel_client::config_file::policy(
+            self.basic_auth,
+            self.allow,
+            self.deny,
+            self.rate_per_ip.unwrap_or(0),
+            self.host_header.unwrap_or_default(),
+            &self.request_header_add,
+            self.request_header_remove,
+        )
+    }
 }
 
 fn local_target(expose: &str) -> Result<String, String> {
@@ -96,50 +165,6 @@ fn main() -> ExitCode {
         // Colour for a person at a terminal, none for journald or a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (local, kind, plain_http) = match (cli.command, cli.expose) {
-        (Some(_), Some(_)) => {
-            eprintln!(
-                "error: --expose and a command (http, tls) both say what to expose: pass one"
-            );
-            return ExitCode::from(2);
-        }
-        (Some(Command::Http { local, allow_http }), None) => (local, TunnelKind::Http, allow_http),
-        (Some(Command::Tls { local }), None) => (local, TunnelKind::Tls, false),
-        (None, Some(local)) => (local, TunnelKind::Http, false),
-        (None, None) => {
-            eprintln!(
-                "error: nothing to expose: pass --expose PORT (or `tunnel-client http PORT`, \
-                 `tunnel-client tls PORT`); see --help"
-            );
-            return ExitCode::from(2);
-        }
-    };
-    let local = match local_target(&local) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let config = Config {
-        server: cli.server,
-        token: cli.token.map(Into::into),
-        tunnels: vec![TunnelSpec {
-            local,
-            subdomain: cli.subdomain,
-            kind,
-            plain_http,
-        }],
-        server_cert: cli.server_cert,
-        server_fingerprint: cli.server_fingerprint,
-        local: tunnel_client::LocalPolicy {
-            connect_timeout: std::time::Duration::from_secs_f64(
-                cli.local_timeout.clamp(0.1, 3600.0),
-            ),
-            ..Default::default()
-        },
-        ..Config::default()
-    };
     let runtime = match tunnel_lib::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -149,16 +174,172 @@ fn main() -> ExitCode {
     };
     // The one place that blocks on the runtime: main, outside async code.
     #[allow(clippy::disallowed_methods)]
-    let result = runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let (tx, rx) = watch::channel(Status::Connecting);
-        let ui = tokio::spawn(print_urls(rx));
-        let signals = tokio::spawn(on_signal(shutdown.clone()));
-        let r = tunnel_client::run(config, shutdown, tx).await;
-        signals.abort();
-        let _ = ui.await;
-        r
-    });
+    runtime.block_on(async move {
+        match configure(cli).await {
+            Ok(Some(config)) => run(config).await,
+            Ok(None) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        }
+    })
+}
+
+/// The client's configuration from the flags over the config file; `None`
+/// when the command is done already (`login`).
+async fn configure(cli: Cli) -> Result<Option<Config>, String> {
+    let path = cli.config.clone().or_else(config_file::default_path);
+    let loaded = match &path {
+        Some(p) => match tokio::fs::read_to_string(p).await {
+            Ok(text) => Some(config_file::parse(p, text)?),
+            // The default file is optional; one named with --config is not
+            // (except for login, which makes it).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && (cli.config.is_none() || matches!(cli.command, Some(Command::Login))) =>
+            {
+                None
+            }
+            Err(e) => return Err(format!("--config {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    if matches!(cli.command, Some(Command::Login)) {
+        let path = path.ok_or("no HOME to keep the config file in: pass --config FILE")?;
+        let (Some(server), Some(token)) = (cli.server, cli.token) else {
+            return Err(
+                "login saves a server and its token: pass --server HOST:PORT --token TOKEN".into(),
+            );
+        };
+        let file = loaded.map(|l| l.file).unwrap_or_default();
+        let text =
+            config_file::with_login(file, server, token, cli.server_fingerprint, cli.server_cert)?;
+        tunnel_lib::paths::write_atomic(&path, text.as_bytes(), 0o600)
+            .await
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        eprintln!(
+            "saved the server and token in {} (mode 0600)",
+            path.display()
+        );
+        return Ok(None);
+    }
+    let file = loaded.as_ref().map(|l| &l.file);
+    let tunnels: Vec<TunnelSpec> = match (cli.command, cli.expose) {
+        (Some(_), Some(_)) => {
+            return Err(
+                "--expose and a command (http, tcp, tls, start) both say what to expose: pass one"
+                    .into(),
+            )
+        }
+        (Some(Command::Start { names }), None) => {
+            if cli.subdomain.is_some() {
+                return Err(
+                    "--subdomain is for one tunnel: with start, write subdomain = \"...\" \
+                            under its [tunnels.NAME]"
+                        .into(),
+                );
+            }
+            let Some(l) = &loaded else {
+                return Err(format!(
+                    "start runs the tunnels of a config file, and there is none at {}: write one \
+                     (see tunnel-client start --help) or pass --config FILE",
+                    path.map(|p| p.display().to_string()).unwrap_or_default()
+                ));
+            };
+            l.tunnels(&names, local_target)?
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect()
+        }
+        (Some(Command::Login), _) => return Err("login saves the connection only".into()),
+        (command, expose) => {
+            let none = tunnel_lib::proto::Policy::default;
+            let (local, kind, plain_http, remote_port, policy) = match (command, expose) {
+                (
+                    Some(Command::Http {
+                        local,
+                        allow_http,
+                        policy,
+                    }),
+                    None,
+                ) => (local, TunnelKind::Http, allow_http, 0, policy.policy()?),
+                (Some(Command::Tls { local }), None) => (local, TunnelKind::Tls, false, 0, none()),
+                (Some(Command::Tcp { local, remote_port }), None) => (
+                    local,
+                    TunnelKind::Tcp,
+                    false,
+                    remote_port.unwrap_or(0),
+                    none(),
+                ),
+                (Some(Command::Udp { local, remote_port }), None) => (
+                    local,
+                    TunnelKind::Udp,
+                    false,
+                    remote_port.unwrap_or(0),
+                    none(),
+                ),
+                (None, Some(local)) => (local, TunnelKind::Http, false, 0, none()),
+                _ => {
+                    return Err(
+                        "nothing to expose: pass --expose PORT (or `tunnel-client http PORT`, \
+                         `tunnel-client tcp PORT`, `tunnel-client udp PORT`, `tunnel-client tls PORT`, \
+                         `tunnel-client start`); \
+                         see --help"
+                            .into(),
+                    )
+                }
+            };
+            vec![TunnelSpec {
+                local: local_target(&local)?,
+                subdomain: cli.subdomain,
+                kind,
+                plain_http,
+                remote_port,
+                policy,
+            }]
+        }
+    };
+    let mut token = cli.token.or_else(|| file.and_then(|f| f.token.clone()));
+    if token.is_none() {
+        if let Some(tf) = file.and_then(|f| f.token_file.as_ref()) {
+            let text = tokio::fs::read_to_string(tf)
+                .await
+                .map_err(|e| format!("token_file {}: {e}", tf.display()))?;
+            token = Some(text.trim().to_owned());
+        }
+    }
+    Ok(Some(Config {
+        server: cli
+            .server
+            .or_else(|| file.and_then(|f| f.server.clone()))
+            .unwrap_or_else(|| "localhost:4433".into()),
+        token: token.map(Into::into),
+        tunnels,
+        server_cert: cli
+            .server_cert
+            .or_else(|| file.and_then(|f| f.server_cert.clone())),
+        server_fingerprint: cli
+            .server_fingerprint
+            .or_else(|| file.and_then(|f| f.server_fingerprint.clone())),
+        local: tunnel_client::LocalPolicy {
+            connect_timeout: std::time::Duration::from_secs_f64(
+                cli.local_timeout.clamp(0.1, 3600.0),
+            ),
+            ..Default::default()
+        },
+        ..Config::default()
+    }))
+}
+
+async fn run(config: Config) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    let (tx, rx) = watch::channel(Status::Connecting);
+    let ui = tokio::spawn(print_urls(rx));
+    let signals = tokio::spawn(on_signal(shutdown.clone()));
+    let result = tunnel_client::run(config, shutdown, tx).await;
+    signals.abort();
+    let _ = ui.await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -178,7 +359,7 @@ async fn print_urls(mut rx: watch::Receiver<Status>) {
             let lines: Vec<String> = tunnels
                 .iter()
                 .map(|t| {
-                    if t.url.starts_with("tls://") {
+                    if !t.url.starts_with("http") {
                         format!("{} -> {}", t.url, t.local)
                     } else {
                         format!("{} -> http://{}", t.url, t.local)

@@ -42,6 +42,8 @@ pub enum ConfigError {
     NeedsHttps(&'static str),
     #[error("--acme-email {0:?} is not an e-mail address")]
     Email(String),
+    #[error("{0} {1:?}: expected FIRST-LAST, e.g. 40000-40999 (ports 1-65535, FIRST <= LAST)")]
+    PortRange(&'static str, String),
     #[error("--allow-domain {0:?}: {1}")]
     Grant(String, String),
 }
@@ -130,6 +132,17 @@ pub struct Config {
     pub hsts: Option<Duration>,
     /// Host names outside `domain` that tokens may claim.
     pub allow_domains: Vec<DomainGrant>,
+    /// Public ports TCP tunnels are given (on the `http` listener's
+    /// address). `None`: no TCP tunnels.
+    pub tcp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Public UDP ports UDP tunnels are given. `None`: no UDP tunnels.
+    pub udp_ports: Option<std::ops::RangeInclusive<u16>>,
+    /// A UDP flow (one visitor address) without a datagram either way for
+    /// this long is forgotten.
+    pub udp_idle: Duration,
+    /// Flows one UDP tunnel keeps at once; datagrams from more visitors are
+    /// dropped (and counted).
+    pub max_udp_flows: usize,
 }
 
 impl Default for Config {
@@ -158,10 +171,29 @@ impl Default for Config {
             edge_cert: None,
             edge_key: None,
             acme: None,
+            tcp_ports: None,
+            udp_ports: None,
+            udp_idle: Duration::from_secs(60),
+            max_udp_flows: 1024,
             hsts: None,
             allow_domains: Vec::new(),
         }
     }
+}
+
+/// Parses `--tcp-ports FIRST-LAST` (or `--udp-ports`: `flag` names it).
+pub fn parse_port_range(
+    flag: &'static str,
+    s: &str,
+) -> Result<std::ops::RangeInclusive<u16>, ConfigError> {
+    let bad = || ConfigError::PortRange(flag, s.to_owned());
+    let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+    let a: u16 = a.trim().parse().map_err(|_| bad())?;
+    let b: u16 = b.trim().parse().map_err(|_| bad())?;
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 /// Parses `--allow-domain [N=]PATTERN`: PATTERN is `app.example.com` or
@@ -250,6 +282,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn port_ranges_parse_or_name_the_flag() {
+        assert_eq!(
+            parse_port_range("--tcp-ports", "40000-40999").unwrap(),
+            40000..=40999
+        );
+        assert_eq!(parse_port_range("--tcp-ports", " 5 - 5 ").unwrap(), 5..=5);
+        for bad in ["", "40000", "0-10", "10-5", "1-70000", "a-b"] {
+            let e = parse_port_range("--tcp-ports", bad)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("--tcp-ports"), "{e}");
+        }
+    }
 
     #[test]
     fn debug_masks_tokens() {

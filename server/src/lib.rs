@@ -24,12 +24,16 @@
 pub mod acme;
 pub mod certs;
 pub mod config;
+pub mod config_file;
 mod edge;
 pub mod fairness;
 mod names_file;
+pub mod policy;
 pub mod registry;
 pub mod respond;
 mod session;
+mod tcp;
+mod udp;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -138,6 +142,28 @@ pub(crate) struct State {
     /// Cancelled once visitor connections have drained at shutdown: the
     /// client sessions close then, not before.
     pub(crate) drained: CancellationToken,
+    /// Every visitor connection (HTTP, HTTPS, TCP tunnels) and each TCP
+    /// tunnel's accept loop: the drain waits for these.
+    pub(crate) visitor_tasks: TaskTracker,
+    /// Cuts visitor connections at the end of the drain.
+    pub(crate) hard: CancellationToken,
+    /// `--max-visitors`, shared by every listener.
+    pub(crate) visitor_permits: Arc<Semaphore>,
+    /// Where TCP tunnels' public ports are opened: the `--http` address.
+    pub(crate) public_ip: std::net::IpAddr,
+    /// Counters (for metrics and tests).
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// What the server counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// UDP datagrams larger than the client connection takes (dropped).
+    pub udp_oversize: std::sync::atomic::AtomicU64,
+    /// UDP datagrams dropped otherwise (flow limit, full queue or buffer).
+    pub udp_dropped: std::sync::atomic::AtomicU64,
+    /// UDP flows alive.
+    pub udp_flows: std::sync::atomic::AtomicUsize,
 }
 
 impl State {
@@ -315,8 +341,14 @@ impl Server {
         };
         let fairness =
             fairness::Fairness::new(config.max_visitors_per_ip, config.visitor_rate_per_ip);
+        let visitor_permits = Arc::new(Semaphore::new(config.max_visitors));
         Ok(Server {
             state: Arc::new(State {
+                visitor_tasks: TaskTracker::new(),
+                hard: CancellationToken::new(),
+                visitor_permits,
+                public_ip: http_addr.ip(),
+                stats: Arc::default(),
                 config,
                 registry,
                 tokens,
@@ -376,6 +408,10 @@ impl Server {
     pub fn cert_path(&self) -> Option<&std::path::Path> {
         self.cert_path.as_deref()
     }
+    /// The server's counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.state.stats.clone()
+    }
     /// The registry, for operator actions (and tests).
     pub fn registry(&self) -> Arc<Registry> {
         self.state.registry.clone()
@@ -389,13 +425,13 @@ impl Server {
         let tracker = TaskTracker::new();
         // Visitor connections stop taking new requests at `shutdown` and are
         // cut at `hard` (after the grace period).
-        let hard = CancellationToken::new();
-        let visitors = Arc::new(Semaphore::new(self.state.config.max_visitors));
+        let hard = self.state.hard.clone();
+        let visitors = self.state.visitor_permits.clone();
         let clients = Arc::new(Semaphore::new(self.state.config.max_clients));
 
         // Visitor connections have their own tracker: the drain waits for
         // them before the client sessions are closed.
-        let visitor_tasks = TaskTracker::new();
+        let visitor_tasks = self.state.visitor_tasks.clone();
         let tasks = Tasks {
             tracker: visitor_tasks.clone(),
             soft: shutdown.clone(),

@@ -10,24 +10,36 @@ use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
-use tunnel_server::{Config, Listeners, Server};
+use tunnel_server::{config_file, Config, Listeners, Server};
 
 /// Self-hosted reverse tunnel server: QUIC for tunnel clients, HTTP for
 /// visitors. With no flags it is a development server on 127.0.0.1.
+///
+/// Every flag can also be a key of the `--config` TOML file (same name with
+/// `_` for `-`: `max_visitors_per_ip = 512`); flags and environment
+/// variables win over the file.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// Tunnels are served at <name>.<DOMAIN> (point a wildcard DNS record at this host).
-    #[arg(long, default_value = "localhost", env = "TUNNEL_DOMAIN")]
-    domain: String,
-    /// Public HTTP listener.
-    #[arg(long, default_value = "127.0.0.1:8000", env = "TUNNEL_HTTP")]
-    http: SocketAddr,
-    /// QUIC listener for tunnel clients (UDP).
-    #[arg(long, default_value = "127.0.0.1:4433", env = "TUNNEL_QUIC")]
-    quic: SocketAddr,
+    /// A TOML file with the settings (keys as the flags: `domain = "tunnel.example.com"`).
+    #[arg(long, value_name = "FILE", env = "TUNNEL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate the settings, print the effective configuration (secrets masked) and exit.
+    #[arg(long)]
+    check: bool,
+    /// Tunnels are served at <name>.<DOMAIN> (point a wildcard DNS record at this host)
+    /// [default: localhost].
+    #[arg(long, env = "TUNNEL_DOMAIN")]
+    domain: Option<String>,
+    /// Public HTTP listener [default: 127.0.0.1:8000].
+    #[arg(long, env = "TUNNEL_HTTP")]
+    http: Option<SocketAddr>,
+    /// QUIC listener for tunnel clients (UDP) [default: 127.0.0.1:4433].
+    #[arg(long, env = "TUNNEL_QUIC")]
+    quic: Option<SocketAddr>,
     /// A token clients must present (repeatable; TUNNEL_TOKENS takes a comma-separated list).
-    /// Required when listening on a non-loopback address.
+    /// Required when listening on a non-loopback address. Prefer --token-file: argv is visible
+    /// to every user of the machine.
     #[arg(
         long = "token",
         env = "TUNNEL_TOKENS",
@@ -35,6 +47,9 @@ struct Cli {
         hide_env_values = true
     )]
     tokens: Vec<String>,
+    /// A file of tokens, one per line (e.g. a systemd credential: `--token-file %d/tokens`).
+    #[arg(long, value_name = "FILE", env = "TUNNEL_TOKENS_FILE")]
+    token_file: Option<PathBuf>,
     /// Where the self-signed certificate is kept [default: $XDG_STATE_HOME/tunnel-server or ~/.local/state/tunnel-server].
     #[arg(long, env = "TUNNEL_STATE_DIR")]
     state_dir: Option<PathBuf>,
@@ -47,25 +62,37 @@ struct Cli {
     /// Port written in public URLs [default: the --http port; omitted when 80].
     #[arg(long)]
     public_port: Option<u16>,
-    /// Seconds a released name stays reserved for the token that held it.
-    #[arg(long, default_value_t = 300)]
-    name_grace: u64,
-    /// Concurrent visitor connections.
-    #[arg(long, default_value_t = 16_384)]
-    max_visitors: usize,
+    /// Seconds a released name stays reserved for the token that held it [default: 300].
+    #[arg(long)]
+    name_grace: Option<u64>,
+    /// Concurrent visitor connections [default: 16384].
+    #[arg(long)]
+    max_visitors: Option<usize>,
     /// At SIGTERM, seconds that exchanges in flight may take to finish before they are cut
-    /// (a second signal exits at once).
-    #[arg(long, default_value_t = 30)]
-    drain_timeout: u64,
-    /// Concurrent visitor connections from one IP address (0: no limit); past it, 429.
-    #[arg(long, default_value_t = 512)]
-    max_visitors_per_ip: usize,
-    /// New visitor connections per second from one IP address (0: no limit; bursts of twice that).
-    #[arg(long, default_value_t = 200)]
-    visitor_rate_per_ip: u32,
-    /// Concurrent tunnel clients.
-    #[arg(long, default_value_t = 1024)]
-    max_clients: usize,
+    /// (a second signal exits at once) [default: 30].
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Concurrent visitor connections from one IP address (0: no limit); past it, 429 [default: 512].
+    #[arg(long)]
+    max_visitors_per_ip: Option<usize>,
+    /// New visitor connections per second from one IP address (0: no limit; bursts of twice that)
+    /// [default: 200].
+    #[arg(long)]
+    visitor_rate_per_ip: Option<u32>,
+    /// Concurrent tunnel clients [default: 1024].
+    #[arg(long)]
+    max_clients: Option<usize>,
+    /// Public ports for TCP tunnels, FIRST-LAST (e.g. 40000-40999), opened on the --http address
+    /// [default: no TCP tunnels].
+    #[arg(long, env = "TUNNEL_TCP_PORTS", value_name = "FIRST-LAST")]
+    tcp_ports: Option<String>,
+    /// Public UDP ports for UDP tunnels, FIRST-LAST, opened on the --http address
+    /// [default: no UDP tunnels].
+    #[arg(long, env = "TUNNEL_UDP_PORTS", value_name = "FIRST-LAST")]
+    udp_ports: Option<String>,
+    /// Seconds a UDP flow (one visitor address) may be silent before it is forgotten [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    udp_idle: Option<u64>,
     /// Largest request body in bytes (413 beyond) [default: no limit; bodies stream with bounded memory].
     #[arg(long)]
     max_body: Option<u64>,
@@ -99,18 +126,19 @@ struct Cli {
     /// Contact address given to the CA (expiry notices).
     #[arg(long, value_name = "EMAIL", env = "TUNNEL_ACME_EMAIL")]
     acme_email: Option<String>,
-    /// The CA's ACME directory URL.
-    #[arg(long, value_name = "URL", default_value = tunnel_server::acme::LETS_ENCRYPT, env = "TUNNEL_ACME_DIRECTORY")]
-    acme_directory: String,
+    /// The CA's ACME directory URL [default: Let's Encrypt].
+    #[arg(long, value_name = "URL", env = "TUNNEL_ACME_DIRECTORY")]
+    acme_directory: Option<String>,
     /// Use Let's Encrypt's staging CA (untrusted certificates, generous rate limits) to try a setup.
     #[arg(long, conflicts_with = "acme_directory")]
     acme_staging: bool,
     /// Trust this root (PEM) for the CA's own https (a private or test CA such as pebble).
     #[arg(long, value_name = "FILE")]
     acme_root: Option<PathBuf>,
-    /// How the CA validates a name: tls-alpn-01 on the https port, or http-01 on the plain port.
-    #[arg(long, value_name = "KIND", default_value = "tls-alpn-01", value_parser = ["tls-alpn-01", "http-01"])]
-    acme_challenge: String,
+    /// How the CA validates a name: tls-alpn-01 on the https port, or http-01 on the plain port
+    /// [default: tls-alpn-01].
+    #[arg(long, value_name = "KIND", value_parser = ["tls-alpn-01", "http-01"])]
+    acme_challenge: Option<String>,
     /// Program that publishes DNS TXT records (run as `PROGRAM set|clear NAME VALUE`): with it the
     /// server gets one wildcard certificate for *.DOMAIN through DNS-01.
     #[arg(long, value_name = "PROGRAM", env = "TUNNEL_ACME_DNS_HOOK")]
@@ -140,65 +168,6 @@ fn main() -> ExitCode {
         // Colour for a person at a terminal, none for journald or a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut allow_domains = Vec::new();
-    for g in &cli.allow_domains {
-        match tunnel_server::config::parse_grant(g) {
-            Ok(g) => allow_domains.push(g),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let acme = cli.acme.then(|| tunnel_server::acme::AcmeConfig {
-        directory: if cli.acme_staging {
-            tunnel_server::acme::LETS_ENCRYPT_STAGING.to_owned()
-        } else {
-            cli.acme_directory.clone()
-        },
-        email: cli.acme_email.clone(),
-        root: cli.acme_root.clone(),
-        challenge: if cli.acme_challenge == "http-01" {
-            tunnel_server::acme::Challenge::Http01
-        } else {
-            tunnel_server::acme::Challenge::TlsAlpn01
-        },
-        dns_hook: cli.acme_dns_hook.clone(),
-        renew_after: None,
-    });
-    if !cli.acme
-        && (cli.acme_email.is_some() || cli.acme_root.is_some() || cli.acme_dns_hook.is_some())
-    {
-        eprintln!(
-            "error: --acme-email, --acme-root and --acme-dns-hook configure --acme: add --acme"
-        );
-        return ExitCode::from(2);
-    }
-    let config = Config {
-        domain: cli.domain,
-        http: cli.http,
-        quic: cli.quic,
-        tokens: cli.tokens.into_iter().map(Into::into).collect(),
-        state_dir: cli.state_dir,
-        cert: cli.cert,
-        key: cli.key,
-        public_port: cli.public_port,
-        name_grace: Duration::from_secs(cli.name_grace),
-        max_visitors: cli.max_visitors,
-        drain_timeout: Duration::from_secs(cli.drain_timeout),
-        max_visitors_per_ip: cli.max_visitors_per_ip,
-        visitor_rate_per_ip: cli.visitor_rate_per_ip,
-        max_clients: cli.max_clients,
-        max_body: cli.max_body,
-        https: cli.https,
-        public_https_port: cli.public_https_port,
-        edge_cert: cli.edge_cert,
-        edge_key: cli.edge_key,
-        acme,
-        hsts: cli.hsts.map(Duration::from_secs),
-        allow_domains,
-        ..Config::default()
-    };
     let runtime = match tunnel_lib::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -208,23 +177,200 @@ fn main() -> ExitCode {
     };
     // The one place that blocks on the runtime: main, outside async code.
     #[allow(clippy::disallowed_methods)]
-    let result = runtime.block_on(async move {
-        let listeners = Listeners::bind(config.http, config.quic, config.https)?;
-        let server = Server::bind(config, listeners).await?;
-        announce(&server);
-        let shutdown = CancellationToken::new();
-        tokio::spawn(on_signal(shutdown.clone()));
-        #[cfg(unix)]
-        tokio::spawn(on_hangup(server.reload_handle(), shutdown.clone()));
-        server.run(shutdown).await
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+    runtime.block_on(async move {
+        let check = cli.check;
+        let config = match configure(cli).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if check {
+            return match config.validate(config.http, config.quic, config.https) {
+                Ok(()) => {
+                    println!("{config:#?}");
+                    eprintln!("configuration OK");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        match serve(config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn serve(config: Config) -> Result<(), tunnel_server::ServerError> {
+    let listeners = Listeners::bind(config.http, config.quic, config.https)?;
+    let server = Server::bind(config, listeners).await?;
+    announce(&server);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signal(shutdown.clone()));
+    #[cfg(unix)]
+    tokio::spawn(on_hangup(server.reload_handle(), shutdown.clone()));
+    server.run(shutdown).await
+}
+
+/// The effective configuration: flags and environment over the file over
+/// the defaults. Errors name the flag, or the file's key and line.
+async fn configure(cli: Cli) -> Result<Config, String> {
+    let file = match &cli.config {
+        Some(path) => {
+            let text = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("--config {}: {e}", path.display()))?;
+            Some(config_file::parse(path, text)?)
+        }
+        None => None,
+    };
+    let empty = config_file::FileConfig::default();
+    let f = file.as_ref().map_or(&empty, |l| &l.values);
+    let at = |key: &str, v: &toml::Spanned<String>, why: String| match &file {
+        Some(l) => l.error_at(key, v, why),
+        None => why,
+    };
+    let d = Config::default();
+
+    // Tokens: flags or env, else the file's list; plus a tokens file.
+    let mut tokens: Vec<String> = cli.tokens.clone();
+    if tokens.is_empty() {
+        tokens = f
+            .tokens
+            .iter()
+            .flatten()
+            .map(|t| t.get_ref().clone())
+            .collect();
+    }
+    if let Some(path) = cli.token_file.as_ref().or(f.tokens_file.as_ref()) {
+        let text = tokio::fs::read_to_string(path)
+            .await
+            .map_err(|e| format!("token file {}: {e}", path.display()))?;
+        tokens.extend(config_file::tokens_from(&text));
+    }
+
+    let mut allow_domains = Vec::new();
+    if cli.allow_domains.is_empty() {
+        for g in f.allow_domains.iter().flatten() {
+            let grant = tunnel_server::config::parse_grant(g.get_ref())
+                .map_err(|e| at("allow_domains", g, e.to_string()))?;
+            allow_domains.push(grant);
+        }
+    } else {
+        for g in &cli.allow_domains {
+            allow_domains.push(tunnel_server::config::parse_grant(g).map_err(|e| e.to_string())?);
         }
     }
+    let range = |flag: &'static str,
+                 key: &str,
+                 cli: &Option<String>,
+                 file: &Option<toml::Spanned<String>>| {
+        use tunnel_server::config::parse_port_range;
+        match (cli, file) {
+            (Some(s), _) => parse_port_range(flag, s)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            (None, Some(s)) => parse_port_range(flag, s.get_ref())
+                .map(Some)
+                .map_err(|e| at(key, s, e.to_string())),
+            (None, None) => Ok(None),
+        }
+    };
+    let tcp_ports = range("--tcp-ports", "tcp_ports", &cli.tcp_ports, &f.tcp_ports)?;
+    let udp_ports = range("--udp-ports", "udp_ports", &cli.udp_ports, &f.udp_ports)?;
+    let challenge = match (&cli.acme_challenge, &f.acme_challenge) {
+        (Some(c), _) => c.clone(),
+        (None, Some(c)) => match c.get_ref().as_str() {
+            "tls-alpn-01" | "http-01" => c.get_ref().clone(),
+            other => {
+                return Err(at(
+                    "acme_challenge",
+                    c,
+                    format!("{other:?}: expected \"tls-alpn-01\" or \"http-01\""),
+                ))
+            }
+        },
+        (None, None) => "tls-alpn-01".into(),
+    };
+    let acme_on = cli.acme || f.acme.unwrap_or(false);
+    let staging = cli.acme_staging || f.acme_staging.unwrap_or(false);
+    let acme_email = cli.acme_email.or_else(|| f.acme_email.clone());
+    let acme_root = cli.acme_root.or_else(|| f.acme_root.clone());
+    let acme_dns_hook = cli.acme_dns_hook.or_else(|| f.acme_dns_hook.clone());
+    if !acme_on && (acme_email.is_some() || acme_root.is_some() || acme_dns_hook.is_some()) {
+        return Err(
+            "--acme-email, --acme-root and --acme-dns-hook configure --acme: add --acme (or acme = true)"
+                .into(),
+        );
+    }
+    let acme = acme_on.then(|| tunnel_server::acme::AcmeConfig {
+        directory: if staging {
+            tunnel_server::acme::LETS_ENCRYPT_STAGING.to_owned()
+        } else {
+            cli.acme_directory
+                .clone()
+                .or_else(|| f.acme_directory.clone())
+                .unwrap_or_else(|| tunnel_server::acme::LETS_ENCRYPT.to_owned())
+        },
+        email: acme_email,
+        root: acme_root,
+        challenge: if challenge == "http-01" {
+            tunnel_server::acme::Challenge::Http01
+        } else {
+            tunnel_server::acme::Challenge::TlsAlpn01
+        },
+        dns_hook: acme_dns_hook,
+        renew_after: None,
+    });
+    let secs = Duration::from_secs;
+    Ok(Config {
+        domain: cli.domain.or_else(|| f.domain.clone()).unwrap_or(d.domain),
+        http: cli.http.or(f.http).unwrap_or(d.http),
+        quic: cli.quic.or(f.quic).unwrap_or(d.quic),
+        tokens: tokens.into_iter().map(Into::into).collect(),
+        state_dir: cli.state_dir.or_else(|| f.state_dir.clone()),
+        cert: cli.cert.or_else(|| f.cert.clone()),
+        key: cli.key.or_else(|| f.key.clone()),
+        public_port: cli.public_port.or(f.public_port),
+        name_grace: cli.name_grace.or(f.name_grace).map_or(d.name_grace, secs),
+        max_visitors: cli
+            .max_visitors
+            .or(f.max_visitors)
+            .unwrap_or(d.max_visitors),
+        drain_timeout: cli
+            .drain_timeout
+            .or(f.drain_timeout)
+            .map_or(d.drain_timeout, secs),
+        max_visitors_per_ip: cli
+            .max_visitors_per_ip
+            .or(f.max_visitors_per_ip)
+            .unwrap_or(d.max_visitors_per_ip),
+        visitor_rate_per_ip: cli
+            .visitor_rate_per_ip
+            .or(f.visitor_rate_per_ip)
+            .unwrap_or(d.visitor_rate_per_ip),
+        max_clients: cli.max_clients.or(f.max_clients).unwrap_or(d.max_clients),
+        max_body: cli.max_body.or(f.max_body),
+        https: cli.https.or(f.https),
+        public_https_port: cli.public_https_port.or(f.public_https_port),
+        edge_cert: cli.edge_cert.or_else(|| f.edge_cert.clone()),
+        edge_key: cli.edge_key.or_else(|| f.edge_key.clone()),
+        acme,
+        hsts: cli.hsts.or(f.hsts).map(secs),
+        allow_domains,
+        tcp_ports,
+        udp_ports,
+        udp_idle: cli.udp_idle.or(f.udp_idle).map_or(d.udp_idle, secs),
+        ..d
+    })
 }
 
 /// One stable line on stdout (scripts and tests read the bound ports from

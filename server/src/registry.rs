@@ -63,6 +63,8 @@ pub struct Rule {
     pub kind: TunnelKind,
     /// The tunnel opted out of the plain listener's redirect to https.
     pub plain_http: bool,
+    /// What the edge enforces and edits for this tunnel's visitors.
+    pub policy: Option<Arc<crate::policy::EdgePolicy>>,
 }
 
 /// One connected client.
@@ -75,6 +77,10 @@ pub struct Session {
     pub remote: SocketAddr,
     /// Hosts this session holds (only touched by synchronous methods).
     hosts: Mutex<Vec<Box<str>>>,
+    /// Cancelled when the session ends: its TCP tunnels stop accepting.
+    pub ended: tokio_util::sync::CancellationToken,
+    /// UDP tunnels' queues for datagrams from the client, by tunnel id.
+    pub datagrams: Mutex<HashMap<u32, tokio::sync::mpsc::Sender<(u32, bytes::Bytes)>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -202,6 +208,8 @@ pub struct Request<'a> {
     pub name: &'a str,
     pub kind: TunnelKind,
     pub plain_http: bool,
+    /// Visitor policy and request edits (HTTP tunnels).
+    pub policy: Option<Arc<crate::policy::EdgePolicy>>,
 }
 
 const ADJECTIVES: &[&str] = &[
@@ -214,6 +222,49 @@ const NOUNS: &[&str] = &[
     "raven", "seal", "whale", "yak", "zebra", "badger", "bison", "crane", "heron", "ibis", "lemur",
     "mole", "wren",
 ];
+
+/// The registry key of a TCP or UDP tunnel's public port (`tcp:40022`,
+/// `udp:40051`): claims, reservations and `names.json` treat it as a name.
+pub fn port_key(kind: TunnelKind, port: u16) -> String {
+    match kind {
+        TunnelKind::Udp => format!("udp:{port}"),
+        _ => format!("tcp:{port}"),
+    }
+}
+
+fn proto_name(kind: TunnelKind) -> &'static str {
+    if kind == TunnelKind::Udp {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
+/// Suffix alphabet: lowercase letters and digits without the ones read
+/// alike (`l`/`1`, `o`/`0`): 32 symbols, 5 bits each.
+const SUFFIX: &[u8; 32] = b"abcdefghijkmnpqrstuvwxyz23456789";
+const SUFFIX_LEN: usize = 7;
+
+/// A random name, `adjective-noun-xxxxxxx`: 24 × 24 × 32^7 ≈ 2^44
+/// possibilities from the system's CSPRNG, so URLs cannot be enumerated
+/// or predicted from ones seen before, and still read as words.
+pub fn random_label() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 2 + SUFFIX_LEN];
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // The OS generator failing is not a reason to refuse a tunnel.
+        b.iter_mut().for_each(|x| *x = fastrand::u8(..));
+    }
+    let suffix: String = b[2..]
+        .iter()
+        .map(|x| SUFFIX[usize::from(x & 31)] as char)
+        .collect();
+    format!(
+        "{}-{}-{suffix}",
+        ADJECTIVES[usize::from(b[0]) % ADJECTIVES.len()],
+        NOUNS[usize::from(b[1]) % NOUNS.len()],
+    )
+}
 
 fn valid_label(l: &str) -> bool {
     !l.is_empty()
@@ -329,6 +380,8 @@ impl Registry {
             client_id,
             remote,
             hosts: Mutex::new(Vec::new()),
+            ended: tokio_util::sync::CancellationToken::new(),
+            datagrams: Mutex::new(HashMap::new()),
         });
         self.sessions.insert(id, session.clone());
         let previous = self
@@ -368,8 +421,7 @@ impl Registry {
         }
     }
 
-    /// Registers a tunnel for `session`.
-    pub fn register(&self, session: &Session, req: &Request<'_>) -> Result<Registered, Refusal> {
+    fn check_tunnel_count(&self, session: &Session) -> Result<(), Refusal> {
         if lock(&session.hosts).len() >= self.max_tunnels_per_session {
             return Err(Refusal {
                 code: ErrorCode::LimitReached,
@@ -379,6 +431,114 @@ impl Registry {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Registers a TCP tunnel for `session` on port `requested` of `range`
+    /// (0: any free one). `bind` opens the port once it is claimed (the claim
+    /// is atomic, so two sessions never race for one port); a port that
+    /// cannot be opened is released again. The port is held like a name:
+    /// reserved for its owner when the session ends, across restarts too.
+    pub fn register_port<L>(
+        &self,
+        session: &Session,
+        kind: TunnelKind,
+        requested: u16,
+        range: &std::ops::RangeInclusive<u16>,
+        mut bind: impl FnMut(u16) -> std::io::Result<L>,
+    ) -> Result<(Registered, L), Refusal> {
+        self.check_tunnel_count(session)?;
+        let (first, last) = (*range.start(), *range.end());
+        let (port, listener) = if requested != 0 {
+            if !range.contains(&requested) {
+                return Err(Refusal {
+                    code: ErrorCode::InvalidName,
+                    message: format!(
+                        "port {requested} is outside this server's {} ports {first}-{last}: ask for one \
+                         inside them with --remote-port, or for none",
+                        proto_name(kind)
+                    ),
+                });
+            }
+            (
+                requested,
+                self.claim_port(session, kind, requested, &mut bind)?,
+            )
+        } else {
+            let n = u32::from(last - first) + 1;
+            let start = fastrand::u32(..n);
+            let mut found = None;
+            for i in 0..n {
+                let p = first + ((start + i) % n) as u16;
+                let key = port_key(kind, p);
+                if self.names.contains_key(key.as_str()) || self.reserved.contains_key(key.as_str())
+                {
+                    continue;
+                }
+                if let Ok(l) = self.claim_port(session, kind, p, &mut bind) {
+                    found = Some((p, l));
+                    break;
+                }
+            }
+            found.ok_or_else(|| Refusal {
+                code: ErrorCode::LimitReached,
+                message: format!(
+                    "every {} port of this server ({first}-{last}) is taken; retry later",
+                    proto_name(kind)
+                ),
+            })?
+        };
+        let key = port_key(kind, port);
+        let tunnel_id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
+        lock(&session.hosts).push(key.as_str().into());
+        self.left.invalidate(key.as_str());
+        self.changed.notify_one();
+        Ok((
+            Registered {
+                tunnel_id,
+                url: self.url(&key, kind),
+                hostname: key,
+            },
+            listener,
+        ))
+    }
+
+    fn claim_port<L>(
+        &self,
+        session: &Session,
+        kind: TunnelKind,
+        port: u16,
+        bind: &mut impl FnMut(u16) -> std::io::Result<L>,
+    ) -> Result<L, Refusal> {
+        let key = port_key(kind, port);
+        let refused = |why: &str| Refusal {
+            code: ErrorCode::NameTaken,
+            message: format!("port {port} {why}; ask for another --remote-port, or for none"),
+        };
+        if self.names.contains_key(key.as_str()) {
+            return Err(refused("is taken by another connected tunnel"));
+        }
+        if self
+            .reserved
+            .get(key.as_str())
+            .is_some_and(|o| o != session.owner)
+        {
+            return Err(refused(
+                "is reserved for the client that held it until recently",
+            ));
+        }
+        self.claim(&key, session)
+            .map_err(|_| refused("is taken by another connected tunnel"))?;
+        bind(port).map_err(|e| {
+            self.names
+                .remove_if(key.as_str(), |_, c| c.session_id == session.id);
+            refused(&format!("cannot be opened on this server ({e})"))
+        })
+    }
+
+    /// Registers a tunnel for `session`.
+    pub fn register(&self, session: &Session, req: &Request<'_>) -> Result<Registered, Refusal> {
+        self.check_tunnel_count(session)?;
         if req.kind == TunnelKind::Tls && self.urls.tls_port.is_none() {
             return Err(Refusal {
                 code: ErrorCode::LimitReached,
@@ -401,6 +561,7 @@ impl Registry {
             tunnel_id,
             kind: req.kind,
             plain_http: req.plain_http,
+            policy: req.policy.clone(),
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
@@ -426,6 +587,10 @@ impl Registry {
                 let port = self.urls.tls_port.unwrap_or(443);
                 format!("tls://{host}:{port}")
             }
+            TunnelKind::Tcp | TunnelKind::Udp => {
+                let (proto, port) = host.split_once(':').unwrap_or(("tcp", host));
+                format!("{proto}://{}:{port}", self.domain)
+            }
             TunnelKind::Http => {
                 let default = if self.urls.scheme == "https" { 443 } else { 80 };
                 if self.urls.port == default {
@@ -438,22 +603,17 @@ impl Registry {
     }
 
     fn claim_random(&self, session: &Session) -> Result<String, Refusal> {
-        for _ in 0..32 {
-            let host = format!(
-                "{}-{}-{}.{}",
-                ADJECTIVES[fastrand::usize(..ADJECTIVES.len())],
-                NOUNS[fastrand::usize(..NOUNS.len())],
-                fastrand::u32(10..100),
-                self.domain
-            );
+        for _ in 0..8 {
+            let host = format!("{}.{}", random_label(), self.domain);
             if self.claim(&host, session).is_ok() {
                 return Ok(host);
             }
         }
-        // The word space is crowded: fall back to a longer random suffix.
-        let host = format!("t-{:016x}.{}", fastrand::u64(..), self.domain);
-        self.claim(&host, session)?;
-        Ok(host)
+        Err(Refusal {
+            code: ErrorCode::LimitReached,
+            message: "could not pick a free random name; retry, or ask for one with --subdomain"
+                .into(),
+        })
     }
 
     fn claim(&self, host: &str, session: &Session) -> Result<(), Refusal> {
@@ -501,6 +661,7 @@ impl Registry {
     /// on purpose (then visitors are told at once that it is offline
     /// instead of being held for its return).
     pub fn end_session_as(&self, session: &Session, left: bool) {
+        session.ended.cancel();
         let hosts = std::mem::take(&mut *lock(&session.hosts));
         for host in &hosts {
             if left {
@@ -612,6 +773,7 @@ impl Registry {
             tunnel_id,
             kind: TunnelKind::Http,
             plain_http: false,
+            policy: None,
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
@@ -622,7 +784,13 @@ impl Registry {
 
     /// The session serving `host`, if any.
     pub fn session_for(&self, host: &str) -> Option<Arc<Session>> {
-        self.route(host.as_bytes()).and_then(|(_, s)| s)
+        // A claim (any name, `tcp:PORT` and `udp:PORT` too), else a route
+        // (a host under a wildcard rule).
+        let claimed = self.names.get(host).map(|c| c.session_id);
+        match claimed {
+            Some(id) => self.sessions.get(&id),
+            None => self.route(host.as_bytes()).and_then(|(_, s)| s),
+        }
     }
 }
 
@@ -653,6 +821,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_names_are_words_and_a_suffix_and_do_not_repeat() {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20_000 {
+            let l = random_label();
+            let parts: Vec<&str> = l.split('-').collect();
+            assert_eq!(parts.len(), 3, "{l}");
+            assert!(
+                ADJECTIVES.contains(&parts[0]) && NOUNS.contains(&parts[1]),
+                "{l}"
+            );
+            assert_eq!(parts[2].len(), SUFFIX_LEN, "{l}");
+            assert!(parts[2].bytes().all(|b| SUFFIX.contains(&b)), "{l}");
+            assert!(normalise_label(&l).is_ok(), "{l}");
+            assert!(seen.insert(l), "a name repeated within 20 000");
+        }
+        // 24 × 24 × 32^7 ≥ 2^40.
+        let space = (ADJECTIVES.len() * NOUNS.len()) as f64 * 32f64.powi(SUFFIX_LEN as i32);
+        assert!(space.log2() >= 40.0, "{}", space.log2());
+    }
 
     #[test]
     fn labels_and_hostnames_validate() {
@@ -703,6 +892,7 @@ mod tests {
                 tunnel_id: id as u32,
                 kind: TunnelKind::Http,
                 plain_http: false,
+                policy: None,
             })
         };
         t.insert(rule("*.preview.example.com", 1));

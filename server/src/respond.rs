@@ -8,6 +8,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         308 => "Permanent Redirect",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -53,10 +55,11 @@ pub struct ErrorPage {
     pub title: &'static str,
     /// One or two sentences, already HTML-escaped.
     pub detail_html: String,
-    /// A `Location` header (redirects).
-    pub location: Option<String>,
     /// A `text/plain` body instead of the HTML page (ACME HTTP-01).
     pub text: Option<String>,
+    /// One more header line (`Location`, `WWW-Authenticate`, `Retry-After`).
+    /// Boxed: rare, and every `Result<_, ErrorPage>` carries the size.
+    pub header: Option<Box<(&'static str, String)>>,
 }
 
 impl ErrorPage {
@@ -66,8 +69,8 @@ impl ErrorPage {
             code,
             title,
             detail_html,
-            location: None,
             text: None,
+            header: None,
         }
     }
 
@@ -92,8 +95,8 @@ impl ErrorPage {
         if self.text.is_none() {
             out.put_slice(format!("X-Tunnel-Error: {}\r\n", self.code).as_bytes());
         }
-        if let Some(l) = &self.location {
-            out.put_slice(format!("Location: {l}\r\n").as_bytes());
+        if let Some((name, value)) = self.header.as_deref() {
+            out.put_slice(format!("{name}: {value}\r\n").as_bytes());
         }
         if close {
             out.put_slice(b"Connection: close\r\n");
@@ -128,6 +131,52 @@ pub fn not_found(host: &str) -> ErrorPage {
             escape(host)
         ),
     )
+}
+
+pub fn unauthorized(host: &str) -> ErrorPage {
+    let mut p = ErrorPage::new(
+        401,
+        "auth-required",
+        "Sign in to this tunnel",
+        format!(
+            "The tunnel <code>{}</code> asks for a user name and password (its owner set them \
+             with <code>tunnel-client http --basic-auth</code>).",
+            escape(host)
+        ),
+    );
+    p.header = Some(Box::new((
+        "WWW-Authenticate",
+        "Basic realm=\"tunnel\", charset=\"UTF-8\"".into(),
+    )));
+    p
+}
+
+pub fn forbidden(host: &str) -> ErrorPage {
+    ErrorPage::new(
+        403,
+        "address-denied",
+        "Your address may not use this tunnel",
+        format!(
+            "The owner of <code>{}</code> lets only some addresses in (<code>--allow</code> / \
+             <code>--deny</code>), and yours is not one of them.",
+            escape(host)
+        ),
+    )
+}
+
+pub fn rate_limited(host: &str) -> ErrorPage {
+    let mut p = ErrorPage::new(
+        429,
+        "rate-limited",
+        "Too many requests",
+        format!(
+            "Your address sent requests to <code>{}</code> faster than its owner allows. Retry in a \
+             moment.",
+            escape(host)
+        ),
+    );
+    p.header = Some(Box::new(("Retry-After", "1".into())));
+    p
 }
 
 pub fn bad_request(status: u16, what: &str) -> ErrorPage {
@@ -217,7 +266,7 @@ pub fn to_https(location: String) -> ErrorPage {
             escape(&location)
         ),
     );
-    p.location = Some(location);
+    p.header = Some(Box::new(("Location", location)));
     p
 }
 

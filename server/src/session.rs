@@ -197,7 +197,7 @@ async fn refuse(
 /// Serves registrations until the client goes, the control stream ends or
 /// the server shuts down. Returns whether the connection is still usable.
 async fn control_loop(
-    state: &State,
+    state: &Arc<State>,
     session: &Arc<Session>,
     send: &mut SendStream,
     recv: &mut RecvStream,
@@ -215,18 +215,55 @@ async fn control_loop(
         let reply = match msg {
             Ok(Some(Control::Register {
                 request_id,
+                local,
+                kind: kind @ (TunnelKind::Tcp | TunnelKind::Udp),
+                remote_port,
+                ..
+            })) => match if kind == TunnelKind::Tcp {
+                register_tcp(state, session, remote_port, shutdown)
+            } else {
+                crate::udp::register(state, session, remote_port, shutdown)
+            } {
+                Ok(r) => {
+                    info!(session = session.id, url = %r.url, %local, "port tunnel registered");
+                    Control::Registered {
+                        request_id,
+                        tunnel_id: r.tunnel_id,
+                        hostname: r.hostname,
+                        url: r.url,
+                    }
+                }
+                Err(refusal) => {
+                    debug!(
+                        session = session.id,
+                        "port registration refused: {}", refusal.message
+                    );
+                    Control::Error {
+                        request_id,
+                        code: refusal.code,
+                        message: refusal.message,
+                    }
+                }
+            },
+            Ok(Some(Control::Register {
+                request_id,
                 subdomain,
                 local,
                 kind,
                 plain_http,
-            })) => match state.registry.register(
-                session,
-                &registry::Request {
-                    name: &subdomain,
-                    kind,
-                    plain_http,
-                },
-            ) {
+                policy,
+                ..
+            })) => match edge_policy(kind, &policy, &local).and_then(|policy| {
+                state.registry.register(
+                    session,
+                    &registry::Request {
+                        name: &subdomain,
+                        kind,
+                        plain_http,
+                        policy,
+                    },
+                )
+            }) {
                 Ok(r) => {
                     info!(session = session.id, host = %r.hostname, %local, "tunnel registered");
                     if kind == TunnelKind::Http {
@@ -280,6 +317,63 @@ async fn control_loop(
             return false;
         }
     }
+}
+
+/// A tunnel's visitor policy, checked (HTTP tunnels only).
+fn edge_policy(
+    kind: TunnelKind,
+    policy: &tunnel_lib::proto::Policy,
+    local: &str,
+) -> Result<Option<Arc<crate::policy::EdgePolicy>>, registry::Refusal> {
+    let invalid = |message: String| registry::Refusal {
+        code: ErrorCode::InvalidName,
+        message,
+    };
+    if kind != TunnelKind::Http {
+        return if policy.is_empty() {
+            Ok(None)
+        } else {
+            Err(invalid(
+                "visitor policy (--basic-auth, --allow, --host-header...) applies to http tunnels only"
+                    .into(),
+            ))
+        };
+    }
+    crate::policy::EdgePolicy::new(policy, local)
+        .map(|p| p.map(Arc::new))
+        .map_err(invalid)
+}
+
+/// Claims a public port for a TCP tunnel, opens it and starts accepting.
+fn register_tcp(
+    state: &Arc<State>,
+    session: &Arc<Session>,
+    remote_port: u16,
+    shutdown: &CancellationToken,
+) -> Result<registry::Registered, registry::Refusal> {
+    let Some(range) = state.config.tcp_ports.clone() else {
+        return Err(registry::Refusal {
+            code: ErrorCode::LimitReached,
+            message: "this server has no TCP ports to give: its operator must start tunnel-server \
+                      with --tcp-ports FIRST-LAST (e.g. 40000-40999)"
+                .into(),
+        });
+    };
+    let (r, listener) =
+        state
+            .registry
+            .register_port(session, TunnelKind::Tcp, remote_port, &range, |p| {
+                crate::tcp::bind(state, p)
+            })?;
+    crate::tcp::serve(
+        state.clone(),
+        session.clone(),
+        listener,
+        r.hostname.clone(),
+        r.tunnel_id,
+        shutdown.clone(),
+    );
+    Ok(r)
 }
 
 /// With ACME: waits until a certificate covers `host` (or ordering it

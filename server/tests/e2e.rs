@@ -616,7 +616,8 @@ async fn a_rolling_restart_under_load_fails_no_request() {
             let mut got = Vec::with_capacity(N);
             let mut said = false;
             while let Some(f) = body.frame().await {
-                if let Ok(d) = f.map_err(|e| e.to_string())?.into_data() {
+                let f = f.map_err(|e| format!("after {} bytes: {e:?}", got.len()))?;
+                if let Ok(d) = f.into_data() {
                     got.extend_from_slice(&d);
                 }
                 if !said && got.len() >= 1 << 20 {
@@ -662,7 +663,12 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     .await
     .expect("the second server serves the load");
     while let Some(d) = downloads.join_next().await {
-        d.unwrap().expect("download intact");
+        if let Err(e) = d.unwrap() {
+            panic!(
+                "a download failed {:?} after SIGTERM: {e}",
+                sigterm.elapsed()
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let mut failures = Vec::new();

@@ -884,3 +884,191 @@ async fn a_killed_client_leaves_nothing_behind_on_the_server() {
     let _ = server.terminate().await;
     backend.stop().await;
 }
+
+/// Issue 10, the server's config file: keys mirror the flags, flags win,
+/// `--check` prints the effective configuration with secrets masked, and
+/// every mistake names its key and line.
+#[tokio::test]
+async fn the_config_file_is_checked_and_flags_win() {
+    const TOKEN: &str = "file-token-that-must-not-be-printed";
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("server.toml");
+    tokio::fs::write(
+        &good,
+        format!(
+            "# the team's server\ndomain = \"file.example.com\"\nhttp = \"127.0.0.1:0\"\n\
+             tokens = [\"{TOKEN}\"]\ntcp_ports = \"40000-40099\"\nmax_visitors_per_ip = 64\n"
+        ),
+    )
+    .await
+    .unwrap();
+    let out = Command::new(server_bin())
+        .arg("--config")
+        .arg(&good)
+        .args(["--check", "--domain", "flag.example.com"])
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("\"flag.example.com\""),
+        "the flag wins:\n{stdout}"
+    );
+    assert!(stdout.contains("max_visitors_per_ip: 64"), "{stdout}");
+    assert!(stdout.contains("40000..=40099"), "{stdout}");
+    assert!(
+        !stdout.contains(TOKEN) && !stderr.contains(TOKEN),
+        "{stdout}{stderr}"
+    );
+    assert!(stdout.contains("Secret(***)"), "{stdout}");
+
+    for (text, expect) in [
+        ("domain = \"a.example\"\n\nmax_visitor = 5\n", "line 3"),
+        ("http = \"nowhere\"\n", "line 1"),
+        ("\n\ntcp_ports = \"9-1\"\n", "line 3: tcp_ports"),
+        ("acme_challenge = \"dns-01\"\n", "line 1: acme_challenge"),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        tokio::fs::write(&bad, text).await.unwrap();
+        let out = Command::new(server_bin())
+            .arg("--config")
+            .arg(&bad)
+            .arg("--check")
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {stderr}");
+        assert!(
+            stderr.contains(&format!("bad.toml {expect}")),
+            "{text:?} should say {expect:?}: {stderr}"
+        );
+    }
+}
+
+/// Issue 10: one client config file with two HTTP tunnels and a TCP one,
+/// run by `tunnel-client start` over one connection; each local service
+/// sees only its own traffic. `login` saves the server and token (0600) so
+/// a later run needs no flags.
+#[tokio::test]
+async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server() {
+    let home = tempfile::tempdir().unwrap();
+    let web = Backend::start("web").await;
+    let api = Backend::start("api").await;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    let echo_task = tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let first = support::tls::free_port();
+    let mut server = Proc::spawn(
+        server_cmd(home.path())
+            .args(["--tcp-ports", &format!("{first}-{}", first + 3)])
+            .env("TUNNEL_TOKENS", "team-token"),
+    );
+    let ready = server.line().await;
+    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+
+    // login, then a file that only adds tunnels.
+    let cfg = home.path().join("client.toml");
+    let out = Command::new(client_bin().await)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["login", "--server", &quic, "--token", "team-token"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&cfg).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the token's file is private");
+    let mut text = tokio::fs::read_to_string(&cfg).await.unwrap();
+    assert!(
+        text.contains(&quic) && text.contains("team-token"),
+        "{text}"
+    );
+    text.push_str(&format!(
+        "\n[tunnels.web]\nlocal = \"{}\"\nsubdomain = \"web\"\n\n[tunnels.api]\nlocal = \"{}\"\nsubdomain = \"api\"\n\n\
+         [tunnels.echo]\nkind = \"tcp\"\nlocal = \"{echo_addr}\"\n",
+        web.addr, api.addr
+    ));
+    tokio::fs::write(&cfg, text).await.unwrap();
+
+    // No --server, no --token: they come from the file.
+    let mut client = Proc::spawn(
+        Command::new(client_bin().await)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("start")
+            .env("HOME", home.path())
+            .env("TUNNEL_STATE_DIR", home.path()),
+    );
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        lines.push(client.line().await);
+    }
+    lines.sort();
+    assert!(lines[0].starts_with("http://api.localhost:"), "{lines:?}");
+    assert!(lines[1].starts_with("http://web.localhost:"), "{lines:?}");
+    assert!(lines[2].starts_with("tcp://localhost:"), "{lines:?}");
+
+    let http: std::net::SocketAddr = http.parse().unwrap();
+    for (name, n) in [("web", 3), ("api", 2)] {
+        for _ in 0..n {
+            let r = raw_exchange(
+                http,
+                format!("GET /hello HTTP/1.1\r\nHost: {name}.localhost\r\n\r\n").as_bytes(),
+            )
+            .await;
+            assert_eq!(r.body, format!("hello from {name}").as_bytes());
+        }
+    }
+    assert_eq!(web.requests.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert_eq!(api.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+    let port: u16 = lines[2]
+        .split(" -> ")
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tcp.write_all(b"ping").await.unwrap();
+    let mut got = [0u8; 4];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+
+    // With a TCP connection still open through it, the client stops.
+    let (status, log) = client.terminate().await;
+    assert!(status.success(), "{log}");
+    drop(tcp);
+    assert!(
+        !log.contains("team-token"),
+        "the token reached the log: {log}"
+    );
+    let _ = server.terminate().await;
+    echo_task.abort();
+    web.stop().await;
+    api.stop().await;
+}

@@ -20,10 +20,7 @@ fn forwarded(h: &RequestHead) -> Vec<u8> {
     let mut out = BytesMut::new();
     h.write_forwarded(
         &mut out,
-        &Forwarded {
-            client_ip: "192.0.2.1".parse().unwrap(),
-            proto: "http",
-        },
+        &Forwarded::plain("192.0.2.1".parse().unwrap(), "http"),
     );
     out.to_vec()
 }

@@ -239,6 +239,9 @@ struct Scenario {
     /// Visitors speak https (to nginx's TLS port directly, to the tunnel's
     /// https listener through it).
     tls: bool,
+    /// Through a raw TCP tunnel (`tunnel-client tcp`) instead of HTTP: the
+    /// fair comparison with TCP tunnels such as rathole and bore.
+    raw_tcp: bool,
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -249,6 +252,7 @@ const SCENARIOS: &[Scenario] = &[
         close: false,
         bulk: false,
         tls: false,
+        raw_tcp: false,
     },
     Scenario {
         name: "100 B, 400 keep-alive conns",
@@ -257,6 +261,7 @@ const SCENARIOS: &[Scenario] = &[
         close: false,
         bulk: false,
         tls: false,
+        raw_tcp: false,
     },
     Scenario {
         name: "1 MiB, 50 conns",
@@ -265,6 +270,7 @@ const SCENARIOS: &[Scenario] = &[
         close: false,
         bulk: true,
         tls: false,
+        raw_tcp: false,
     },
     Scenario {
         name: "new connection per request, 50 conns",
@@ -273,6 +279,7 @@ const SCENARIOS: &[Scenario] = &[
         close: true,
         bulk: false,
         tls: false,
+        raw_tcp: false,
     },
     Scenario {
         name: "https 100 B, 50 keep-alive conns",
@@ -281,6 +288,7 @@ const SCENARIOS: &[Scenario] = &[
         close: false,
         bulk: false,
         tls: true,
+        raw_tcp: false,
     },
     Scenario {
         name: "https new connection per request, 50 conns",
@@ -289,6 +297,34 @@ const SCENARIOS: &[Scenario] = &[
         close: true,
         bulk: false,
         tls: true,
+        raw_tcp: false,
+    },
+    Scenario {
+        name: "tcp tunnel: 100 B, 50 keep-alive conns",
+        path: "/100",
+        conns: 50,
+        close: false,
+        bulk: false,
+        tls: false,
+        raw_tcp: true,
+    },
+    Scenario {
+        name: "tcp tunnel: 1 MiB, 50 conns",
+        path: "/1m",
+        conns: 50,
+        close: false,
+        bulk: true,
+        tls: false,
+        raw_tcp: true,
+    },
+    Scenario {
+        name: "tcp tunnel: new connection per request, 50 conns",
+        path: "/100",
+        conns: 50,
+        close: true,
+        bulk: false,
+        tls: false,
+        raw_tcp: true,
     },
 ];
 
@@ -532,6 +568,8 @@ struct Tunnel {
     server: Proc,
     http: SocketAddr,
     https: Option<SocketAddr>,
+    /// The public port of the raw TCP tunnel (`raw_tcp`).
+    tcp: Option<SocketAddr>,
 }
 
 impl Tunnel {
@@ -544,7 +582,15 @@ impl Tunnel {
     ) -> Tunnel {
         // wrk is one address opening thousands of connections.
         let no_limits = ["--max-visitors-per-ip", "0", "--visitor-rate-per-ip", "0"];
-        Self::start_with(server_bin, client_bin, dir, backend_port, tls, &no_limits)
+        Self::start_with(
+            server_bin,
+            client_bin,
+            dir,
+            backend_port,
+            tls,
+            &no_limits,
+            false,
+        )
     }
 
     fn start_with(
@@ -554,11 +600,15 @@ impl Tunnel {
         backend_port: u16,
         tls: bool,
         extra: &[&str],
+        raw_tcp: bool,
     ) -> Tunnel {
+        let first = free_port();
+        let tcp_ports = format!("{first}-{}", first.saturating_add(3));
         let (server, server_lines) = spawn_lines(
             Command::new(server_bin)
                 .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
                 .args(extra)
+                .args(["--tcp-ports", &tcp_ports])
                 .arg("--state-dir")
                 .arg(dir)
                 .args(if tls {
@@ -589,28 +639,37 @@ impl Tunnel {
         let https: Option<SocketAddr> = tls.then(|| field("https=").parse().unwrap());
         let quic = field("quic=");
         let expose = format!("127.0.0.1:{backend_port}");
+        let what: Vec<&str> = if raw_tcp {
+            vec!["tcp", &expose]
+        } else {
+            vec!["--expose", &expose, "--subdomain", "bench"]
+        };
         let (client, client_lines) = spawn_lines(
             Command::new(client_bin)
-                .args([
-                    "--server",
-                    &quic,
-                    "--expose",
-                    &expose,
-                    "--subdomain",
-                    "bench",
-                    "--server-cert",
-                ])
+                .args(["--server", &quic])
+                .args(what)
+                .arg("--server-cert")
                 .arg(dir.join("cert.pem"))
                 .env("RUST_LOG", "warn"),
         );
-        client_lines
+        let url = client_lines
             .recv_timeout(Duration::from_secs(20))
             .expect("client URL line");
+        let tcp = raw_tcp.then(|| {
+            let port: u16 = url
+                .split(" -> ")
+                .next()
+                .and_then(|u| u.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .expect("tcp://host:port");
+            SocketAddr::from(([127, 0, 0, 1], port))
+        });
         Tunnel {
             client,
             server,
             http,
             https,
+            tcp,
         }
     }
 
@@ -744,13 +803,23 @@ fn main() {
             continue;
         }
         // Fresh tunnel processes per scenario: the peak RSS is this scenario's.
-        let t = Tunnel::start(&server_bin, &client_bin, &dir, backend_port, s.tls);
+        let no_limits = ["--max-visitors-per-ip", "0", "--visitor-rate-per-ip", "0"];
+        let t = Tunnel::start_with(
+            &server_bin,
+            &client_bin,
+            &dir,
+            backend_port,
+            s.tls,
+            &no_limits,
+            s.raw_tcp,
+        );
         let pids = t.pids();
-        let (direct_url, tunnel_url) = match (s.tls, backend_tls, t.https) {
-            (true, Some(port), Some(https)) => (
+        let (direct_url, tunnel_url) = match (s.tls, backend_tls, t.https, t.tcp) {
+            (true, Some(port), Some(https), _) => (
                 format!("https://127.0.0.1:{port}"),
                 format!("https://{https}"),
             ),
+            (_, _, _, Some(tcp)) => (direct_url.clone(), format!("http://{tcp}")),
             _ => (direct_url.clone(), format!("http://{}", t.http)),
         };
         let mut d_runs = Vec::new();
@@ -800,6 +869,9 @@ fn main() {
         eprint!("{table}");
     }
 
+    if o.only.as_deref().is_none_or(|n| "udp".contains(n)) {
+        table.push_str(&udp_line(&server_bin, &client_bin, &dir, tck, o.duration));
+    }
     table.push_str(&idle_line);
     let _ = writeln!(
         table,
@@ -861,6 +933,7 @@ fn soak(server_bin: &Path, client_bin: &Path, dir: &Path, port: u16, host: &str,
                         close,
                         bulk: path == "/1m",
                         tls: false,
+                        raw_tcp: false,
                     };
                     wrk(&url, Some(&host), &s, 60)
                 })
@@ -955,6 +1028,7 @@ fn slowloris(server_bin: &Path, client_bin: &Path, dir: &Path, port: u16, host: 
         close: false,
         bulk: false,
         tls: false,
+        raw_tcp: false,
     };
     let mut rows = String::new();
     let mut base: Option<WrkResult> = None;
@@ -969,7 +1043,7 @@ fn slowloris(server_bin: &Path, client_bin: &Path, dir: &Path, port: u16, host: 
         ),
         ("4 000 slow sockets, per-IP limits off", no_limits, true),
     ] {
-        let t = Tunnel::start_with(server_bin, client_bin, dir, port, false, extra);
+        let t = Tunnel::start_with(server_bin, client_bin, dir, port, false, extra, false);
         let url = format!("http://{}", t.http);
         let stop = Arc::new(AtomicBool::new(false));
         let attacker = attack.then(|| {
@@ -1014,4 +1088,103 @@ fn slowloris(server_bin: &Path, client_bin: &Path, dir: &Path, port: u16, host: 
          Slow sockets from 127.0.0.2: a partial head, one more header byte every 5 s, replaced when closed \
          (the server cuts a head not complete within 15 s)."
     );
+}
+
+/// A UDP echo on its own thread; its address.
+fn udp_echo() -> SocketAddr {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Round trips per second of 200-byte datagrams, 64 in flight, for `secs`.
+fn udp_rate(to: SocketAddr, secs: u64) -> (f64, u64) {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let payload = [1u8; 200];
+    let mut buf = [0u8; 2048];
+    let (mut done, mut lost) = (0u64, 0u64);
+    let mut in_flight = 0u32;
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        while in_flight < 64 {
+            let _ = s.send(&payload);
+            in_flight += 1;
+        }
+        match s.recv(&mut buf) {
+            Ok(_) => {
+                done += 1;
+                in_flight -= 1;
+            }
+            // A lost datagram: its slot is sent again.
+            Err(_) => {
+                lost += u64::from(in_flight);
+                in_flight = 0;
+            }
+        }
+    }
+    (done as f64 / secs as f64, lost)
+}
+
+/// The UDP row: a direct echo against the same echo through a UDP tunnel.
+fn udp_line(server_bin: &Path, client_bin: &Path, dir: &Path, tck: f64, secs: u64) -> String {
+    let echo = udp_echo();
+    let first = free_port();
+    let (server, server_lines) = spawn_lines(
+        Command::new(server_bin)
+            .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+            .args([
+                "--udp-ports",
+                &format!("{first}-{}", first.saturating_add(3)),
+            ])
+            .arg("--state-dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn"),
+    );
+    let ready = server_lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("server ready line");
+    let quic = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("quic="))
+        .unwrap()
+        .to_owned();
+    let (client, client_lines) = spawn_lines(
+        Command::new(client_bin)
+            .args(["--server", &quic, "udp", &echo.to_string(), "--server-cert"])
+            .arg(dir.join("cert.pem"))
+            .env("RUST_LOG", "warn"),
+    );
+    let url = client_lines
+        .recv_timeout(Duration::from_secs(20))
+        .expect("client URL line");
+    let port: u16 = url
+        .split(" -> ")
+        .next()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("udp://host:port");
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let pids = [server.0.id(), client.0.id()];
+    let (direct, _) = udp_rate(echo, secs);
+    let c0: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+    let (tunnel, lost) = udp_rate(public, secs);
+    let c1: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+    let per = (c1 - c0) / (tunnel * secs as f64).max(1.0) * 1e6;
+    drop(client);
+    drop(server);
+    format!(
+        "\nUDP echo, 200-byte datagrams, 64 in flight, {secs} s: direct {direct:.0} round trips/s, through a \
+         UDP tunnel {tunnel:.0}/s (**{:.2}**), {per:.1} µs of tunnel CPU per round trip (two datagrams), \
+         {lost} lost.\n",
+        tunnel / direct.max(1.0)
+    )
 }

@@ -220,14 +220,22 @@ impl<R: LeanRead> RequestSide<R> {
                 Action::Answer(respond::to_https(self.state.https_url(&head)))
             }
             Some((rule, Some(session))) => {
+                let mut forwarded = Forwarded::plain(self.peer.ip(), self.scheme.as_str());
+                if let Some(p) = &rule.policy {
+                    // The tunnel's gate, before any stream is opened.
+                    if let Err(page) = p.admit(
+                        &rule.host,
+                        self.peer.ip(),
+                        head.header_values("authorization").next(),
+                    ) {
+                        return (facts, Action::Answer(page));
+                    }
+                    forwarded.host = p.host.as_deref();
+                    forwarded.remove = &p.remove;
+                    forwarded.add = &p.add;
+                }
                 let mut fwd = BytesMut::new();
-                head.write_forwarded(
-                    &mut fwd,
-                    &Forwarded {
-                        client_ip: self.peer.ip(),
-                        proto: self.scheme.as_str(),
-                    },
-                );
+                head.write_forwarded(&mut fwd, &forwarded);
                 Action::Forward(fwd.freeze(), rule, session)
             }
         };

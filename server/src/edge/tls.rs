@@ -201,7 +201,13 @@ async fn passthrough(
     let Ok(rest) = upstream::read_reply(&mut recv, &rule.host).await else {
         return;
     };
-    if let Err(e) = tunnel_lib::io::splice(tcp, &mut send, &mut recv, rest).await {
-        debug!(host = %rule.host, "passthrough ended: {e}");
+    tokio::select! {
+        r = tunnel_lib::io::splice(tcp, &mut send, &mut recv, rest) => {
+            if let Err(e) = r {
+                debug!(host = %rule.host, "passthrough ended: {e}");
+            }
+        }
+        // The client is gone: so is this connection (even half-closed).
+        _ = conn.closed() => {}
     }
 }

@@ -245,6 +245,7 @@ pub struct TestServer {
     pub reload: Arc<Notify>,
     pub certs: Option<Arc<tunnel_server::certs::CertStore>>,
     pub acme: Option<tunnel_server::acme::Acme>,
+    pub stats: Arc<tunnel_server::Stats>,
 }
 
 impl TestServer {
@@ -280,6 +281,7 @@ impl TestServer {
         let https = server.https_addr();
         let reload = server.reload_handle();
         let (certs, acme) = (server.cert_store(), server.acme());
+        let stats = server.stats();
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move { server.run(s).await.unwrap() });
@@ -292,6 +294,7 @@ impl TestServer {
             reload,
             certs,
             acme,
+            stats,
             shutdown,
             task,
         }

@@ -93,6 +93,26 @@ pub struct Forwarded<'a> {
     pub client_ip: IpAddr,
     /// `http` or `https`: the scheme the visitor used.
     pub proto: &'a str,
+    /// Sent as `Host` instead of the visitor's (which stays in
+    /// `X-Forwarded-Host`): dev servers that check Host.
+    pub host: Option<&'a str>,
+    /// Header names (case-insensitive) not forwarded.
+    pub remove: &'a [Box<str>],
+    /// Header lines added (names and values already checked).
+    pub add: &'a [(Box<str>, Box<str>)],
+}
+
+impl<'a> Forwarded<'a> {
+    /// No edits: the visitor's Host and headers.
+    pub fn plain(client_ip: IpAddr, proto: &'a str) -> Self {
+        Forwarded {
+            client_ip,
+            proto,
+            host: None,
+            remove: &[],
+            add: &[],
+        }
+    }
 }
 
 fn eq_ic(a: &[u8], b: &str) -> bool {
@@ -407,10 +427,18 @@ impl RequestHead {
         dst.put_u8(b' ');
         dst.put_slice(self.version.as_str().as_bytes());
         dst.put_slice(b"\r\nHost: ");
-        dst.put_slice(self.host());
+        dst.put_slice(fwd.host.map_or(self.host(), str::as_bytes));
         dst.put_slice(b"\r\n");
         for h in self.headers.iter().filter(|h| !h.skip) {
-            dst.put_slice(h.name.get(raw));
+            let name = h.name.get(raw);
+            if fwd
+                .remove
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            dst.put_slice(name);
             dst.put_slice(b": ");
             dst.put_slice(h.value.get(raw));
             dst.put_slice(b"\r\n");
@@ -430,6 +458,12 @@ impl RequestHead {
         dst.put_slice(b"\r\nX-Forwarded-Host: ");
         dst.put_slice(self.host());
         dst.put_slice(b"\r\n");
+        for (k, v) in fwd.add {
+            dst.put_slice(k.as_bytes());
+            dst.put_slice(b": ");
+            dst.put_slice(v.as_bytes());
+            dst.put_slice(b"\r\n");
+        }
         match self.body {
             BodyKind::None => {}
             BodyKind::Length(n) => {

@@ -32,10 +32,7 @@ fn forwarded(input: &[u8]) -> String {
     let mut out = BytesMut::new();
     head.write_forwarded(
         &mut out,
-        &Forwarded {
-            client_ip: "203.0.113.7".parse().unwrap(),
-            proto: "http",
-        },
+        &Forwarded::plain("203.0.113.7".parse().unwrap(), "http"),
     );
     String::from_utf8(out.to_vec()).unwrap()
 }

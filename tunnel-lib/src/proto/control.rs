@@ -65,6 +65,12 @@ pub enum TunnelKind {
     /// TLS passthrough: the server routes by the ClientHello's SNI and
     /// splices the raw bytes; the local service holds the certificate.
     Tls,
+    /// Raw TCP: the server gives the tunnel a public port of its own and
+    /// splices each connection to it.
+    Tcp,
+    /// UDP: a public UDP port whose datagrams travel as QUIC DATAGRAM
+    /// frames, one flow per visitor address ([`crate::proto::datagram`]).
+    Udp,
 }
 
 impl TunnelKind {
@@ -72,15 +78,99 @@ impl TunnelKind {
         match self {
             TunnelKind::Http => 1,
             TunnelKind::Tls => 2,
+            TunnelKind::Tcp => 3,
+            TunnelKind::Udp => 4,
         }
     }
     pub fn from_u8(b: u8) -> Result<Self, ProtoError> {
         match b {
             1 => Ok(TunnelKind::Http),
             2 => Ok(TunnelKind::Tls),
+            3 => Ok(TunnelKind::Tcp),
+            4 => Ok(TunnelKind::Udp),
             t => Err(ProtoError::UnknownType(t)),
         }
     }
+}
+
+/// What the server enforces on an HTTP tunnel's visitors before a stream is
+/// opened, and the edits it makes to what reaches the local service. Set by
+/// the client at registration; the server validates it (bad CIDRs, header
+/// names or credentials are refused with the field named).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Policy {
+    /// `user:password` or `user:sha256:<hex of the password's SHA-256>`:
+    /// visitors must present one (HTTP Basic). Empty: no authentication.
+    pub basic_auth: Vec<Secret>,
+    /// CIDRs a visitor's address must be in (empty: any).
+    pub allow: Vec<String>,
+    /// CIDRs a visitor's address must not be in.
+    pub deny: Vec<String>,
+    /// New requests per second one visitor address may make (bursts of
+    /// twice that); past it `429`. 0: no limit.
+    pub rate_per_ip: u32,
+    /// The `Host` the local service sees: empty keeps the visitor's,
+    /// `rewrite` sends the local address, anything else is sent as is.
+    pub host_header: String,
+    /// Header lines added to every request (after removals).
+    pub add_request_headers: Vec<(String, String)>,
+    /// Header names removed from every request.
+    pub remove_request_headers: Vec<String>,
+}
+
+impl Policy {
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+
+    fn encode(&self, dst: &mut BytesMut) {
+        put_list(dst, &self.basic_auth, |d, s| put_string(d, s.expose()));
+        put_list(dst, &self.allow, |d, s| put_string(d, s));
+        put_list(dst, &self.deny, |d, s| put_string(d, s));
+        dst.put_u32(self.rate_per_ip);
+        put_string(dst, &self.host_header);
+        put_list(dst, &self.add_request_headers, |d, (k, v)| {
+            put_string(d, k);
+            put_string(d, v);
+        });
+        put_list(dst, &self.remove_request_headers, |d, s| put_string(d, s));
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Policy, ProtoError> {
+        Ok(Policy {
+            basic_auth: get_list(r, |r| Ok(Secret::from(r.string()?)))?,
+            allow: get_list(r, Reader::string)?,
+            deny: get_list(r, Reader::string)?,
+            rate_per_ip: r.u32()?,
+            host_header: r.string()?,
+            add_request_headers: get_list(r, |r| Ok((r.string()?, r.string()?)))?,
+            remove_request_headers: get_list(r, Reader::string)?,
+        })
+    }
+}
+
+/// Lists in a policy: at most this many items each.
+const MAX_LIST: usize = 64;
+
+fn put_list<T>(dst: &mut BytesMut, items: &[T], mut put: impl FnMut(&mut BytesMut, &T)) {
+    let n = items.len().min(MAX_LIST);
+    dst.put_u8(n as u8);
+    for item in &items[..n] {
+        put(dst, item);
+    }
+}
+
+fn get_list<'a, T>(
+    r: &mut Reader<'a>,
+    mut get: impl FnMut(&mut Reader<'a>) -> Result<T, ProtoError>,
+) -> Result<Vec<T>, ProtoError> {
+    let n = usize::from(r.u8()?);
+    if n > MAX_LIST {
+        return Err(ProtoError::Malformed {
+            what: "policy list length",
+        });
+    }
+    (0..n).map(|_| get(r)).collect()
 }
 
 /// One control-stream message.
@@ -102,13 +192,17 @@ pub enum Control {
     /// wildcard rule `*.preview.example.com`) the token must be allowed.
     /// `local` is what the client forwards to, for display and logs.
     /// `plain_http`: serve plain-HTTP visitors too instead of redirecting
-    /// them to https.
+    /// them to https. `remote_port`: the public port a TCP tunnel asks for
+    /// (0: any from the server's range; ignored for other kinds).
     Register {
         request_id: u32,
         subdomain: String,
         local: String,
         kind: TunnelKind,
         plain_http: bool,
+        remote_port: u16,
+        /// Visitor policy and request edits (HTTP tunnels).
+        policy: Policy,
     },
     /// Server → client: the tunnel is live at `url`; data streams for it carry
     /// `tunnel_id`.
@@ -167,6 +261,8 @@ impl Control {
                 local,
                 kind,
                 plain_http,
+                remote_port,
+                policy,
             } => {
                 dst.put_u8(T_REGISTER);
                 dst.put_u32(*request_id);
@@ -174,6 +270,8 @@ impl Control {
                 put_string(dst, local);
                 dst.put_u8(kind.to_u8());
                 dst.put_u8(u8::from(*plain_http));
+                dst.put_u16(*remote_port);
+                policy.encode(dst);
             }
             Control::Registered {
                 request_id,
@@ -244,6 +342,8 @@ impl Control {
                         })
                     }
                 },
+                remote_port: r.u16()?,
+                policy: Policy::decode(&mut r)?,
             },
             T_REGISTERED => Control::Registered {
                 request_id: r.u32()?,

@@ -8,7 +8,7 @@
 //! client                                   server
 //!   Hello{version, token, client_id}  ──▶
 //!                                     ◀──  Welcome{version, session_id}   | Error + close
-//!   Register{request_id, name, kind}  ──▶
+//!   Register{request_id, name, kind, remote_port, policy}  ──▶
 //!                                     ◀──  Registered{request_id, tunnel_id, url} | Error{request_id}
 //!                                     ◀──  GoingAway{reason}   (server shutting down)
 //! ```
@@ -27,16 +27,17 @@ mod control;
 mod stream;
 
 pub use codec::{decode_frame, Reader};
-pub use control::{Control, ErrorCode, TunnelKind};
+pub mod datagram;
+pub use control::{Control, ErrorCode, Policy, TunnelKind};
 pub use stream::{Preface, Reply, ReplyCode, StreamKind};
 
 /// Version of the control protocol and stream format.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// TLS ALPN of this protocol version. A client and server of different
 /// versions fail the handshake with `no_application_protocol`, which both
 /// sides translate into a version-mismatch message.
-pub const ALPN: &[u8] = b"tunnel/2";
+pub const ALPN: &[u8] = b"tunnel/3";
 
 /// QUIC application close codes.
 pub mod close {

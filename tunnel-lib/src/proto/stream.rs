@@ -20,6 +20,8 @@ pub enum StreamKind {
     /// A TLS-passthrough visitor connection: raw bytes both ways, starting
     /// with the visitor's ClientHello.
     Tls,
+    /// A TCP-tunnel visitor connection: raw bytes both ways.
+    Tcp,
 }
 
 /// Server → client, first bytes of a data stream.
@@ -37,6 +39,7 @@ impl Preface {
         dst.put_u8(match self.kind {
             StreamKind::Http1 => 1,
             StreamKind::Tls => 2,
+            StreamKind::Tcp => 3,
         });
         dst.put_u32(self.tunnel_id);
         match self.visitor.ip() {
@@ -61,6 +64,7 @@ impl Preface {
         let kind = match r.u8()? {
             1 => StreamKind::Http1,
             2 => StreamKind::Tls,
+            3 => StreamKind::Tcp,
             t => return Err(ProtoError::UnknownType(t)),
         };
         let tunnel_id = r.u32()?;
