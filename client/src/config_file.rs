@@ -84,36 +84,51 @@ pub struct Tunnel {
     pub request_header_add: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_header_remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_header_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_header_remove: Vec<String>,
 }
 
-/// A tunnel's policy from its flags or keys; `NAME: VALUE` lines split.
-pub fn policy(
-    basic_auth: Vec<String>,
-    allow: Vec<String>,
-    deny: Vec<String>,
-    rate_per_ip: u32,
-    host_header: String,
-    request_header_add: &[String],
-    request_header_remove: Vec<String>,
-) -> Result<tunnel_lib::proto::Policy, String> {
-    let mut add = Vec::new();
-    for line in request_header_add {
-        let Some((k, v)) = line.split_once(':') else {
-            return Err(format!(
-                "--request-header-add {line:?}: expected \"NAME: VALUE\""
-            ));
-        };
-        add.push((k.trim().to_owned(), v.trim().to_owned()));
+/// A tunnel's visitor policy as written (flags or keys).
+#[derive(Default)]
+pub struct PolicyText {
+    pub basic_auth: Vec<String>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    pub rate_per_ip: u32,
+    pub host_header: String,
+    pub request_header_add: Vec<String>,
+    pub request_header_remove: Vec<String>,
+    pub response_header_add: Vec<String>,
+    pub response_header_remove: Vec<String>,
+}
+
+fn header_lines(flag: &str, lines: &[String]) -> Result<Vec<(String, String)>, String> {
+    lines
+        .iter()
+        .map(|line| match line.split_once(':') {
+            Some((k, v)) => Ok((k.trim().to_owned(), v.trim().to_owned())),
+            None => Err(format!("{flag} {line:?}: expected \"NAME: VALUE\"")),
+        })
+        .collect()
+}
+
+impl PolicyText {
+    /// The wire form; `NAME: VALUE` lines split.
+    pub fn policy(self) -> Result<tunnel_lib::proto::Policy, String> {
+        Ok(tunnel_lib::proto::Policy {
+            basic_auth: self.basic_auth.into_iter().map(Into::into).collect(),
+            allow: self.allow,
+            deny: self.deny,
+            rate_per_ip: self.rate_per_ip,
+            host_header: self.host_header,
+            add_request_headers: header_lines("--request-header-add", &self.request_header_add)?,
+            remove_request_headers: self.request_header_remove,
+            add_response_headers: header_lines("--response-header-add", &self.response_header_add)?,
+            remove_response_headers: self.response_header_remove,
+        })
     }
-    Ok(tunnel_lib::proto::Policy {
-        basic_auth: basic_auth.into_iter().map(Into::into).collect(),
-        allow,
-        deny,
-        rate_per_ip,
-        host_header,
-        add_request_headers: add,
-        remove_request_headers: request_header_remove,
-    })
 }
 
 /// A parsed file and its text (for line numbers).
@@ -224,20 +239,23 @@ impl Loaded {
                     "only tcp and udp tunnels have a remote port: use subdomain",
                 ));
             }
-            let policy = policy(
-                t.basic_auth.clone(),
-                t.allow.clone(),
-                t.deny.clone(),
-                t.rate_per_ip.unwrap_or(0),
-                t.host_header.clone().unwrap_or_default(),
-                &t.request_header_add,
-                t.request_header_remove.clone(),
-            )
+            let policy = PolicyText {
+                basic_auth: t.basic_auth.clone(),
+                allow: t.allow.clone(),
+                deny: t.deny.clone(),
+                rate_per_ip: t.rate_per_ip.unwrap_or(0),
+                host_header: t.host_header.clone().unwrap_or_default(),
+                request_header_add: t.request_header_add.clone(),
+                request_header_remove: t.request_header_remove.clone(),
+                response_header_add: t.response_header_add.clone(),
+                response_header_remove: t.response_header_remove.clone(),
+            }
+            .policy()
             .map_err(|e| format!("{}: tunnels.{name}: {e}", self.path.display()))?;
             if t.kind != Kind::Http && !policy.is_empty() {
                 return Err(format!(
-                    "{}: tunnels.{name}: basic_auth, allow, deny, rate_per_ip, host_header and \
-                     request_header_* apply to http tunnels only",
+                    "{}: tunnels.{name}: basic_auth, allow, deny, rate_per_ip, host_header, \
+                     request_header_* and response_header_* apply to http tunnels only",
                     self.path.display()
                 ));
             }

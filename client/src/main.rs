@@ -123,19 +123,28 @@ struct PolicyArgs {
     /// Remove a header from every request (repeatable).
     #[arg(long, value_name = "NAME")]
     request_header_remove: Vec<String>,
+    /// Add a header to every response: "NAME: VALUE" (repeatable).
+    #[arg(long, value_name = "NAME: VALUE")]
+    response_header_add: Vec<String>,
+    /// Remove a header from every response (repeatable).
+    #[arg(long, value_name = "NAME")]
+    response_header_remove: Vec<String>,
 }
 
 impl PolicyArgs {
     fn policy(self) -> Result<tunnel_lib::proto::Policy, String> {
-        tunnel_client::config_file::policy(
-            self.basic_auth,
-            self.allow,
-            self.deny,
-            self.rate_per_ip.unwrap_or(0),
-            self.host_header.unwrap_or_default(),
-            &self.request_header_add,
-            self.request_header_remove,
-        )
+        config_file::PolicyText {
+            basic_auth: self.basic_auth,
+            allow: self.allow,
+            deny: self.deny,
+            rate_per_ip: self.rate_per_ip.unwrap_or(0),
+            host_header: self.host_header.unwrap_or_default(),
+            request_header_add: self.request_header_add,
+            request_header_remove: self.request_header_remove,
+            response_header_add: self.response_header_add,
+            response_header_remove: self.response_header_remove,
+        }
+        .policy()
     }
 }
 

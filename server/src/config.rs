@@ -143,6 +143,44 @@ pub struct Config {
     /// Flows one UDP tunnel keeps at once; datagrams from more visitors are
     /// dropped (and counted).
     pub max_udp_flows: usize,
+    /// Narrower port ranges for some tokens (`[[token]]` in the config
+    /// file); other tokens may use all of `tcp_ports` / `udp_ports`.
+    pub token_ports: Vec<TokenPorts>,
+}
+
+/// The ports one token may claim.
+#[derive(Debug, Clone)]
+pub struct TokenPorts {
+    /// Index into `Config::tokens`.
+    pub token: usize,
+    pub tcp: Option<std::ops::RangeInclusive<u16>>,
+    pub udp: Option<std::ops::RangeInclusive<u16>>,
+}
+
+impl Config {
+    /// The ports `owner` may claim for `kind` (`Tcp` or `Udp`), and whether
+    /// that range is the token's own.
+    pub fn port_range(
+        &self,
+        owner: crate::registry::Owner,
+        kind: tunnel_lib::proto::TunnelKind,
+    ) -> Option<(std::ops::RangeInclusive<u16>, bool)> {
+        let udp = kind == tunnel_lib::proto::TunnelKind::Udp;
+        let global = if udp {
+            &self.udp_ports
+        } else {
+            &self.tcp_ports
+        };
+        let global = global.clone()?;
+        if let crate::registry::Owner::Token(i) = owner {
+            if let Some(t) = self.token_ports.iter().find(|t| t.token == i) {
+                if let Some(r) = if udp { &t.udp } else { &t.tcp } {
+                    return Some((r.clone(), true));
+                }
+            }
+        }
+        Some((global, false))
+    }
 }
 
 impl Default for Config {
@@ -175,6 +213,7 @@ impl Default for Config {
             udp_ports: None,
             udp_idle: Duration::from_secs(60),
             max_udp_flows: 1024,
+            token_ports: Vec::new(),
             hsts: None,
             allow_domains: Vec::new(),
         }

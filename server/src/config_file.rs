@@ -49,6 +49,23 @@ pub struct FileConfig {
     pub tcp_ports: Option<Spanned<String>>,
     pub udp_ports: Option<Spanned<String>>,
     pub udp_idle: Option<u64>,
+    /// `[[token]]` tables: a token and what it may claim.
+    #[serde(default)]
+    pub token: Vec<TokenEntry>,
+}
+
+/// One `[[token]]`: its secret (inline or in a file) and its rights.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub secret: Option<Spanned<String>>,
+    pub secret_file: Option<PathBuf>,
+    /// Host names outside the domain it may claim (as `--allow-domain`).
+    #[serde(default)]
+    pub domains: Vec<Spanned<String>>,
+    /// Its own TCP / UDP port range, inside the server's.
+    pub tcp_ports: Option<Spanned<String>>,
+    pub udp_ports: Option<Spanned<String>>,
 }
 
 /// A loaded file: its values and its text (for line numbers).

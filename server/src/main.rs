@@ -286,6 +286,61 @@ async fn configure(cli: Cli) -> Result<Config, String> {
     };
     let tcp_ports = range("--tcp-ports", "tcp_ports", &cli.tcp_ports, &f.tcp_ports)?;
     let udp_ports = range("--udp-ports", "udp_ports", &cli.udp_ports, &f.udp_ports)?;
+
+    // `[[token]]` tables: more tokens, each with its own grants and ports.
+    let mut token_ports = Vec::new();
+    for (n, t) in f.token.iter().enumerate() {
+        let secret = match (&t.secret, &t.secret_file) {
+            (Some(s), None) => s.get_ref().trim().to_owned(),
+            (None, Some(path)) => tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("token[{n}].secret_file {}: {e}", path.display()))?
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(format!(
+                    "{}: [[token]] number {}: give exactly one of secret or secret_file",
+                    cli.config
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default(),
+                    n + 1
+                ))
+            }
+        };
+        tokens.push(secret);
+        let index = tokens.len() - 1;
+        for d in &t.domains {
+            let grant =
+                tunnel_server::config::parse_grant(&format!("{}={}", index + 1, d.get_ref()))
+                    .map_err(|e| at("token.domains", d, e.to_string()))?;
+            allow_domains.push(grant);
+        }
+        let own = |key: &str,
+                   v: &Option<toml::Spanned<String>>,
+                   global: &Option<std::ops::RangeInclusive<u16>>| {
+            let Some(v) = v else { return Ok(None) };
+            let r = tunnel_server::config::parse_port_range("--tcp-ports", v.get_ref())
+                .map_err(|e| at(key, v, e.to_string()))?;
+            match global {
+                Some(g) if g.contains(r.start()) && g.contains(r.end()) => Ok(Some(r)),
+                _ => Err(at(
+                    key,
+                    v,
+                    format!(
+                        "{:?} must lie inside the server's own range ({})",
+                        v.get_ref(),
+                        key.trim_start_matches("token.")
+                    ),
+                )),
+            }
+        };
+        token_ports.push(tunnel_server::config::TokenPorts {
+            token: index,
+            tcp: own("token.tcp_ports", &t.tcp_ports, &tcp_ports)?,
+            udp: own("token.udp_ports", &t.udp_ports, &udp_ports)?,
+        });
+    }
     let challenge = match (&cli.acme_challenge, &f.acme_challenge) {
         (Some(c), _) => c.clone(),
         (None, Some(c)) => match c.get_ref().as_str() {
@@ -368,6 +423,7 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         allow_domains,
         tcp_ports,
         udp_ports,
+        token_ports,
         udp_idle: cli.udp_idle.or(f.udp_idle).map_or(d.udp_idle, secs),
         ..d
     })

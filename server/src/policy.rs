@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use base64::Engine as _;
+use bytes::Bytes;
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
@@ -25,6 +26,10 @@ pub struct EdgePolicy {
     pub host: Option<Box<str>>,
     pub add: Vec<(Box<str>, Box<str>)>,
     pub remove: Vec<Box<str>>,
+    /// Response header lines added (`Name: value\r\n`, rendered once).
+    pub response_add: Vec<Bytes>,
+    /// Response header names removed.
+    pub response_remove: Vec<Box<str>>,
 }
 
 impl std::fmt::Debug for EdgePolicy {
@@ -41,6 +46,8 @@ impl std::fmt::Debug for EdgePolicy {
             .field("host", &self.host)
             .field("add", &self.add)
             .field("remove", &self.remove)
+            .field("response_add", &self.response_add.len())
+            .field("response_remove", &self.response_remove)
             .finish()
     }
 }
@@ -159,6 +166,33 @@ impl EdgePolicy {
             .iter()
             .map(|n| header_name("--request-header-remove", n))
             .collect::<Result<_, _>>()?;
+        // The edge frames responses by these: never edited.
+        let framing = |flag: &str, n: &str| -> Result<Box<str>, String> {
+            let name = header_name(flag, n)?;
+            if [
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "upgrade",
+            ]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+            {
+                return Err(format!("{flag} {name}: the tunnel frames responses by this header; it cannot be edited"));
+            }
+            Ok(name)
+        };
+        let mut response_add = Vec::new();
+        for (k, v) in &p.add_response_headers {
+            let name = framing("--response-header-add", k)?;
+            let value = header_value("--response-header-add", v)?;
+            response_add.push(Bytes::from(format!("{name}: {value}\r\n")));
+        }
+        let response_remove = p
+            .remove_response_headers
+            .iter()
+            .map(|n| framing("--response-header-remove", n))
+            .collect::<Result<_, _>>()?;
         Ok(Some(EdgePolicy {
             users,
             allow,
@@ -167,6 +201,8 @@ impl EdgePolicy {
             host,
             add,
             remove,
+            response_add,
+            response_remove,
         }))
     }
 
@@ -323,6 +359,15 @@ mod tests {
         assert_eq!(p.host.as_deref(), Some("localhost:5173"));
         assert!(p.removes(b"cookie"));
         assert!(policy(|p| p.add_request_headers = vec![("Bad Name".into(), "x".into())]).is_err());
+        let e = policy(|p| p.remove_response_headers = vec!["Content-Length".into()])
+            .err()
+            .unwrap();
+        assert!(e.contains("cannot be edited"), "{e}");
+        let p2 =
+            policy(|p| p.add_response_headers = vec![("X-Robots-Tag".into(), "noindex".into())])
+                .unwrap()
+                .unwrap();
+        assert_eq!(&p2.response_add[0][..], b"X-Robots-Tag: noindex\r\n");
         assert!(policy(|p| p.add_request_headers = vec![("X-A".into(), "a\r\nb".into())]).is_err());
         let e = policy(|p| p.add_request_headers = vec![("Host".into(), "x".into())])
             .err()

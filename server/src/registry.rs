@@ -444,9 +444,10 @@ impl Registry {
         session: &Session,
         kind: TunnelKind,
         requested: u16,
-        range: &std::ops::RangeInclusive<u16>,
+        (range, own): (&std::ops::RangeInclusive<u16>, bool),
         mut bind: impl FnMut(u16) -> std::io::Result<L>,
     ) -> Result<(Registered, L), Refusal> {
+        let whose = if own { "this token's" } else { "this server's" };
         self.check_tunnel_count(session)?;
         let (first, last) = (*range.start(), *range.end());
         let (port, listener) = if requested != 0 {
@@ -454,7 +455,7 @@ impl Registry {
                 return Err(Refusal {
                     code: ErrorCode::InvalidName,
                     message: format!(
-                        "port {requested} is outside this server's {} ports {first}-{last}: ask for one \
+                        "port {requested} is outside {whose} {} ports {first}-{last}: ask for one \
                          inside them with --remote-port, or for none",
                         proto_name(kind)
                     ),
@@ -483,7 +484,7 @@ impl Registry {
             found.ok_or_else(|| Refusal {
                 code: ErrorCode::LimitReached,
                 message: format!(
-                    "every {} port of this server ({first}-{last}) is taken; retry later",
+                    "every {} port in {whose} range ({first}-{last}) is taken; retry later",
                     proto_name(kind)
                 ),
             })?

@@ -351,7 +351,7 @@ fn register_tcp(
     remote_port: u16,
     shutdown: &CancellationToken,
 ) -> Result<registry::Registered, registry::Refusal> {
-    let Some(range) = state.config.tcp_ports.clone() else {
+    let Some((range, own)) = state.config.port_range(session.owner, TunnelKind::Tcp) else {
         return Err(registry::Refusal {
             code: ErrorCode::LimitReached,
             message: "this server has no TCP ports to give: its operator must start tunnel-server \
@@ -359,12 +359,13 @@ fn register_tcp(
                 .into(),
         });
     };
-    let (r, listener) =
-        state
-            .registry
-            .register_port(session, TunnelKind::Tcp, remote_port, &range, |p| {
-                crate::tcp::bind(state, p)
-            })?;
+    let (r, listener) = state.registry.register_port(
+        session,
+        TunnelKind::Tcp,
+        remote_port,
+        (&range, own),
+        |p| crate::tcp::bind(state, p),
+    )?;
     crate::tcp::serve(
         state.clone(),
         session.clone(),

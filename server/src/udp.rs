@@ -48,7 +48,7 @@ pub(crate) fn register(
     remote_port: u16,
     soft: &CancellationToken,
 ) -> Result<Registered, Refusal> {
-    let Some(range) = state.config.udp_ports.clone() else {
+    let Some((range, own)) = state.config.port_range(session.owner, TunnelKind::Udp) else {
         return Err(Refusal {
             code: ErrorCode::LimitReached,
             message: "this server has no UDP ports to give: its operator must start tunnel-server \
@@ -56,12 +56,13 @@ pub(crate) fn register(
                 .into(),
         });
     };
-    let (r, socket) =
-        state
-            .registry
-            .register_port(session, TunnelKind::Udp, remote_port, &range, |p| {
-                bind(state, p)
-            })?;
+    let (r, socket) = state.registry.register_port(
+        session,
+        TunnelKind::Udp,
+        remote_port,
+        (&range, own),
+        |p| bind(state, p),
+    )?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let first = {
         let mut m = session.datagrams.lock().unwrap_or_else(|p| p.into_inner());

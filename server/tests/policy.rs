@@ -159,6 +159,29 @@ async fn the_app_sees_the_rewritten_host_and_the_header_edits() {
 }
 
 #[tokio::test]
+async fn response_headers_are_added_and_removed() {
+    let (backend, server, client, host) = with_policy(Policy {
+        add_response_headers: vec![("X-Robots-Tag".into(), "noindex".into())],
+        remove_response_headers: vec!["Date".into()],
+        ..Default::default()
+    })
+    .await;
+    let r = get_with(&server, &host, "/hello", "").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, b"hello from app");
+    let head = r.head.to_lowercase();
+    assert!(head.contains("x-robots-tag: noindex\r\n"), "{head}");
+    assert!(!head.contains("\r\ndate:"), "{head}");
+    assert!(
+        head.contains("content-length: 14\r\n"),
+        "framing kept: {head}"
+    );
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
 async fn a_bad_policy_is_refused_with_the_flag_named() {
     let backend = Backend::start("app").await;
     let server = TestServer::start().await;

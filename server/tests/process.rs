@@ -897,7 +897,8 @@ async fn the_config_file_is_checked_and_flags_win() {
         &good,
         format!(
             "# the team's server\ndomain = \"file.example.com\"\nhttp = \"127.0.0.1:0\"\n\
-             tokens = [\"{TOKEN}\"]\ntcp_ports = \"40000-40099\"\nmax_visitors_per_ip = 64\n"
+             tokens = [\"{TOKEN}\"]\ntcp_ports = \"40000-40099\"\nmax_visitors_per_ip = 64\n\n\
+             [[token]]\nsecret = \"alice-{TOKEN}\"\ntcp_ports = \"40010-40019\"\ndomains = [\"*.alice.example\"]\n"
         ),
     )
     .await
@@ -925,12 +926,25 @@ async fn the_config_file_is_checked_and_flags_win() {
         "{stdout}{stderr}"
     );
     assert!(stdout.contains("Secret(***)"), "{stdout}");
+    assert!(
+        stdout.contains("40010..=40019"),
+        "the token's own range: {stdout}"
+    );
+    assert!(
+        stdout.contains("alice.example"),
+        "the token's grant: {stdout}"
+    );
 
     for (text, expect) in [
         ("domain = \"a.example\"\n\nmax_visitor = 5\n", "line 3"),
         ("http = \"nowhere\"\n", "line 1"),
         ("\n\ntcp_ports = \"9-1\"\n", "line 3: tcp_ports"),
         ("acme_challenge = \"dns-01\"\n", "line 1: acme_challenge"),
+        (
+            "tcp_ports = \"40000-40099\"\n[[token]]\nsecret = \"x\"\ntcp_ports = \"39000-39001\"\n",
+            "line 4: token.tcp_ports",
+        ),
+        ("[[token]]\nsecret = \"x\"\nports = 1\n", "line 3"),
     ] {
         let bad = dir.path().join("bad.toml");
         tokio::fs::write(&bad, text).await.unwrap();
@@ -950,7 +964,7 @@ async fn the_config_file_is_checked_and_flags_win() {
     }
 }
 
-/// Issue 10: one client config file with two HTTP tunnels and a TCP one,
+/// Issue 10: one client config file with two HTTP tunnels, a TCP and a UDP one,
 /// run by `tunnel-client start` over one connection; each local service
 /// sees only its own traffic. `login` saves the server and token (0600) so
 /// a later run needs no flags.
@@ -969,10 +983,20 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
             });
         }
     });
+    let udp_echo = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let udp_addr = udp_echo.local_addr().unwrap();
+    let udp_task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp_echo.recv_from(&mut buf).await {
+            let _ = udp_echo.send_to(&buf[..n], from).await;
+        }
+    });
     let first = support::tls::free_port();
+    let udp_first = support::tls::free_port();
     let mut server = Proc::spawn(
         server_cmd(home.path())
             .args(["--tcp-ports", &format!("{first}-{}", first + 3)])
+            .args(["--udp-ports", &format!("{udp_first}-{}", udp_first + 3)])
             .env("TUNNEL_TOKENS", "team-token"),
     );
     let ready = server.line().await;
@@ -1002,7 +1026,7 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
     );
     text.push_str(&format!(
         "\n[tunnels.web]\nlocal = \"{}\"\nsubdomain = \"web\"\n\n[tunnels.api]\nlocal = \"{}\"\nsubdomain = \"api\"\n\n\
-         [tunnels.echo]\nkind = \"tcp\"\nlocal = \"{echo_addr}\"\n",
+         [tunnels.echo]\nkind = \"tcp\"\nlocal = \"{echo_addr}\"\n\n[tunnels.game]\nkind = \"udp\"\nlocal = \"{udp_addr}\"\n",
         web.addr, api.addr
     ));
     tokio::fs::write(&cfg, text).await.unwrap();
@@ -1017,13 +1041,32 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
             .env("TUNNEL_STATE_DIR", home.path()),
     );
     let mut lines = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         lines.push(client.line().await);
     }
     lines.sort();
     assert!(lines[0].starts_with("http://api.localhost:"), "{lines:?}");
     assert!(lines[1].starts_with("http://web.localhost:"), "{lines:?}");
     assert!(lines[2].starts_with("tcp://localhost:"), "{lines:?}");
+    assert!(lines[3].starts_with("udp://localhost:"), "{lines:?}");
+    let udp_port: u16 = lines[3]
+        .split(" -> ")
+        .next()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let visitor_udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    visitor_udp.connect(("127.0.0.1", udp_port)).await.unwrap();
+    visitor_udp.send(b"datagram").await.unwrap();
+    let mut dbuf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, visitor_udp.recv(&mut dbuf))
+        .await
+        .expect("the udp echo through the tunnel")
+        .unwrap();
+    assert_eq!(&dbuf[..n], b"datagram");
 
     let http: std::net::SocketAddr = http.parse().unwrap();
     for (name, n) in [("web", 3), ("api", 2)] {
@@ -1069,6 +1112,7 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
     );
     let _ = server.terminate().await;
     echo_task.abort();
+    udp_task.abort();
     web.stop().await;
     api.stop().await;
 }

@@ -255,3 +255,47 @@ async fn a_client_that_goes_away_closes_its_visitors_connections() {
         t0.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_token_with_its_own_range_gets_ports_only_from_it() {
+    let echo = Echo::start().await;
+    let range = port_range();
+    let own = *range.start()..=*range.start();
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: vec!["alice-token".into(), "bob-token".into()],
+        tcp_ports: Some(range.clone()),
+        token_ports: vec![tunnel_server::config::TokenPorts {
+            token: 0,
+            tcp: Some(own.clone()),
+            udp: None,
+        }],
+        ..Default::default()
+    })
+    .await;
+    let as_token = |token: &str, port: u16| {
+        let mut cfg = tcp_client(&server, echo.addr, port);
+        cfg.token = Some(token.into());
+        cfg
+    };
+    // Outside alice's own range (though inside the server's): refused.
+    let res = TestClient::start(as_token("alice-token", own.start() + 1))
+        .finished()
+        .await;
+    let msg = format!("{res:?}");
+    assert!(msg.contains("outside this token's TCP ports"), "{msg}");
+    // Any port: hers.
+    let mut alice = TestClient::start(as_token("alice-token", 0));
+    let url = alice.online(1).await[0].url.clone();
+    assert_eq!(public_addr(&url).port(), *own.start());
+    // Her range is full now; bob still gets one of the server's.
+    let res = TestClient::start(as_token("alice-token", 0))
+        .finished()
+        .await;
+    assert!(format!("{res:?}").contains("this token's range"), "{res:?}");
+    let mut bob = TestClient::start(as_token("bob-token", 0));
+    let bob_port = public_addr(&bob.online(1).await[0].url).port();
+    assert!(range.contains(&bob_port) && bob_port != *own.start());
+    alice.stop().await;
+    bob.stop().await;
+    server.stop().await;
+}

@@ -11,11 +11,12 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
-use tunnel_lib::http1::encode::{with_header_lines, CONNECTION_CLOSE};
+use tunnel_lib::http1::encode::{with_header_edits, CONNECTION_CLOSE};
 use tunnel_lib::http1::{ChunkedDecoder, ResponseBody, ResponseHead};
 use tunnel_lib::proto::reset;
 
 use super::{Pending, Scheme};
+use crate::registry::Rule;
 use crate::respond::{self, ErrorPage};
 use crate::{upstream, State};
 
@@ -141,7 +142,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                     let outcome = tokio::select! {
                         biased;
                         page = abort => Err(page),
-                        r = self.exchange(recv, &rule.host, head_request, close, upgraded) => Ok(r),
+                        r = self.exchange(recv, &rule, head_request, close, upgraded) => Ok(r),
                     };
                     self.in_flight.fetch_sub(1, Ordering::Relaxed);
                     match outcome {
@@ -182,7 +183,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
     async fn exchange(
         &mut self,
         recv: Option<RecvStream>,
-        host: &str,
+        rule: &Rule,
         head_request: bool,
         close: bool,
         upgraded: Option<oneshot::Sender<bool>>,
@@ -191,14 +192,15 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         if let Some(r) = recv {
             self.recv = Some(r);
             self.pending.clear();
-            self.failed = self.read_reply(host).await;
+            self.failed = self.read_reply(&rule.host).await;
         }
         if let Some(page) = &self.failed {
             let _ = self.wr.write_all(&page.render(true, head_request)).await;
             return Ok(After::Close);
         }
         self.out.clear();
-        self.relay(head_request, close, upgraded).await
+        self.relay(head_request, close, upgraded, rule.policy.as_deref())
+            .await
     }
 
     /// Reads the client's reply on a new stream: `None` if the local service
@@ -295,11 +297,17 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         head_request: bool,
         close: bool,
         upgraded: Option<oneshot::Sender<bool>>,
+        policy: Option<&crate::policy::EdgePolicy>,
     ) -> Result<After, RelayError> {
         loop {
             let (head, head_bytes) = self.next_head(head_request).await?;
             let out = {
                 let mut lines: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
+                let mut remove: &[Box<str>] = &[];
+                if let (Some(p), false) = (policy, head.is_interim()) {
+                    lines.extend(p.response_add.iter().map(|l| &l[..]));
+                    remove = &p.response_remove;
+                }
                 if close && head.keep_alive && !head.is_interim() {
                     // The visitor asked to close and we will; the local
                     // service keeps its connection (reusable), so say it
@@ -309,10 +317,10 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                 if let (Some(h), false) = (&self.hsts, head.is_interim()) {
                     lines.push(&h[..]);
                 }
-                if lines.is_empty() {
+                if lines.is_empty() && remove.is_empty() {
                     head_bytes
                 } else {
-                    with_header_lines(&head_bytes, &lines)
+                    with_header_edits(&head_bytes, remove, &lines)
                 }
             };
             self.out.push(out);

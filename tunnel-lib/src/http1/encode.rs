@@ -32,10 +32,33 @@ pub fn chunk_size_line(n: usize) -> Bytes {
 /// A complete head (ending in the empty line) with `lines` (each ending in
 /// CRLF) added before its final CRLF.
 pub fn with_header_lines(head: &[u8], lines: &[&[u8]]) -> Bytes {
+    with_header_edits(head, &[], lines)
+}
+
+/// [`with_header_lines`], also dropping the header lines whose name is in
+/// `remove` (case-insensitive). `head` is a parsed, valid head: its lines
+/// end in CRLF and the first is the start line.
+pub fn with_header_edits(head: &[u8], remove: &[Box<str>], lines: &[&[u8]]) -> Bytes {
     debug_assert!(head.ends_with(b"\r\n\r\n"));
     let extra: usize = lines.iter().map(|l| l.len()).sum();
     let mut out = BytesMut::with_capacity(head.len() + extra);
-    out.put_slice(&head[..head.len() - 2]);
+    let body = &head[..head.len() - 2];
+    if remove.is_empty() {
+        out.put_slice(body);
+    } else {
+        let mut first = true;
+        for line in body.split_inclusive(|b| *b == b'\n') {
+            let name = line.split(|b| *b == b':').next().unwrap_or(&[]);
+            let drop = !first
+                && remove
+                    .iter()
+                    .any(|r| r.as_bytes().eq_ignore_ascii_case(name.trim_ascii()));
+            if !drop {
+                out.put_slice(line);
+            }
+            first = false;
+        }
+    }
     for l in lines {
         out.put_slice(l);
     }
@@ -56,6 +79,17 @@ mod tests {
         assert_eq!(&chunk_size_line(10)[..], b"a\r\n");
         assert_eq!(&chunk_size_line(65536)[..], b"10000\r\n");
         assert_eq!(&chunk_size_line(usize::MAX)[..], b"ffffffffffffffff\r\n");
+    }
+
+    #[test]
+    fn header_edits_drop_named_lines_only() {
+        let head =
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 0\r\nX-Powered-By: php\r\n\r\n";
+        let remove: Vec<Box<str>> = vec!["x-powered-by".into(), "server".into()];
+        assert_eq!(
+            &with_header_edits(head, &remove, &[b"A: 1\r\n"])[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nA: 1\r\n\r\n"
+        );
     }
 
     #[test]

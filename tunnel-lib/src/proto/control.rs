@@ -116,6 +116,10 @@ pub struct Policy {
     pub add_request_headers: Vec<(String, String)>,
     /// Header names removed from every request.
     pub remove_request_headers: Vec<String>,
+    /// Header lines added to every response (after removals).
+    pub add_response_headers: Vec<(String, String)>,
+    /// Header names removed from every response.
+    pub remove_response_headers: Vec<String>,
 }
 
 impl Policy {
@@ -134,6 +138,11 @@ impl Policy {
             put_string(d, v);
         });
         put_list(dst, &self.remove_request_headers, |d, s| put_string(d, s));
+        put_list(dst, &self.add_response_headers, |d, (k, v)| {
+            put_string(d, k);
+            put_string(d, v);
+        });
+        put_list(dst, &self.remove_response_headers, |d, s| put_string(d, s));
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Policy, ProtoError> {
@@ -145,6 +154,8 @@ impl Policy {
             host_header: r.string()?,
             add_request_headers: get_list(r, |r| Ok((r.string()?, r.string()?)))?,
             remove_request_headers: get_list(r, Reader::string)?,
+            add_response_headers: get_list(r, |r| Ok((r.string()?, r.string()?)))?,
+            remove_response_headers: get_list(r, Reader::string)?,
         })
     }
 }

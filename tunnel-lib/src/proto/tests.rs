@@ -63,6 +63,8 @@ fn samples() -> Vec<Control> {
                 host_header: "rewrite".into(),
                 add_request_headers: vec![("X-Env".into(), "dev".into())],
                 remove_request_headers: vec!["Cookie".into()],
+                add_response_headers: vec![("X-Robots-Tag".into(), "noindex".into())],
+                remove_response_headers: vec!["Server".into()],
             },
         },
         Control::Registered {
