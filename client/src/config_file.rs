@@ -149,35 +149,15 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".config/tunnel/client.toml"))
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
-}
-
 /// Parses the file's text: its values, or an error naming the file, the line
 /// and the key.
 pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
-    match toml::from_str::<ClientFile>(&text) {
-        Ok(file) => Ok(Loaded {
-            path: path.to_owned(),
-            file,
-            text,
-        }),
-        Err(e) => {
-            let line = e
-                .span()
-                .map(|s| format!(" line {}", line_of(&text, s.start)))
-                .unwrap_or_default();
-            Err(format!(
-                "{}{line}: {}",
-                path.display(),
-                e.message().trim_end()
-            ))
-        }
-    }
+    let file = tunnel_lib::toml_file::parse::<ClientFile>(path, &text)?;
+    Ok(Loaded {
+        path: path.to_owned(),
+        file,
+        text,
+    })
 }
 
 impl Loaded {
@@ -185,7 +165,7 @@ impl Loaded {
         format!(
             "{} line {}: tunnels.{name}.{key}: {why}",
             self.path.display(),
-            line_of(&self.text, v.span().start)
+            tunnel_lib::toml_file::line_of(&self.text, v.span().start)
         )
     }
 

@@ -84,41 +84,20 @@ impl Loaded {
         value: &Spanned<T>,
         why: impl std::fmt::Display,
     ) -> String {
-        let line = line_of(&self.text, value.span().start);
+        let line = tunnel_lib::toml_file::line_of(&self.text, value.span().start);
         format!("{} line {line}: {key}: {why}", self.path.display())
     }
-}
-
-/// 1-based line of byte `offset` in `text`.
-pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
 }
 
 /// Parses `text` (read from `path`): the values, or an error that names the
 /// file, the line and the key.
 pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
-    match toml::from_str::<FileConfig>(&text) {
-        Ok(values) => Ok(Loaded {
-            path: path.to_owned(),
-            values,
-            text,
-        }),
-        Err(e) => {
-            let line = e
-                .span()
-                .map(|s| format!(" line {}", line_of(&text, s.start)))
-                .unwrap_or_default();
-            Err(format!(
-                "{}{line}: {}",
-                path.display(),
-                e.message().trim_end()
-            ))
-        }
-    }
+    let values = tunnel_lib::toml_file::parse::<FileConfig>(path, &text)?;
+    Ok(Loaded {
+        path: path.to_owned(),
+        values,
+        text,
+    })
 }
 
 /// Tokens from a file: one per line, blank lines and `#` comments skipped.

@@ -226,24 +226,9 @@ async fn control_loop(
             } {
                 Ok(r) => {
                     info!(session = session.id, url = %r.url, %local, "port tunnel registered");
-                    Control::Registered {
-                        request_id,
-                        tunnel_id: r.tunnel_id,
-                        hostname: r.hostname,
-                        url: r.url,
-                    }
+                    answer(session, request_id, Ok(r))
                 }
-                Err(refusal) => {
-                    debug!(
-                        session = session.id,
-                        "port registration refused: {}", refusal.message
-                    );
-                    Control::Error {
-                        request_id,
-                        code: refusal.code,
-                        message: refusal.message,
-                    }
-                }
+                Err(refusal) => answer(session, request_id, Err(refusal)),
             },
             Ok(Some(Control::Register {
                 request_id,
@@ -272,24 +257,9 @@ async fn control_loop(
                             return false;
                         }
                     }
-                    Control::Registered {
-                        request_id,
-                        tunnel_id: r.tunnel_id,
-                        hostname: r.hostname,
-                        url: r.url,
-                    }
+                    answer(session, request_id, Ok(r))
                 }
-                Err(refusal) => {
-                    debug!(
-                        session = session.id,
-                        "registration refused: {}", refusal.message
-                    );
-                    Control::Error {
-                        request_id,
-                        code: refusal.code,
-                        message: refusal.message,
-                    }
-                }
+                Err(refusal) => answer(session, request_id, Err(refusal)),
             },
             Ok(Some(other)) => {
                 warn!(session = session.id, "unexpected control message {other:?}");
@@ -315,6 +285,33 @@ async fn control_loop(
         reply.encode(&mut out);
         if send.write_all(&out).await.is_err() {
             return false;
+        }
+    }
+}
+
+/// The answer to one `Register`.
+fn answer(
+    session: &Session,
+    request_id: u32,
+    result: Result<registry::Registered, registry::Refusal>,
+) -> Control {
+    match result {
+        Ok(r) => Control::Registered {
+            request_id,
+            tunnel_id: r.tunnel_id,
+            hostname: r.hostname,
+            url: r.url,
+        },
+        Err(refusal) => {
+            debug!(
+                session = session.id,
+                "registration refused: {}", refusal.message
+            );
+            Control::Error {
+                request_id,
+                code: refusal.code,
+                message: refusal.message,
+            }
         }
     }
 }

@@ -584,15 +584,18 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     // Steady load: workers, each a new connection per request.
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
     let mut load = tokio::task::JoinSet::new();
     for _ in 0..6 {
         let (edges, host, stop, ok) = (edges.clone(), host.clone(), stop.clone(), ok.clone());
+        let progress = progress.clone();
         load.spawn(async move {
             let mut failures = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 match hello_via(&edges[..], &host).await {
                     Ok(()) => {
                         ok.fetch_add(1, Ordering::Relaxed);
+                        progress.notify_waiters();
                     }
                     Err(e) => failures.push(e),
                 }
@@ -656,8 +659,14 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     // Load keeps flowing through the second server for a while.
     let at_move = ok.load(Ordering::Relaxed);
     tokio::time::timeout(WAIT, async {
-        while ok.load(Ordering::Relaxed) < at_move + 200 {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        loop {
+            let served = progress.notified();
+            tokio::pin!(served);
+            served.as_mut().enable();
+            if ok.load(Ordering::Relaxed) >= at_move + 200 {
+                break;
+            }
+            served.await;
         }
     })
     .await

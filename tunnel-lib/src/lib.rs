@@ -45,5 +45,7 @@ pub mod quic;
 pub mod runtime;
 #[cfg(feature = "io")]
 pub mod tls;
+#[cfg(feature = "io")]
+pub mod toml_file;
 
 pub use error::ProtoError;
