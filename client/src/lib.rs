@@ -73,6 +73,8 @@ pub struct Config {
     /// First reconnect delay ceiling and the cap.
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// A UDP flow silent both ways this long has its local socket closed.
+    pub udp_idle: Duration,
 }
 
 impl Default for Config {
@@ -88,6 +90,7 @@ impl Default for Config {
             local: LocalPolicy::default(),
             backoff_base: Duration::from_millis(250),
             backoff_cap: Duration::from_secs(30),
+            udp_idle: udp::FLOW_IDLE,
         }
     }
 }
@@ -177,7 +180,8 @@ pub async fn run(
                     tunnels: live.tunnels.clone(),
                     generation,
                 });
-                let outcome = serve(&mut live, &endpoints, &tracker, &shutdown).await;
+                let outcome =
+                    serve(&mut live, &endpoints, &tracker, &shutdown, config.udp_idle).await;
                 current.store(None);
                 match outcome {
                     Outcome::Shutdown => {
@@ -274,11 +278,13 @@ async fn serve(
     endpoints: &connect::Endpoints,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
+    udp_idle: Duration,
 ) -> Outcome {
     if !live.udp.is_empty() {
         tracker.spawn(udp::dispatch(
             live.conn.clone(),
             live.udp.clone(),
+            udp_idle,
             shutdown.clone(),
         ));
     }

@@ -37,12 +37,18 @@ struct Cli {
     /// Token the server expects.
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// A file holding the token (kept out of argv and the environment).
+    #[arg(long, value_name = "FILE", env = "TUNNEL_TOKEN_FILE", global = true)]
+    token_file: Option<PathBuf>,
     /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
     #[arg(long, value_name = "FILE", global = true)]
     server_cert: Option<PathBuf>,
     /// Pin the server certificate's SHA-256 (as tunnel-server prints it).
     #[arg(long, value_name = "SHA256", global = true)]
     server_fingerprint: Option<String>,
+    /// Seconds a UDP flow may be silent both ways before its local socket is closed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true)]
+    udp_idle: u64,
     /// Seconds a connection to the local service may take before the visitor gets a 502.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, global = true)]
     local_timeout: f64,
@@ -311,7 +317,11 @@ async fn configure(cli: Cli) -> Result<Option<Config>, String> {
     };
     let mut token = cli.token.or_else(|| file.and_then(|f| f.token.clone()));
     if token.is_none() {
-        if let Some(tf) = file.and_then(|f| f.token_file.as_ref()) {
+        if let Some(tf) = cli
+            .token_file
+            .as_ref()
+            .or_else(|| file.and_then(|f| f.token_file.as_ref()))
+        {
             let text = tokio::fs::read_to_string(tf)
                 .await
                 .map_err(|e| format!("token_file {}: {e}", tf.display()))?;
@@ -337,6 +347,7 @@ async fn configure(cli: Cli) -> Result<Option<Config>, String> {
             ),
             ..Default::default()
         },
+        udp_idle: std::time::Duration::from_secs(cli.udp_idle.max(1)),
         ..Config::default()
     }))
 }

@@ -20,7 +20,7 @@ use tunnel_lib::proto::datagram::{self, HEADER};
 
 /// Flows per connection at once; datagrams of more are dropped.
 const MAX_FLOWS: usize = 4096;
-/// A flow silent both ways for this long is closed.
+/// By default a flow silent both ways for this long is closed.
 pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(60);
 const BLOCK: usize = 64 * 1024;
 /// How long a datagram may wait for room in a local socket's buffer.
@@ -37,13 +37,15 @@ struct Flow {
 pub(crate) async fn dispatch(
     conn: quinn::Connection,
     locals: Arc<HashMap<u32, SocketAddr>>,
+    idle: Duration,
     stop: CancellationToken,
 ) {
     let epoch = Instant::now();
     let now_ms = move || epoch.elapsed().as_millis() as u64;
     let mut flows: HashMap<(u32, u32), Flow> = HashMap::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let mut sweep = tokio::time::interval(FLOW_IDLE / 4);
+    let idle = idle.max(Duration::from_millis(100));
+    let mut sweep = tokio::time::interval(idle / 4);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -65,7 +67,7 @@ pub(crate) async fn dispatch(
                         }
                     };
                     let last = Arc::new(AtomicU64::new(now_ms()));
-                    tasks.spawn(back(conn.clone(), sock.clone(), tunnel, flow, last.clone(), epoch));
+                    tasks.spawn(back(conn.clone(), sock.clone(), tunnel, flow, last.clone(), epoch, idle));
                     flows.insert(key, Flow { sock, last });
                 }
                 if let Some(f) = flows.get(&key) {
@@ -80,8 +82,8 @@ pub(crate) async fn dispatch(
             }
             _ = sweep.tick() => {
                 let now = now_ms();
-                let idle = FLOW_IDLE.as_millis() as u64;
-                flows.retain(|_, f| now.saturating_sub(f.last.load(Ordering::Relaxed)) < idle);
+                let limit = idle.as_millis() as u64;
+                flows.retain(|_, f| now.saturating_sub(f.last.load(Ordering::Relaxed)) < limit);
                 // Reap the flow tasks that ended.
                 while tasks.try_join_next().is_some() {}
             }
@@ -105,9 +107,10 @@ async fn back(
     flow: u32,
     last: Arc<AtomicU64>,
     epoch: Instant,
+    limit: Duration,
 ) {
     let mut buf = BytesMut::new();
-    let idle = tokio::time::sleep(FLOW_IDLE);
+    let idle = tokio::time::sleep(limit);
     tokio::pin!(idle);
     loop {
         let max_payload = conn.max_datagram_size().unwrap_or(0).saturating_sub(HEADER);
@@ -131,10 +134,10 @@ async fn back(
             }
             _ = &mut idle => {
                 let since = (epoch.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
-                if since >= FLOW_IDLE.as_millis() as u64 {
+                if since >= limit.as_millis() as u64 {
                     return;
                 }
-                idle.as_mut().reset(Instant::now() + FLOW_IDLE - Duration::from_millis(since));
+                idle.as_mut().reset(Instant::now() + limit - Duration::from_millis(since));
             }
         }
     }

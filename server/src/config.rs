@@ -146,40 +146,63 @@ pub struct Config {
     /// Narrower port ranges for some tokens (`[[token]]` in the config
     /// file); other tokens may use all of `tcp_ports` / `udp_ports`.
     pub token_ports: Vec<TokenPorts>,
+    /// Names under the domain kept for one token each (`[[token]] names`).
+    pub token_names: Vec<crate::registry::NameRule>,
 }
 
 /// The ports one token may claim.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenPorts {
     /// Index into `Config::tokens`.
     pub token: usize,
+    /// Its own range (inside the server's); `None`: the server's.
     pub tcp: Option<std::ops::RangeInclusive<u16>>,
     pub udp: Option<std::ops::RangeInclusive<u16>>,
+    /// It may not open TCP (UDP) tunnels at all (`tcp_ports = "none"`).
+    pub no_tcp: bool,
+    pub no_udp: bool,
 }
 
 impl Config {
-    /// The ports `owner` may claim for `kind` (`Tcp` or `Udp`), and whether
-    /// that range is the token's own.
+    /// The ports `owner` may claim for `kind` (`Tcp` or `Udp`) and whether
+    /// that range is the token's own, or the refusal to send.
     pub fn port_range(
         &self,
         owner: crate::registry::Owner,
         kind: tunnel_lib::proto::TunnelKind,
-    ) -> Option<(std::ops::RangeInclusive<u16>, bool)> {
+    ) -> Result<(std::ops::RangeInclusive<u16>, bool), String> {
         let udp = kind == tunnel_lib::proto::TunnelKind::Udp;
+        let (name, flag) = if udp {
+            ("UDP", "--udp-ports")
+        } else {
+            ("TCP", "--tcp-ports")
+        };
         let global = if udp {
             &self.udp_ports
         } else {
             &self.tcp_ports
         };
-        let global = global.clone()?;
+        let Some(global) = global.clone() else {
+            return Err(format!(
+                "this server has no {name} ports to give: its operator must start tunnel-server \
+                 with {flag} FIRST-LAST (e.g. 40000-40999)"
+            ));
+        };
         if let crate::registry::Owner::Token(i) = owner {
             if let Some(t) = self.token_ports.iter().find(|t| t.token == i) {
+                if (udp && t.no_udp) || (!udp && t.no_tcp) {
+                    return Err(format!(
+                        "this token may not open {name} tunnels on this server; ask its operator \
+                         (the token's [[token]] table says {}_ports = \"none\")",
+                        name.to_ascii_lowercase()
+                    ));
+                }
                 if let Some(r) = if udp { &t.udp } else { &t.tcp } {
-                    return Some((r.clone(), true));
+                    return Ok((r.clone(), true));
                 }
             }
         }
-        Some((global, false))
+        Ok((global, false))
     }
 }
 
@@ -214,6 +237,7 @@ impl Default for Config {
             udp_idle: Duration::from_secs(60),
             max_udp_flows: 1024,
             token_ports: Vec::new(),
+            token_names: Vec::new(),
             hsts: None,
             allow_domains: Vec::new(),
         }

@@ -63,6 +63,9 @@ pub struct TokenEntry {
     /// Host names outside the domain it may claim (as `--allow-domain`).
     #[serde(default)]
     pub domains: Vec<Spanned<String>>,
+    /// Labels under the domain kept for it (`api`, or a prefix `alice-*`).
+    #[serde(default)]
+    pub names: Vec<Spanned<String>>,
     /// Its own TCP / UDP port range, inside the server's.
     pub tcp_ports: Option<Spanned<String>>,
     pub udp_ports: Option<Spanned<String>>,

@@ -317,13 +317,16 @@ impl Server {
                 tls_port: None,
             },
         };
-        let registry = Arc::new(Registry::new(
-            &config.domain,
-            urls,
-            config.name_grace,
-            config.max_tunnels_per_client,
-            config.allow_domains.clone(),
-        ));
+        let registry = Arc::new(
+            Registry::new(
+                &config.domain,
+                urls,
+                config.name_grace,
+                config.max_tunnels_per_client,
+                config.allow_domains.clone(),
+            )
+            .with_name_rules(config.token_names.clone()),
+        );
         let tokens: Vec<[u8; 32]> = config
             .tokens
             .iter()

@@ -289,6 +289,7 @@ async fn configure(cli: Cli) -> Result<Config, String> {
 
     // `[[token]]` tables: more tokens, each with its own grants and ports.
     let mut token_ports = Vec::new();
+    let mut token_names = Vec::new();
     for (n, t) in f.token.iter().enumerate() {
         let secret = match (&t.secret, &t.secret_file) {
             (Some(s), None) => s.get_ref().trim().to_owned(),
@@ -320,6 +321,9 @@ async fn configure(cli: Cli) -> Result<Config, String> {
                    v: &Option<toml::Spanned<String>>,
                    global: &Option<std::ops::RangeInclusive<u16>>| {
             let Some(v) = v else { return Ok(None) };
+            if v.get_ref().trim() == "none" {
+                return Ok(None);
+            }
             let r = tunnel_server::config::parse_port_range("--tcp-ports", v.get_ref())
                 .map_err(|e| at(key, v, e.to_string()))?;
             match global {
@@ -335,10 +339,36 @@ async fn configure(cli: Cli) -> Result<Config, String> {
                 )),
             }
         };
+        for name in &t.names {
+            let n = name.get_ref().to_ascii_lowercase();
+            let label = n.strip_suffix('*').unwrap_or(&n);
+            let ok = !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-');
+            if !ok {
+                return Err(at(
+                    "token.names",
+                    name,
+                    format!("{n:?}: expected a label (api) or a prefix ending in * (alice-*)"),
+                ));
+            }
+            token_names.push(tunnel_server::registry::NameRule {
+                token: index,
+                pattern: n,
+            });
+        }
+        let none = |v: &Option<toml::Spanned<String>>| {
+            v.as_ref().is_some_and(|v| v.get_ref().trim() == "none")
+        };
         token_ports.push(tunnel_server::config::TokenPorts {
             token: index,
             tcp: own("token.tcp_ports", &t.tcp_ports, &tcp_ports)?,
             udp: own("token.udp_ports", &t.udp_ports, &udp_ports)?,
+            no_tcp: none(&t.tcp_ports),
+            no_udp: none(&t.udp_ports),
         });
     }
     let challenge = match (&cli.acme_challenge, &f.acme_challenge) {
@@ -424,6 +454,7 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         tcp_ports,
         udp_ports,
         token_ports,
+        token_names,
         udp_idle: cli.udp_idle.or(f.udp_idle).map_or(d.udp_idle, secs),
         ..d
     })

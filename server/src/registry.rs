@@ -183,6 +183,26 @@ pub struct Registry {
     next_session: AtomicU64,
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
+    /// Names under the domain kept for one token each (`[[token]] names`).
+    name_rules: Vec<NameRule>,
+}
+
+/// `pattern` (a label, or a prefix ending in `*`) under the domain belongs
+/// to token `token`: only it may claim matching names, and a token with
+/// rules claims only names that match one of its own.
+#[derive(Debug, Clone)]
+pub struct NameRule {
+    pub token: usize,
+    pub pattern: String,
+}
+
+impl NameRule {
+    fn matches(&self, label: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => label.starts_with(prefix),
+            None => label == self.pattern,
+        }
+    }
 }
 
 /// A registration that failed, with the code and message the client sees.
@@ -338,6 +358,52 @@ impl Registry {
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
+            name_rules: Vec::new(),
+        }
+    }
+
+    /// Names kept for some tokens (see [`NameRule`]).
+    pub fn with_name_rules(mut self, rules: Vec<NameRule>) -> Registry {
+        self.name_rules = rules;
+        self
+    }
+
+    /// Whether `owner` may claim `label` under the domain, by the name rules.
+    fn may_claim_label(&self, owner: Owner, label: &str) -> Result<(), Refusal> {
+        if self.name_rules.is_empty() {
+            return Ok(());
+        }
+        let token = match owner {
+            Owner::Token(i) => Some(i),
+            Owner::Anonymous => None,
+        };
+        if let Some(r) = self.name_rules.iter().find(|r| r.matches(label)) {
+            if Some(r.token) != token {
+                return Err(Refusal {
+                    code: ErrorCode::NameTaken,
+                    message: format!(
+                        "{label:?} is kept for another token by the server's configuration; pick another --subdomain"
+                    ),
+                });
+            }
+            return Ok(());
+        }
+        let own: Vec<&str> = self
+            .name_rules
+            .iter()
+            .filter(|r| Some(r.token) == token)
+            .map(|r| r.pattern.as_str())
+            .collect();
+        if own.is_empty() {
+            Ok(())
+        } else {
+            Err(Refusal {
+                code: ErrorCode::InvalidName,
+                message: format!(
+                    "this token may claim only these names: {}; pass one with --subdomain",
+                    own.join(", ")
+                ),
+            })
         }
     }
 
@@ -399,11 +465,14 @@ impl Registry {
     /// full host name.
     fn requested_host(&self, session: &Session, name: &str) -> Result<String, Refusal> {
         if !name.contains('.') {
-            return Ok(format!("{}.{}", normalise_label(name)?, self.domain));
+            let label = normalise_label(name)?;
+            self.may_claim_label(session.owner, &label)?;
+            return Ok(format!("{label}.{}", self.domain));
         }
         let host = normalise_hostname(name)?;
         if let Some(label) = host.strip_suffix(&format!(".{}", self.domain)) {
             if !label.contains('.') && !label.starts_with('*') {
+                self.may_claim_label(session.owner, label)?;
                 return Ok(host);
             }
         }
@@ -549,6 +618,24 @@ impl Registry {
             });
         }
         let host = if req.name.is_empty() {
+            // A token with names of its own asks for one of them.
+            if let Owner::Token(i) = session.owner {
+                let own: Vec<&str> = self
+                    .name_rules
+                    .iter()
+                    .filter(|r| r.token == i)
+                    .map(|r| r.pattern.as_str())
+                    .collect();
+                if !own.is_empty() {
+                    return Err(Refusal {
+                        code: ErrorCode::InvalidName,
+                        message: format!(
+                            "this token claims its names by name: pass --subdomain with one of {}",
+                            own.join(", ")
+                        ),
+                    });
+                }
+            }
             self.claim_random(session)?
         } else {
             let host = self.requested_host(session, req.name)?;

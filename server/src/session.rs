@@ -348,14 +348,13 @@ fn register_tcp(
     remote_port: u16,
     shutdown: &CancellationToken,
 ) -> Result<registry::Registered, registry::Refusal> {
-    let Some((range, own)) = state.config.port_range(session.owner, TunnelKind::Tcp) else {
-        return Err(registry::Refusal {
+    let (range, own) = state
+        .config
+        .port_range(session.owner, TunnelKind::Tcp)
+        .map_err(|message| registry::Refusal {
             code: ErrorCode::LimitReached,
-            message: "this server has no TCP ports to give: its operator must start tunnel-server \
-                      with --tcp-ports FIRST-LAST (e.g. 40000-40999)"
-                .into(),
-        });
-    };
+            message,
+        })?;
     let (r, listener) = state.registry.register_port(
         session,
         TunnelKind::Tcp,

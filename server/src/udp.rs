@@ -48,14 +48,13 @@ pub(crate) fn register(
     remote_port: u16,
     soft: &CancellationToken,
 ) -> Result<Registered, Refusal> {
-    let Some((range, own)) = state.config.port_range(session.owner, TunnelKind::Udp) else {
-        return Err(Refusal {
+    let (range, own) = state
+        .config
+        .port_range(session.owner, TunnelKind::Udp)
+        .map_err(|message| Refusal {
             code: ErrorCode::LimitReached,
-            message: "this server has no UDP ports to give: its operator must start tunnel-server \
-                      with --udp-ports FIRST-LAST (e.g. 41000-41099)"
-                .into(),
-        });
-    };
+            message,
+        })?;
     let (r, socket) = state.registry.register_port(
         session,
         TunnelKind::Udp,

@@ -759,3 +759,48 @@ async fn a_client_that_stopped_is_reported_offline_at_once() {
     server.stop().await;
     backend.stop().await;
 }
+
+/// Issue 10, `[[token]] names`: names kept for one token: only it may claim
+/// them, and it claims only those.
+#[tokio::test]
+async fn names_kept_for_a_token_are_its_own() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: vec!["alice".into(), "bob".into()],
+        token_names: vec![tunnel_server::registry::NameRule {
+            token: 0,
+            pattern: "alice-*".into(),
+        }],
+        ..Default::default()
+    })
+    .await;
+    let as_token = |token: &str, name: Option<&str>| {
+        let mut cfg = server.client_config(backend.addr, name);
+        cfg.token = Some(token.into());
+        cfg
+    };
+    let mut alice = TestClient::start(as_token("alice", Some("alice-web")));
+    assert!(alice.online(1).await[0].hostname.starts_with("alice-web."));
+    let res = TestClient::start(as_token("bob", Some("alice-x")))
+        .finished()
+        .await;
+    assert!(
+        format!("{res:?}").contains("kept for another token"),
+        "{res:?}"
+    );
+    let res = TestClient::start(as_token("alice", Some("other")))
+        .finished()
+        .await;
+    assert!(
+        format!("{res:?}").contains("may claim only these names: alice-*"),
+        "{res:?}"
+    );
+    let res = TestClient::start(as_token("alice", None)).finished().await;
+    assert!(format!("{res:?}").contains("pass --subdomain"), "{res:?}");
+    let mut bob = TestClient::start(as_token("bob", None));
+    bob.online(1).await;
+    alice.stop().await;
+    bob.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}

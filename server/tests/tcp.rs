@@ -267,7 +267,7 @@ async fn a_token_with_its_own_range_gets_ports_only_from_it() {
         token_ports: vec![tunnel_server::config::TokenPorts {
             token: 0,
             tcp: Some(own.clone()),
-            udp: None,
+            ..Default::default()
         }],
         ..Default::default()
     })
@@ -297,5 +297,27 @@ async fn a_token_with_its_own_range_gets_ports_only_from_it() {
     assert!(range.contains(&bob_port) && bob_port != *own.start());
     alice.stop().await;
     bob.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_without_tcp_rights_is_told_so() {
+    let echo = Echo::start().await;
+    let server = TestServer::start_with(tunnel_server::Config {
+        tokens: vec!["web-only".into()],
+        tcp_ports: Some(port_range()),
+        token_ports: vec![tunnel_server::config::TokenPorts {
+            token: 0,
+            no_tcp: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = tcp_client(&server, echo.addr, 0);
+    cfg.token = Some("web-only".into());
+    let res = TestClient::start(cfg).finished().await;
+    let msg = format!("{res:?}");
+    assert!(msg.contains("this token may not open TCP tunnels"), "{msg}");
     server.stop().await;
 }
