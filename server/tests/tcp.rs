@@ -321,3 +321,38 @@ async fn a_token_without_tcp_rights_is_told_so() {
     assert!(msg.contains("this token may not open TCP tunnels"), "{msg}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_restarted_server_keeps_each_port_for_its_owner() {
+    let echo = Echo::start().await;
+    let p = support::tls::free_port();
+    let config = || tunnel_server::Config {
+        tokens: vec!["alice".into(), "bob".into()],
+        tcp_ports: Some(p..=p),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config()).await;
+    let as_token = |server: &TestServer, token: &str, port: u16| {
+        let mut cfg = tcp_client(server, echo.addr, port);
+        cfg.token = Some(token.into());
+        cfg
+    };
+    let mut alice = TestClient::start(as_token(&server, "alice", 0));
+    let url = alice.online(1).await[0].url.clone();
+    alice.stop().await;
+    let state = server.stop_keeping_state().await;
+    let names = std::fs::read_to_string(state.path().join("names.json")).unwrap();
+    assert!(names.contains(&format!("tcp:{p}")), "{names}");
+
+    let again = TestServer::start_in(config(), TestServer::listeners(false), state).await;
+    // The only port is reserved for alice: bob is told the range is full.
+    let res = TestClient::start(as_token(&again, "bob", 0))
+        .finished()
+        .await;
+    assert!(format!("{res:?}").contains("is taken"), "{res:?}");
+    let mut alice = TestClient::start(as_token(&again, "alice", p));
+    assert_eq!(alice.online(1).await[0].url, url);
+    assert_eq!(echo_through(public_addr(&url), b"back").await, b"back");
+    alice.stop().await;
+    again.stop().await;
+}
