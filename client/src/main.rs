@@ -180,16 +180,7 @@ fn main() -> ExitCode {
         // Colour for a person at a terminal, none for journald or a file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tunnel_lib::runtime::build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // The one place that blocks on the runtime: main, outside async code.
-    #[allow(clippy::disallowed_methods)]
-    runtime.block_on(async move {
+    tunnel_lib::runtime::run_main(async move {
         match configure(cli).await {
             Ok(Some(config)) => run(config).await,
             Ok(None) => ExitCode::SUCCESS,

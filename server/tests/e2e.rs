@@ -710,26 +710,11 @@ async fn hello_via(edges: &[std::net::SocketAddr], host: &str) -> Result<(), Str
                 continue;
             }
         };
-        let go = async {
-            let (mut send, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| e.to_string())?;
-            tokio::spawn(conn);
-            let resp = send
-                .send_request(get(host, "/hello"))
-                .await
-                .map_err(|e| format!("{edge}: {e}"))?;
-            let status = resp.status();
-            let body = body_text(resp).await;
-            if status != 200 || body != "hello from app" {
-                return Err(format!("{edge}: {status} {body}"));
-            }
-            Ok(())
+        return match try_get(tcp, host, "/hello", WAIT).await {
+            Ok(b) if b == "hello from app" => Ok(()),
+            Ok(b) => Err(format!("{edge}: body {:?}", String::from_utf8_lossy(&b))),
+            Err(e) => Err(format!("{edge}: {e}")),
         };
-        return tokio::time::timeout(WAIT, go)
-            .await
-            .unwrap_or_else(|_| Err(format!("{edge}: no answer")));
     }
     Err(last)
 }

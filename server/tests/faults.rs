@@ -59,34 +59,12 @@ impl Rig {
 
 /// One GET on a new visitor connection; the body, or why not.
 async fn fetch(rig: &Rig, path: &str, within: Duration) -> Result<Vec<u8>, String> {
-    let go = async {
-        let tcp = tokio::net::TcpStream::connect(rig.server.http)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut send, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let resp = send
-            .send_request(get(&rig.host, path))
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        if status != 200 {
-            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
-        }
-        Ok(body.to_vec())
-    };
-    tokio::time::timeout(within, go)
+    let tcp = tokio::net::TcpStream::connect(rig.server.http)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+        .map_err(|e| e.to_string())?;
+    try_get(tcp, &rig.host, path, within)
+        .await
+        .map(|b| b.to_vec())
 }
 
 /// `n` GETs of /hello, `parallel` at a time; the failures.

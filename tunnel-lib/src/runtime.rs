@@ -23,3 +23,19 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
             .build()
     }
 }
+
+/// A binary's `main` body: builds the runtime and runs `body` on it to the
+/// end. The one place that blocks on a runtime, outside any async code.
+pub fn run_main<F>(body: F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = std::process::ExitCode>,
+{
+    match build() {
+        #[allow(clippy::disallowed_methods)]
+        Ok(rt) => rt.block_on(body),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

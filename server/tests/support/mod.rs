@@ -425,6 +425,40 @@ pub async fn visitor(http: SocketAddr) -> hyper::client::conn::http1::SendReques
     sender
 }
 
+/// One GET on a connection already made, read whole within `within`: the
+/// body of a 200, or why not (never panics: fault tests count failures).
+pub async fn try_get(
+    tcp: TcpStream,
+    host: &str,
+    path: &str,
+    within: Duration,
+) -> Result<Bytes, String> {
+    let go = async {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = send
+            .send_request(get(host, path))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        if status != 200 {
+            return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(within, go)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
 pub fn get(host: &str, path: &str) -> Request<BoxBody> {
     Request::builder()
         .uri(path)
