@@ -16,7 +16,7 @@ use tunnel_lib::proto::TunnelKind;
 /// `tunnel-client --expose 8080` (or `tunnel-client http 8080`) gives the app on port 8080 a
 /// public URL; `tunnel-client tls 8443` passes TLS through to a local TLS server untouched.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = tunnel_lib::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -248,9 +248,18 @@ impl CertStore {
 
     /// Every ACME certificate, once each (for renewal).
     pub fn acme_certs(&self) -> Vec<Arc<Cert>> {
-        let t = self.acme.load();
+        Self::distinct(&[&self.acme.load()])
+    }
+
+    /// Every certificate the edge holds (ACME and the operator's files),
+    /// once each: for the expiry metric.
+    pub fn all_certs(&self) -> Vec<Arc<Cert>> {
+        Self::distinct(&[&self.acme.load(), &self.files.load()])
+    }
+
+    fn distinct(tables: &[&Table]) -> Vec<Arc<Cert>> {
         let mut out: Vec<Arc<Cert>> = Vec::new();
-        for c in t.exact.values().chain(t.wild.values()) {
+        for c in tables.iter().flat_map(|t| t.exact.values().chain(t.wild.values())) {
             if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
                 out.push(c.clone());
             }

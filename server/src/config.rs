@@ -148,6 +148,13 @@ pub struct Config {
     pub token_ports: Vec<TokenPorts>,
     /// Names under the domain kept for one token each (`[[token]] names`).
     pub token_names: Vec<crate::registry::NameRule>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: off.
+    /// Bound by `Listeners::with_admin`.
+    pub metrics: Option<SocketAddr>,
+    /// One line per forwarded request to this file (`-`: stdout); `None`: off.
+    pub access_log: Option<PathBuf>,
+    /// How access log lines (and log lines) are written.
+    pub log_format: tunnel_lib::logging::LogFormat,
 }
 
 /// The ports one token may claim.
@@ -238,6 +245,9 @@ impl Default for Config {
             max_udp_flows: 1024,
             token_ports: Vec::new(),
             token_names: Vec::new(),
+            metrics: None,
+            access_log: None,
+            log_format: Default::default(),
             hsts: None,
             allow_domains: Vec::new(),
         }

@@ -49,6 +49,9 @@ pub struct FileConfig {
     pub tcp_ports: Option<Spanned<String>>,
     pub udp_ports: Option<Spanned<String>>,
     pub udp_idle: Option<u64>,
+    pub metrics: Option<SocketAddr>,
+    pub access_log: Option<PathBuf>,
+    pub log_format: Option<Spanned<String>>,
     /// `[[token]]` tables: a token and what it may claim.
     #[serde(default)]
     pub token: Vec<TokenEntry>,

@@ -22,11 +22,13 @@
 #![forbid(unsafe_code)]
 
 pub mod acme;
+mod access_log;
 pub mod certs;
 pub mod config;
 pub mod config_file;
 mod edge;
 pub mod fairness;
+mod metrics;
 mod names_file;
 pub mod policy;
 pub mod registry;
@@ -72,6 +74,11 @@ pub enum ServerError {
     },
     #[error("QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
+    #[error("cannot open the access log {path}: {source}; check --access-log (a writable file, or - for stdout)")]
+    AccessLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The sockets the server serves on, bound before [`run`] so that tests can
@@ -80,6 +87,8 @@ pub struct Listeners {
     pub http: TcpListener,
     pub quic: std::net::UdpSocket,
     pub https: Option<TcpListener>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`).
+    pub admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -115,7 +124,22 @@ impl Listeners {
             http: http_l,
             quic: quic_s,
             https: https_l,
+            admin: None,
         })
+    }
+
+    /// Also binds the admin listener (`--metrics ADDR`).
+    pub fn with_admin(mut self, addr: Option<SocketAddr>) -> Result<Listeners, ServerError> {
+        if let Some(addr) = addr {
+            let l = tunnel_lib::io::listen_tcp(addr).map_err(|source| ServerError::Bind {
+                what: "admin (metrics)",
+                flag: "--metrics",
+                addr,
+                source,
+            })?;
+            self.admin = Some(l);
+        }
+        Ok(self)
     }
 }
 
@@ -153,6 +177,10 @@ pub(crate) struct State {
     pub(crate) public_ip: std::net::IpAddr,
     /// Counters (for metrics and tests).
     pub(crate) stats: Arc<Stats>,
+    /// What the edge counts (Prometheus).
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// `--access-log`.
+    pub(crate) access_log: Option<access_log::AccessLog>,
 }
 
 /// What the server counts.
@@ -195,6 +223,11 @@ pub struct Server {
     state: Arc<State>,
     http: TcpListener,
     https: Option<TcpListener>,
+    admin: Option<TcpListener>,
+    /// Every metric, encoded at each scrape.
+    prom: Arc<prometheus_client::registry::Registry>,
+    /// Cancelled when the drain begins (`/readyz` answers 503 from then).
+    stopping: CancellationToken,
     endpoint: quinn::Endpoint,
     http_addr: SocketAddr,
     https_addr: Option<SocketAddr>,
@@ -317,6 +350,8 @@ impl Server {
                 tls_port: None,
             },
         };
+        let mut prom = prometheus_client::registry::Registry::with_prefix("tunnel_server");
+        let metrics = Arc::new(metrics::Metrics::register(&mut prom));
         let registry = Arc::new(
             Registry::new(
                 &config.domain,
@@ -325,8 +360,24 @@ impl Server {
                 config.max_tunnels_per_client,
                 config.allow_domains.clone(),
             )
-            .with_name_rules(config.token_names.clone()),
+            .with_name_rules(config.token_names.clone())
+            .with_metrics(metrics.tunnels.clone()),
         );
+        let access_log = match &config.access_log {
+            Some(path) => Some(
+                access_log::AccessLog::open(
+                    path,
+                    config.log_format,
+                    metrics.access_log_dropped.clone(),
+                )
+                .await
+                .map_err(|source| ServerError::AccessLog {
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
         let tokens: Vec<[u8; 32]> = config
             .tokens
             .iter()
@@ -345,13 +396,25 @@ impl Server {
         let fairness =
             fairness::Fairness::new(config.max_visitors_per_ip, config.visitor_rate_per_ip);
         let visitor_permits = Arc::new(Semaphore::new(config.max_visitors));
+        let stats: Arc<Stats> = Arc::default();
+        let visitor_tasks = TaskTracker::new();
+        let stopping = CancellationToken::new();
+        prom.register_collector(Box::new(metrics::Scrape {
+            registry: registry.clone(),
+            stats: stats.clone(),
+            visitor_tasks: visitor_tasks.clone(),
+            certs: tls.as_ref().map(|t| t.store.clone()),
+            stopping: stopping.clone(),
+        }));
         Ok(Server {
             state: Arc::new(State {
-                visitor_tasks: TaskTracker::new(),
+                visitor_tasks,
                 hard: CancellationToken::new(),
                 visitor_permits,
                 public_ip: http_addr.ip(),
-                stats: Arc::default(),
+                stats,
+                metrics,
+                access_log,
                 config,
                 registry,
                 tokens,
@@ -363,6 +426,9 @@ impl Server {
             }),
             http: listeners.http,
             https: listeners.https,
+            admin: listeners.admin,
+            prom: Arc::new(prom),
+            stopping,
             endpoint,
             http_addr,
             https_addr,
@@ -419,12 +485,49 @@ impl Server {
     pub fn registry(&self) -> Arc<Registry> {
         self.state.registry.clone()
     }
+    /// The admin listener's address (`--metrics`).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+    /// The metrics as a scrape would read them.
+    pub fn metrics_text(&self) -> String {
+        tunnel_lib::metrics::encode(&self.prom)
+    }
+
+    /// [`Server::serve`], with the admin listener (if any) up for all of it,
+    /// the drain included.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), ServerError> {
+        let admin_done = CancellationToken::new();
+        let admin = self.admin.take().map(|l| {
+            let prom = self.prom.clone();
+            let stopping = self.stopping.clone();
+            tunnel_lib::admin::serve(l, admin_done.clone().cancelled_owned(), move |req| {
+                metrics::route(prom.clone(), stopping.clone(), req)
+            })
+        });
+        let admin = async {
+            if let Some(a) = admin {
+                a.await
+            }
+        };
+        let state = self.state.clone();
+        let body = async {
+            let r = self.serve(shutdown).await;
+            if let Some(log) = &state.access_log {
+                log.close().await;
+            }
+            admin_done.cancel();
+            r
+        };
+        let ((), r) = tokio::join!(admin, body);
+        r
+    }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, tells
     /// clients it is going away, lets in-flight exchanges finish (for up to
     /// `Config::drain_timeout`), closes the sessions and returns once every
     /// task has ended.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ServerError> {
+    async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let tracker = TaskTracker::new();
         // Visitor connections stop taking new requests at `shutdown` and are
         // cut at `hard` (after the grace period).
@@ -488,6 +591,7 @@ impl Server {
             shutdown.clone(),
         );
         tokio::join!(http_loop, https_loop, quic_loop);
+        self.stopping.cancel();
 
         // Draining: no new visitors or clients; visitor connections finish
         // what they are relaying (no new requests), for up to the drain
@@ -592,9 +696,13 @@ async fn accept_tcp<S, F>(
         };
         let state = state.clone();
         let hard = hard.clone();
+        let open = state
+            .metrics
+            .visitor(if tls_edge { "https" } else { "http" });
         // The connection's future is made inside the task: made outside
         // and moved in, the task would hold it twice.
         tracker.spawn(async move {
+            let _open = open;
             tokio::select! {
                 _ = serve(state, tcp, peer, soft) => {}
                 _ = hard.cancelled() => {}

@@ -19,7 +19,7 @@ use tunnel_server::{config_file, Config, Listeners, Server};
 /// `_` for `-`: `max_visitors_per_ip = 512`); flags and environment
 /// variables win over the file.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = tunnel_lib::VERSION, about)]
 struct Cli {
     /// A TOML file with the settings (keys as the flags: `domain = "tunnel.example.com"`).
     #[arg(long, value_name = "FILE", env = "TUNNEL_CONFIG")]
@@ -155,28 +155,32 @@ struct Cli {
         value_delimiter = ','
     )]
     allow_domains: Vec<String>,
+    /// Serve Prometheus metrics at /metrics (and /healthz, /readyz) on this address, e.g.
+    /// 127.0.0.1:9090 [default: off].
+    #[arg(long, value_name = "ADDR", env = "TUNNEL_METRICS")]
+    metrics: Option<SocketAddr>,
+    /// Write one line per forwarded request to this file (`-`: stdout) [default: off]. Lines are
+    /// dropped (and counted) rather than slow a visitor down.
+    #[arg(long, value_name = "FILE", env = "TUNNEL_ACCESS_LOG")]
+    access_log: Option<PathBuf>,
+    /// Log (and access log) lines as text or JSON [default: text].
+    #[arg(long, value_name = "FORMAT", env = "TUNNEL_LOG_FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal, none for journald or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     tunnel_lib::runtime::run_main(async move {
         let check = cli.check;
         let config = match configure(cli).await {
             Ok(c) => c,
             Err(e) => {
+                tunnel_lib::logging::init_stderr(Default::default());
                 eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         };
+        tunnel_lib::logging::init_stderr(config.log_format);
         if check {
             return match config.validate(config.http, config.quic, config.https) {
                 Ok(()) => {
@@ -201,7 +205,8 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), tunnel_server::ServerError> {
-    let listeners = Listeners::bind(config.http, config.quic, config.https)?;
+    let listeners =
+        Listeners::bind(config.http, config.quic, config.https)?.with_admin(config.metrics)?;
     let server = Server::bind(config, listeners).await?;
     announce(&server);
     let shutdown = CancellationToken::new();
@@ -406,6 +411,14 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         dns_hook: acme_dns_hook,
         renew_after: None,
     });
+    let log_format = match (&cli.log_format, &f.log_format) {
+        (Some(v), _) => v.parse()?,
+        (None, Some(v)) => v
+            .get_ref()
+            .parse()
+            .map_err(|e| at("log_format", v, e))?,
+        (None, None) => Default::default(),
+    };
     let secs = Duration::from_secs;
     Ok(Config {
         domain: cli.domain.or_else(|| f.domain.clone()).unwrap_or(d.domain),
@@ -447,6 +460,9 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         token_ports,
         token_names,
         udp_idle: cli.udp_idle.or(f.udp_idle).map_or(d.udp_idle, secs),
+        metrics: cli.metrics.or(f.metrics),
+        access_log: cli.access_log.or_else(|| f.access_log.clone()),
+        log_format,
         ..d
     })
 }

@@ -65,6 +65,8 @@ pub struct Rule {
     pub plain_http: bool,
     /// What the edge enforces and edits for this tunnel's visitors.
     pub policy: Option<Arc<crate::policy::EdgePolicy>>,
+    /// This tunnel's counters (requests by class, bytes each way).
+    pub metrics: tunnel_lib::metrics::TunnelMetrics,
 }
 
 /// One connected client.
@@ -185,6 +187,7 @@ pub struct Registry {
     max_tunnels_per_session: usize,
     /// Names under the domain kept for one token each (`[[token]] names`).
     name_rules: Vec<NameRule>,
+    metrics: Option<Arc<tunnel_lib::metrics::Tunnels>>,
 }
 
 /// `pattern` (a label, or a prefix ending in `*`) under the domain belongs
@@ -359,7 +362,28 @@ impl Registry {
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
             name_rules: Vec::new(),
+            metrics: None,
         }
+    }
+
+    /// Where the tunnels' counters are registered (none: detached).
+    pub fn with_metrics(mut self, tunnels: Arc<tunnel_lib::metrics::Tunnels>) -> Registry {
+        self.metrics = Some(tunnels);
+        self
+    }
+
+    /// The counters of a new tunnel called `name`.
+    pub fn tunnel_metrics(&self, name: &str) -> tunnel_lib::metrics::TunnelMetrics {
+        match &self.metrics {
+            Some(t) => t.tunnel(name),
+            None => tunnel_lib::metrics::TunnelMetrics::detached(),
+        }
+    }
+
+    /// How many host rules exist (one per HTTP, TLS tunnel).
+    pub fn route_count(&self) -> usize {
+        let t = self.routes.load();
+        t.exact.len() + t.wild.len()
     }
 
     /// Names kept for some tokens (see [`NameRule`]).
@@ -650,6 +674,7 @@ impl Registry {
             kind: req.kind,
             plain_http: req.plain_http,
             policy: req.policy.clone(),
+            metrics: self.tunnel_metrics(&host),
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
@@ -862,6 +887,7 @@ impl Registry {
             kind: TunnelKind::Http,
             plain_http: false,
             policy: None,
+            metrics: tunnel_lib::metrics::TunnelMetrics::detached(),
         });
         self.routes.rcu(|table| {
             let mut t = RouteTable::clone(table);
@@ -981,6 +1007,7 @@ mod tests {
                 kind: TunnelKind::Http,
                 plain_http: false,
                 policy: None,
+                metrics: tunnel_lib::metrics::TunnelMetrics::detached(),
             })
         };
         t.insert(rule("*.preview.example.com", 1));

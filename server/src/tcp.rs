@@ -32,6 +32,7 @@ pub(crate) fn serve(
     soft: CancellationToken,
 ) {
     let rule = Arc::new(Rule {
+        metrics: state.registry.tunnel_metrics(&key),
         host: key.into(),
         session_id: session.id,
         tunnel_id,
@@ -77,9 +78,12 @@ async fn accept_loop(
             continue;
         };
         let (rule, conn, hard) = (rule.clone(), session.conn.clone(), state.hard.clone());
+        let metrics = state.metrics.clone();
+        let open = state.metrics.visitor("tcp");
         state.visitor_tasks.spawn(async move {
+            let _open = open;
             tokio::select! {
-                _ = relay(&rule, &conn, tcp, peer) => {}
+                _ = relay(&rule, &conn, tcp, peer, &metrics) => {}
                 // The client is gone: its visitors' connections close too,
                 // even a half-closed one waiting on an idle visitor.
                 _ = conn.closed() => {}
@@ -93,9 +97,15 @@ async fn accept_loop(
 
 /// One visitor connection: a stream to the client, its preface, the
 /// client's reply (the local service was reached), then raw bytes.
-async fn relay(rule: &Rule, conn: &quinn::Connection, tcp: TcpStream, peer: SocketAddr) {
+async fn relay(
+    rule: &Rule,
+    conn: &quinn::Connection,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    metrics: &crate::metrics::Metrics,
+) {
     let _ = tcp.set_nodelay(true);
-    let Ok((mut send, mut recv)) = upstream::open(conn, rule).await else {
+    let Ok((mut send, mut recv)) = upstream::open(conn, rule, metrics).await else {
         return;
     };
     let first = upstream::prefaced(StreamKind::Tcp, rule, peer, &[]);

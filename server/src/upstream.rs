@@ -25,6 +25,19 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) async fn open(
     conn: &quinn::Connection,
     rule: &Rule,
+    metrics: &crate::metrics::Metrics,
+) -> Result<(SendStream, RecvStream), ErrorPage> {
+    let r = open_stream(conn, rule).await;
+    match &r {
+        Ok(_) => metrics.streams_opened.inc(),
+        Err(_) => metrics.stream_failures.inc(),
+    };
+    r
+}
+
+async fn open_stream(
+    conn: &quinn::Connection,
+    rule: &Rule,
 ) -> Result<(SendStream, RecvStream), ErrorPage> {
     match timeout(OPEN_STREAM_TIMEOUT, conn.open_bi()).await {
         Ok(Ok(pair)) => Ok(pair),

@@ -23,6 +23,9 @@
 //!   socket, plus listen helpers (backlog, TCP_NODELAY).
 //! - [`backoff`]: exponential backoff with full jitter.
 //! - [`paths`]: where the dev server keeps its state (and the client finds it).
+//! - [`admin`]: the HTTP server of the admin listener and the inspector.
+//! - [`metrics`]: per-tunnel Prometheus counters both ends keep.
+//! - [`logging`]: `--log-format text|json`.
 //! - [`runtime`]: the tokio runtime of both binaries (`TUNNEL_WORKER_THREADS`).
 
 #![forbid(unsafe_code)]
@@ -33,10 +36,26 @@ pub mod http1;
 pub mod limits;
 pub mod proto;
 
+/// `0.1.0 (commit abc123def456)`: what `--version` prints. The commit comes
+/// from `git` at build time, or `TUNNEL_COMMIT` where there is no checkout
+/// (a container build).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("TUNNEL_COMMIT"),
+    ")"
+);
+
+#[cfg(feature = "io")]
+pub mod admin;
 #[cfg(feature = "io")]
 pub mod backoff;
 #[cfg(feature = "io")]
 pub mod io;
+#[cfg(feature = "io")]
+pub mod logging;
+#[cfg(feature = "io")]
+pub mod metrics;
 #[cfg(feature = "io")]
 pub mod paths;
 #[cfg(feature = "io")]

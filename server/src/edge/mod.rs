@@ -95,6 +95,10 @@ enum Pending {
         /// page (if nothing of the response was sent yet) and close; `None`:
         /// just close. Dropped unsent when the request went out whole.
         abort: oneshot::Receiver<Option<ErrorPage>>,
+        /// When its head was read (for the duration and time to first byte).
+        started: tokio::time::Instant,
+        /// `METHOD target` for the access log (only with one).
+        line: Option<Box<str>>,
     },
     /// The request side is done; the send half of the current stream is
     /// retired by the response side after the last response.
@@ -174,7 +178,7 @@ pub(crate) async fn serve_stream<R, W>(
         mid_body: false,
     }
     .run(soft);
-    let responses = ResponseSide::new(state, wr, rx, in_flight, scheme).run();
+    let responses = ResponseSide::new(state, wr, rx, in_flight, scheme, peer).run();
     tokio::pin!(requests, responses);
     tokio::select! {
         // The response side decides when the connection ends (close after a

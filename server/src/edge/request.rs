@@ -39,8 +39,9 @@ pub(super) struct Facts {
 enum Action {
     /// The server answers with its own page.
     Answer(ErrorPage),
-    /// The rendered head goes to the tunnel's client.
-    Forward(Bytes, Arc<Rule>, Arc<Session>),
+    /// The rendered head goes to the tunnel's client (with `METHOD target`
+    /// for the access log, when there is one).
+    Forward(Bytes, Arc<Rule>, Arc<Session>, Option<Box<str>>),
     /// The host is reserved for a client that is reconnecting: route again
     /// once it is back (or `OWNER_HOLD` has passed). Boxed: rare, and the
     /// head must not widen every connection's future.
@@ -50,6 +51,14 @@ enum Action {
 pub(super) struct Upstream {
     rule: Arc<Rule>,
     send: SendStream,
+}
+
+impl Upstream {
+    /// Writes a chunk towards the local service, counted as the tunnel's.
+    async fn write_counted(&mut self, chunk: Bytes) -> Result<(), quinn::WriteError> {
+        self.rule.metrics.bytes_in.inc_by(chunk.len() as u64);
+        self.send.write_chunk(chunk).await
+    }
 }
 
 pub(super) struct RequestSide<R> {
@@ -130,6 +139,7 @@ impl<R: LeanRead> RequestSide<R> {
                     break;
                 }
                 HeadRead::Reject(page) => {
+                    self.state.metrics.page(page.status, page.code);
                     let _ = self
                         .tx
                         .push(Pending::Local {
@@ -161,8 +171,8 @@ impl<R: LeanRead> RequestSide<R> {
                         .await
                 }
                 Action::Answer(page) => self.answer_locally(facts, page).await,
-                Action::Forward(fwd, rule, session) => {
-                    self.forward(facts, fwd, rule, &session.conn).await
+                Action::Forward(fwd, rule, session, line) => {
+                    self.forward(facts, fwd, rule, &session.conn, line).await
                 }
             };
             if result.is_err() || !keep_alive {
@@ -236,7 +246,15 @@ impl<R: LeanRead> RequestSide<R> {
                 }
                 let mut fwd = BytesMut::new();
                 head.write_forwarded(&mut fwd, &forwarded);
-                Action::Forward(fwd.freeze(), rule, session)
+                let line = self.state.access_log.as_ref().map(|_| {
+                    format!(
+                        "{} {}",
+                        String::from_utf8_lossy(head.method()),
+                        String::from_utf8_lossy(head.target())
+                    )
+                    .into_boxed_str()
+                });
+                Action::Forward(fwd.freeze(), rule, session, line)
             }
         };
         (facts, action)
@@ -316,6 +334,7 @@ impl<R: LeanRead> RequestSide<R> {
             BodyKind::Chunked => false,
         };
         let close = !head.keep_alive || !discardable;
+        self.state.metrics.page(page.status, page.code);
         let rendered = page.render(close, head.is_head);
         self.tx
             .push(Pending::Local {
@@ -342,6 +361,7 @@ impl<R: LeanRead> RequestSide<R> {
 
     /// Rejects a request before anything of it went upstream.
     async fn reject(&mut self, page: ErrorPage, head: Facts) -> Result<(), Stop> {
+        self.state.metrics.page(page.status, page.code);
         let _ = self
             .tx
             .push(Pending::Local {
@@ -395,7 +415,9 @@ impl<R: LeanRead> RequestSide<R> {
         fwd: Bytes,
         rule: Arc<Rule>,
         conn: &quinn::Connection,
+        line: Option<Box<str>>,
     ) -> Result<(), Stop> {
+        let started = Instant::now();
         if let Err(page) = self.precheck_body(head) {
             return self.reject(page, head).await;
         }
@@ -408,7 +430,7 @@ impl<R: LeanRead> RequestSide<R> {
         let mut old_send = None;
         if !reuse {
             old_send = self.up.take().map(|u| u.send);
-            match upstream::open(conn, &rule).await {
+            match upstream::open(conn, &rule, &self.state.metrics).await {
                 Ok((send, recv)) => {
                     // A new stream starts with its preface, in the same chunk.
                     out = upstream::prefaced(StreamKind::Http1, &rule, self.peer, &out);
@@ -437,6 +459,8 @@ impl<R: LeanRead> RequestSide<R> {
             close: !head.keep_alive,
             upgraded: upgraded_tx,
             abort: abort_rx,
+            started,
+            line,
         };
         // Queued before the body is sent: the response side must be reading
         // for `Expect: 100-continue` to work.
@@ -444,7 +468,7 @@ impl<R: LeanRead> RequestSide<R> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.mid_body = true;
         let sent = match self.up.as_mut() {
-            Some(up) => match up.send.write_chunk(out).await {
+            Some(up) => match up.write_counted(out).await {
                 Ok(()) => match head.body {
                     BodyKind::None => Ok(()),
                     BodyKind::Length(n) => self.forward_length(n).await,
@@ -477,7 +501,7 @@ impl<R: LeanRead> RequestSide<R> {
 
     async fn write_upstream(&mut self, chunk: Bytes) -> Result<(), Option<ErrorPage>> {
         let up = self.up.as_mut().ok_or(None)?;
-        up.send.write_chunk(chunk).await.map_err(|_| None)
+        up.write_counted(chunk).await.map_err(|_| None)
     }
 
     async fn forward_length(&mut self, mut n: u64) -> Result<(), Option<ErrorPage>> {
@@ -514,6 +538,7 @@ impl<R: LeanRead> RequestSide<R> {
                     let data = self.buf.split_to(n).freeze();
                     let mut pieces = [chunk_size_line(n), data, Bytes::from_static(CHUNK_END)];
                     let up = self.up.as_mut().ok_or(None)?;
+                    up.rule.metrics.bytes_in.inc_by(n as u64);
                     up.send
                         .write_all_chunks(&mut pieces)
                         .await

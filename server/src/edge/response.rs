@@ -42,6 +42,12 @@ pub(super) struct ResponseSide<W> {
     reusable: bool,
     /// See `RequestSide::in_flight`.
     in_flight: Arc<AtomicUsize>,
+    peer: std::net::SocketAddr,
+    /// The current exchange: its final status (0 until known), when its
+    /// first byte reached the visitor, and the bytes sent.
+    status: u16,
+    first_byte: Option<tokio::time::Instant>,
+    bytes_out: u64,
 }
 
 impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
@@ -51,6 +57,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         rx: mpsc::Receiver<Box<Pending>>,
         in_flight: Arc<AtomicUsize>,
         scheme: Scheme,
+        peer: std::net::SocketAddr,
     ) -> Self {
         let hsts = match (scheme, state.config.hsts) {
             (Scheme::Https, Some(age)) => Some(Bytes::from(format!(
@@ -71,7 +78,44 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             sent_any: false,
             reusable: false,
             in_flight,
+            peer,
+            status: 0,
+            first_byte: None,
+            bytes_out: 0,
         }
+    }
+
+    /// Counts the exchange that just ended (and logs it, with an access log).
+    fn record(
+        &mut self,
+        rule: &Rule,
+        started: tokio::time::Instant,
+        line: Option<Box<str>>,
+    ) {
+        let now = tokio::time::Instant::now();
+        let duration = now - started;
+        let ttfb = self.first_byte.map(|t| t - started);
+        rule.metrics.request(self.status);
+        rule.metrics.bytes_out.inc_by(self.bytes_out);
+        self.state.metrics.tunnels.observe(duration, ttfb);
+        if let (Some(log), Some(request)) = (&self.state.access_log, line) {
+            log.log(crate::access_log::Entry {
+                at: std::time::SystemTime::now(),
+                tunnel: rule.host.clone(),
+                client: self.peer,
+                request,
+                status: self.status,
+                bytes_out: self.bytes_out,
+                duration,
+            });
+        }
+    }
+
+    /// Writes one of the server's pages in place of a response.
+    async fn write_page(&mut self, page: &ErrorPage, head_request: bool) {
+        self.status = page.status;
+        self.state.metrics.page(page.status, page.code);
+        let _ = self.wr.write_all(&page.render(true, head_request)).await;
     }
 
     /// Ends the current stream: with `REUSE` on both directions when its
@@ -127,8 +171,13 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                     close,
                     upgraded,
                     abort,
+                    started,
+                    line,
                 } => {
                     self.sent_any = false;
+                    self.status = 0;
+                    self.first_byte = None;
+                    self.bytes_out = 0;
                     if recv.is_some() {
                         self.retire(old_send);
                     }
@@ -145,10 +194,10 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                         r = self.exchange(recv, &rule, head_request, close, upgraded) => Ok(r),
                     };
                     self.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    match outcome {
+                    let after = match outcome {
                         Err(page) => {
                             if let (Some(page), false) = (page, self.sent_any) {
-                                let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                                self.write_page(&page, head_request).await;
                             }
                             After::Close
                         }
@@ -164,11 +213,13 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                         Ok(Err(RelayError::NothingSent(why))) => {
                             info!(host = %rule.host, "502: {why}");
                             let page = respond::local_failed(&rule.host, &why);
-                            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+                            self.write_page(&page, head_request).await;
                             After::Close
                         }
                         Ok(Err(RelayError::Broken)) => After::Close,
-                    }
+                    };
+                    self.record(&rule, started, line);
+                    after
                 }
             };
             if let After::Close = after {
@@ -194,8 +245,8 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             self.pending.clear();
             self.failed = self.read_reply(&rule.host).await;
         }
-        if let Some(page) = &self.failed {
-            let _ = self.wr.write_all(&page.render(true, head_request)).await;
+        if let Some(page) = self.failed.clone() {
+            self.write_page(&page, head_request).await;
             return Ok(After::Close);
         }
         self.out.clear();
@@ -238,6 +289,10 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         if self.out.is_empty() {
             return Ok(());
         }
+        if !self.sent_any {
+            self.first_byte = Some(tokio::time::Instant::now());
+        }
+        self.bytes_out += self.out.iter().map(|b| b.len() as u64).sum::<u64>();
         self.sent_any = true;
         tunnel_lib::io::write_all_bufs(&mut self.wr, &mut self.out)
             .await
@@ -324,6 +379,9 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                 }
             };
             self.out.push(out);
+            if !head.is_interim() {
+                self.status = head.status;
+            }
             if head.is_interim() {
                 self.flush().await?;
                 continue;

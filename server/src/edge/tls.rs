@@ -132,7 +132,7 @@ async fn handshake(
         match state.registry.route(name.as_bytes()) {
             Some((rule, session)) if rule.kind == TunnelKind::Tls => {
                 if let Some(session) = session {
-                    passthrough(&rule, &session.conn, tcp, buf, peer).await;
+                    passthrough(&rule, &session.conn, tcp, buf, peer, &state.metrics).await;
                 }
                 return;
             }
@@ -189,8 +189,9 @@ async fn passthrough(
     tcp: TcpStream,
     hello: BytesMut,
     peer: SocketAddr,
+    metrics: &crate::metrics::Metrics,
 ) {
-    let Ok((mut send, mut recv)) = upstream::open(conn, rule).await else {
+    let Ok((mut send, mut recv)) = upstream::open(conn, rule, metrics).await else {
         return;
     };
     let first = upstream::prefaced(StreamKind::Tls, rule, peer, &hello);

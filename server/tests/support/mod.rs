@@ -246,6 +246,8 @@ pub struct TestServer {
     pub certs: Option<Arc<tunnel_server::certs::CertStore>>,
     pub acme: Option<tunnel_server::acme::Acme>,
     pub stats: Arc<tunnel_server::Stats>,
+    /// The admin listener (`/metrics`), when the listeners had one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -282,6 +284,7 @@ impl TestServer {
         let reload = server.reload_handle();
         let (certs, acme) = (server.cert_store(), server.acme());
         let stats = server.stats();
+        let admin = server.admin_addr();
         let shutdown = CancellationToken::new();
         let s = shutdown.clone();
         let task = tokio::spawn(async move { server.run(s).await.unwrap() });
@@ -295,6 +298,7 @@ impl TestServer {
             certs,
             acme,
             stats,
+            admin,
             shutdown,
             task,
         }
