@@ -242,6 +242,7 @@ pub(crate) async fn attempt(
     endpoints: &mut Endpoints,
     client_id: [u8; 16],
     names: &[Option<String>],
+    monitor: &crate::observe::Monitor,
 ) -> Result<Live, AttemptError> {
     let (host, port) = split_host(&config.server)?;
     let trust = trust(config, host).await?;
@@ -270,7 +271,7 @@ pub(crate) async fn attempt(
     .await?;
     // The hello is bounded inside `session`; registrations may take longer
     // (the server gets a new name its certificate first).
-    session(config, conn, client_id, names).await
+    session(config, conn, client_id, names, monitor).await
 }
 
 async fn session(
@@ -278,6 +279,7 @@ async fn session(
     conn: quinn::Connection,
     client_id: [u8; 16],
     names: &[Option<String>],
+    monitor: &crate::observe::Monitor,
 ) -> Result<Live, AttemptError> {
     let lost = |e: &ConnectionError| match classify_lost(e) {
         Outcome::Fatal(e) => AttemptError::Fatal(e),
@@ -378,6 +380,7 @@ async fn session(
                 ..
             })) => {
                 debug!(%url, "registered");
+                let name = hostname.clone();
                 tunnels.push(TunnelInfo {
                     url,
                     hostname,
@@ -391,9 +394,11 @@ async fn session(
                         udp.insert(tunnel_id, *a);
                     }
                 }
+                let http = spec.kind == TunnelKind::Http;
                 targets.insert(
                     tunnel_id,
-                    Target::new(spec.local.clone(), addrs, config.local),
+                    Target::new(spec.local.clone(), addrs, config.local)
+                        .named(&name, http, monitor),
                 );
             }
             Ok(Some(Control::Error { code, message, .. })) => {

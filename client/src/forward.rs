@@ -11,7 +11,9 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use tunnel_lib::io::{read_message, splice, SpliceEnd};
+use tunnel_lib::io::{read_message, splice_tapped, SpliceEnd};
+
+use crate::observe::{Monitor, Observer};
 use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, LOCAL_POOL_IDLE, LOCAL_POOL_MAX, PREFACE_TIMEOUT};
 use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode};
 
@@ -31,6 +33,12 @@ pub(crate) struct Target {
     /// Fails fast while the local service keeps failing (synchronous only).
     breaker: Mutex<Breaker>,
     pub(crate) policy: LocalPolicy,
+    /// The tunnel's public name (what the status screen and metrics show).
+    pub(crate) name: Arc<str>,
+    pub(crate) local_name: Arc<str>,
+    /// HTTP tunnels are observed (`observe`); others are spliced only.
+    pub(crate) http: bool,
+    pub(crate) metrics: Option<Arc<tunnel_lib::metrics::TunnelMetrics>>,
 }
 
 /// How the client treats a local service that does not answer.
@@ -83,7 +91,29 @@ impl Target {
             idle: Mutex::new(Vec::new()),
             breaker: Mutex::new(Breaker::default()),
             policy,
+            name: Arc::from(""),
+            local_name: Arc::from(""),
+            http: false,
+            metrics: None,
         }
+    }
+
+    /// Names the tunnel and gives it its counters (when metrics are on).
+    pub(crate) fn named(mut self, name: &str, http: bool, monitor: &Monitor) -> Target {
+        self.name = name.into();
+        self.local_name = self.local.as_str().into();
+        self.http = http;
+        self.metrics = monitor
+            .metrics
+            .as_ref()
+            .map(|m| Arc::new(m.tunnels.tunnel(name)));
+        self
+    }
+
+    /// While the circuit is open: how long until the next probe.
+    pub(crate) fn circuit_open(&self) -> Option<std::time::Duration> {
+        let b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.open_until.map(|u| u.saturating_duration_since(Instant::now()))
     }
 
     fn gate(&self) -> Gate {
@@ -154,7 +184,24 @@ impl Target {
 
 pub(crate) type Targets = Arc<HashMap<u32, Target>>;
 
-pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: RecvStream) {
+/// Counts a data stream as open while it lives.
+struct OpenStream<'a>(&'a Monitor);
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub(crate) async fn handle(
+    targets: Targets,
+    monitor: Arc<Monitor>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    monitor.streams_total.fetch_add(1, Ordering::Relaxed);
+    monitor.streams_open.fetch_add(1, Ordering::Relaxed);
+    let _open = OpenStream(&monitor);
     let mut buf = BytesMut::new();
     let preface = match tokio::time::timeout(
         PREFACE_TIMEOUT,
@@ -181,7 +228,13 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
         return;
     };
     let gate = target.gate();
+    let failed = || {
+        if let Some(m) = &monitor.metrics {
+            m.local_failures.inc();
+        }
+    };
     if let Gate::Open(left) = gate {
+        failed();
         let message = format!(
             "{} failed its last connection attempts, so the tunnel answers at once for a while \
              (circuit open; the next try in {:.1} s)",
@@ -207,6 +260,7 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
             t
         }
         Err((code, message)) => {
+            failed();
             warn!(visitor = %preface.visitor, "{message}: is the local service running?");
             if let Some(cool) = target.record(false) {
                 warn!(
@@ -224,7 +278,20 @@ pub(crate) async fn handle(targets: Targets, mut send: SendStream, mut recv: Rec
     if send.write_chunk(out.freeze()).await.is_err() {
         return;
     }
-    match splice(tcp, &mut send, &mut recv, buf.freeze()).await {
+    let observer = (target.http && monitor.observe).then(|| {
+        Observer::new(
+            monitor.clone(),
+            target.name.clone(),
+            target.local_name.clone(),
+            preface.visitor,
+            target.metrics.clone(),
+        )
+    });
+    let end = splice_tapped(tcp, &mut send, &mut recv, buf.freeze(), &observer).await;
+    if let Some(o) = &observer {
+        o.finish();
+    }
+    match end {
         Ok(SpliceEnd::Reusable(tcp)) => target.put_idle(tcp),
         Ok(SpliceEnd::Closed) => {}
         Err(e) => debug!(visitor = %preface.visitor, "stream ended: {e}"),

@@ -15,6 +15,10 @@
 pub mod config_file;
 mod connect;
 mod forward;
+pub mod inspector;
+pub mod metrics;
+pub mod observe;
+pub mod tui;
 mod udp;
 
 pub use forward::LocalPolicy;
@@ -23,7 +27,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -115,6 +118,8 @@ pub enum Status {
     Reconnecting {
         attempt: u32,
         reason: String,
+        /// When the next attempt starts (`None`: now).
+        retry_at: Option<std::time::Instant>,
     },
 }
 
@@ -146,13 +151,24 @@ pub async fn run(
     shutdown: CancellationToken,
     status: watch::Sender<Status>,
 ) -> Result<(), ClientError> {
+    run_with(config, shutdown, status, Arc::new(observe::Monitor::off())).await
+}
+
+/// [`run`], reporting to `monitor` (the status screen, the inspector and
+/// the metrics read it): the connection it holds, the streams and the
+/// requests they carry.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    status: watch::Sender<Status>,
+    monitor: Arc<observe::Monitor>,
+) -> Result<(), ClientError> {
     if config.tunnels.is_empty() {
         return Err(ClientError::Config(
             "nothing to expose: pass --expose PORT".into(),
         ));
     }
     let client_id = random_id();
-    let current: ArcSwapOption<quinn::Connection> = ArcSwapOption::empty();
     let tracker = TaskTracker::new();
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     // Names learned at the first registration, asked for again on reconnect.
@@ -160,11 +176,12 @@ pub async fn run(
         config.tunnels.iter().map(|t| t.subdomain.clone()).collect();
     let mut generation = 0u64;
     let mut endpoints = connect::Endpoints::default();
+    let mut offline_since: Option<std::time::Instant> = None;
     let _ = status.send(Status::Connecting);
 
     let result = loop {
         let attempt = tokio::select! {
-            a = connect::attempt(&config, &mut endpoints, client_id, &names) => a,
+            a = connect::attempt(&config, &mut endpoints, client_id, &names, &monitor) => a,
             _ = shutdown.cancelled() => break Ok(()),
         };
         let reason = match attempt {
@@ -175,14 +192,37 @@ pub async fn run(
                 for (slot, t) in names.iter_mut().zip(&live.tunnels) {
                     *slot = Some(t.hostname.clone());
                 }
-                current.store(Some(Arc::new(live.conn.clone())));
+                monitor.conn.store(Some(Arc::new(live.conn.clone())));
+                monitor.targets.store(Some(live.targets.clone()));
+                if generation > 1 {
+                    if let Some(m) = &monitor.metrics {
+                        m.reconnects.inc();
+                    }
+                    let urls: Vec<&str> = live.tunnels.iter().map(|t| t.url.as_str()).collect();
+                    match offline_since.take() {
+                        Some(t) => info!(
+                            "back online after {:.1} s offline: {}",
+                            t.elapsed().as_secs_f64(),
+                            urls.join(", ")
+                        ),
+                        None => info!("back online: {}", urls.join(", ")),
+                    }
+                }
                 let _ = status.send(Status::Online {
                     tunnels: live.tunnels.clone(),
                     generation,
                 });
-                let outcome =
-                    serve(&mut live, &endpoints, &tracker, &shutdown, config.udp_idle).await;
-                current.store(None);
+                let outcome = serve(
+                    &mut live,
+                    &endpoints,
+                    &tracker,
+                    &shutdown,
+                    config.udp_idle,
+                    &monitor,
+                )
+                .await;
+                monitor.conn.store(None);
+                offline_since = Some(std::time::Instant::now());
                 match outcome {
                     Outcome::Shutdown => {
                         live.conn.close(
@@ -204,6 +244,7 @@ pub async fn run(
                         // it drains (requests that were already on their way).
                         let old = live.conn.clone();
                         let targets = live.targets.clone();
+                        let mon = monitor.clone();
                         let stop = shutdown.clone();
                         let streams = tracker.clone();
                         tracker.spawn(async move {
@@ -212,7 +253,7 @@ pub async fn run(
                             loop {
                                 tokio::select! {
                                     r = old.accept_bi() => match r {
-                                        Ok((send, recv)) => spawn_stream(&streams, &old, targets.clone(), &stop, send, recv),
+                                        Ok((send, recv)) => spawn_stream(&streams, &old, (targets.clone(), mon.clone()), &stop, send, recv),
                                         Err(_) => break,
                                     },
                                     _ = &mut limit => break,
@@ -224,6 +265,7 @@ pub async fn run(
                         let _ = status.send(Status::Reconnecting {
                             attempt: 0,
                             reason: format!("the server is going away: {why}"),
+                            retry_at: None,
                         });
                         continue;
                     }
@@ -243,6 +285,7 @@ pub async fn run(
         let _ = status.send(Status::Reconnecting {
             attempt: backoff.attempts(),
             reason: reason.clone(),
+            retry_at: Some(std::time::Instant::now() + delay),
         });
         info!("retrying in {:.1}s ({reason})", delay.as_secs_f64());
         tokio::select! {
@@ -279,6 +322,7 @@ async fn serve(
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     udp_idle: Duration,
+    monitor: &Arc<observe::Monitor>,
 ) -> Outcome {
     if !live.udp.is_empty() {
         tracker.spawn(udp::dispatch(
@@ -314,7 +358,7 @@ async fn serve(
                 }
             }
             r = live.conn.accept_bi() => match r {
-                Ok((send, recv)) => spawn_stream(tracker, &live.conn, live.targets.clone(), shutdown, send, recv),
+                Ok((send, recv)) => spawn_stream(tracker, &live.conn, (live.targets.clone(), monitor.clone()), shutdown, send, recv),
                 Err(e) => return connect::classify_lost(&e),
             },
             m = tunnel_lib::io::read_message(&mut live.control_recv, &mut live.control_buf, Control::decode) => match m {
@@ -337,7 +381,7 @@ async fn serve(
 fn spawn_stream(
     tracker: &TaskTracker,
     conn: &quinn::Connection,
-    targets: forward::Targets,
+    (targets, monitor): (forward::Targets, Arc<observe::Monitor>),
     stop: &CancellationToken,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -346,7 +390,7 @@ fn spawn_stream(
     let conn = conn.clone();
     tracker.spawn(async move {
         tokio::select! {
-            _ = forward::handle(targets, send, recv) => {}
+            _ = forward::handle(targets, monitor, send, recv) => {}
             // At shutdown the connection is closed first (`run`), so the
             // streams dropped here end as part of that close, never as a
             // clean FIN the server would take for the end of the data.

@@ -8,6 +8,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use std::sync::Arc;
+
+use tunnel_client::observe::Monitor;
 use tunnel_client::{config_file, Config, Status, TunnelSpec};
 use tunnel_lib::proto::TunnelKind;
 
@@ -49,6 +52,19 @@ struct Cli {
     /// Seconds a UDP flow may be silent both ways before its local socket is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true)]
     udp_idle: u64,
+    /// Where the inspector (the web page of recent requests, with replay) listens, or `off`.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:4040", env = "TUNNEL_INSPECT", global = true)]
+    inspect: String,
+    /// Serve the client's Prometheus metrics at /metrics (and /healthz, /readyz) on this address
+    /// [default: off].
+    #[arg(long, value_name = "ADDR", env = "TUNNEL_METRICS", global = true)]
+    metrics: Option<std::net::SocketAddr>,
+    /// Log lines as text or JSON [default: text].
+    #[arg(long, value_name = "FORMAT", env = "TUNNEL_LOG_FORMAT", global = true, value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Plain lines instead of the status screen, even on a terminal.
+    #[arg(long, global = true)]
+    no_screen: bool,
     /// Seconds a connection to the local service may take before the visitor gets a 502.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0, global = true)]
     local_timeout: f64,
@@ -169,20 +185,60 @@ fn local_target(expose: &str) -> Result<String, String> {
     }
 }
 
+/// What the client shows besides the tunnel: the status screen, the
+/// inspector, metrics and the log format.
+struct Ui {
+    screen: bool,
+    inspect: Option<std::net::SocketAddr>,
+    metrics: Option<std::net::SocketAddr>,
+    log_format: tunnel_lib::logging::LogFormat,
+}
+
+impl Ui {
+    fn from_cli(cli: &Cli) -> Result<Ui, String> {
+        use std::io::IsTerminal;
+        let inspect = match cli.inspect.trim() {
+            "off" | "false" | "" => None,
+            a => Some(a.parse().map_err(|e| {
+                format!("--inspect {a}: {e}; give ADDR:PORT (127.0.0.1:4040) or off")
+            })?),
+        };
+        let log_format = match &cli.log_format {
+            Some(f) => f.parse()?,
+            None => Default::default(),
+        };
+        Ok(Ui {
+            screen: !cli.no_screen && cli.log_format.is_none() && std::io::stdout().is_terminal(),
+            inspect,
+            metrics: cli.metrics,
+            log_format,
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        // Colour for a person at a terminal, none for journald or a file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let ui = match Ui::from_cli(&cli) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let monitor = Arc::new(Monitor::new(ui.screen, ui.inspect.is_some(), ui.metrics.is_some()));
+    if ui.screen {
+        // The screen owns the terminal: log lines are shown inside it.
+        tunnel_lib::logging::init(
+            ui.log_format,
+            tunnel_client::tui::ScreenLog(monitor.clone()),
+            false,
+        );
+    } else {
+        tunnel_lib::logging::init_stderr(ui.log_format);
+    }
     tunnel_lib::runtime::run_main(async move {
         match configure(cli).await {
-            Ok(Some(config)) => run(config).await,
+            Ok(Some(config)) => run(config, ui, monitor).await,
             Ok(None) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -343,14 +399,79 @@ async fn configure(cli: Cli) -> Result<Option<Config>, String> {
     }))
 }
 
-async fn run(config: Config) -> ExitCode {
+async fn run(config: Config, ui: Ui, monitor: Arc<Monitor>) -> ExitCode {
     let shutdown = CancellationToken::new();
     let (tx, rx) = watch::channel(Status::Connecting);
-    let ui = tokio::spawn(print_urls(rx));
+    // The inspector and the metrics listener: owned, stopped after the client.
+    let services_done = CancellationToken::new();
+    let mut services = tokio::task::JoinSet::new();
+    let mut inspector_url = None;
+    if let Some(addr) = ui.inspect {
+        match tunnel_lib::io::listen_tcp(addr) {
+            Ok(l) => {
+                let bound = l.local_addr().unwrap_or(addr);
+                inspector_url = Some(format!("http://{bound}"));
+                if !ui.screen {
+                    eprintln!("inspector: http://{bound}");
+                }
+                services.spawn(tunnel_client::inspector::serve(
+                    l,
+                    monitor.clone(),
+                    services_done.clone().cancelled_owned(),
+                ));
+            }
+            // The tunnel matters more than its inspector.
+            Err(e) => tracing::warn!(
+                "the inspector cannot listen on {addr}: {e}; the tunnel runs without it \
+                 (choose another address with --inspect ADDR, or --inspect off)"
+            ),
+        }
+    }
+    let mut metrics_addr = None;
+    if let (Some(addr), Some(handler)) = (ui.metrics, tunnel_client::metrics::handler(monitor.clone())) {
+        match tunnel_lib::io::listen_tcp(addr) {
+            Ok(l) => {
+                metrics_addr = Some(l.local_addr().unwrap_or(addr).to_string());
+                services.spawn(tunnel_lib::admin::serve(
+                    l,
+                    services_done.clone().cancelled_owned(),
+                    handler,
+                ));
+            }
+            Err(e) => {
+                eprintln!("error: --metrics {addr}: cannot listen: {e}; is something else there?");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let screen = if ui.screen {
+        let facts = tunnel_client::tui::Facts {
+            server: config.server.clone(),
+            version: tunnel_lib::VERSION,
+            inspector: inspector_url,
+            metrics: metrics_addr,
+        };
+        match tunnel_client::tui::spawn(monitor.clone(), rx.clone(), facts, shutdown.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                eprintln!("warning: no status screen ({e}); plain lines follow");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let urls = tokio::spawn(print_urls(rx, screen.is_none()));
     let signals = tokio::spawn(on_signal(shutdown.clone()));
-    let result = tunnel_client::run(config, shutdown, tx).await;
+    let result = tunnel_client::run_with(config, shutdown.clone(), tx, monitor).await;
     signals.abort();
-    let _ = ui.await;
+    shutdown.cancel();
+    services_done.cancel();
+    while services.join_next().await.is_some() {}
+    if let Some(h) = screen {
+        let _ = tokio::task::spawn_blocking(move || h.join()).await;
+    }
+    let _ = urls.await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -362,9 +483,12 @@ async fn run(config: Config) -> ExitCode {
 
 /// Prints each public URL on its own line on stdout, again only if it
 /// changes. Ends when the client drops its status sender.
-async fn print_urls(mut rx: watch::Receiver<Status>) {
+async fn print_urls(mut rx: watch::Receiver<Status>, print: bool) {
     let mut shown: Vec<String> = Vec::new();
     while rx.changed().await.is_ok() {
+        if !print {
+            continue;
+        }
         let status = rx.borrow_and_update().clone();
         if let Status::Online { tunnels, .. } = status {
             let lines: Vec<String> = tunnels

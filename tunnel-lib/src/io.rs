@@ -131,12 +131,46 @@ pub async fn write_all_bufs<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
+/// Sees the bytes a splice moves, without owning them (a `Bytes` clone is a
+/// reference count). Called inline, so it must be quick and never block.
+pub trait Tap: Sync {
+    /// Bytes from the stream, about to go to the local socket.
+    fn to_local(&self, _chunk: &Bytes) {}
+    /// Bytes read from the local socket, about to go to the stream.
+    fn from_local(&self, _chunk: &Bytes) {}
+}
+
+/// No tap.
+impl Tap for () {}
+
+impl<T: Tap> Tap for Option<T> {
+    fn to_local(&self, chunk: &Bytes) {
+        if let Some(t) = self {
+            t.to_local(chunk)
+        }
+    }
+    fn from_local(&self, chunk: &Bytes) {
+        if let Some(t) = self {
+            t.from_local(chunk)
+        }
+    }
+}
+
 /// QUIC → TCP until the stream's FIN, then half-closes the TCP write side.
 /// Chunks are taken in batches and written with one `writev` each.
 pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     recv: &mut RecvStream,
     first: Bytes,
     wr: &mut W,
+) -> Result<u64, StreamError> {
+    quic_to_tcp_tapped(recv, first, wr, &()).await
+}
+
+async fn quic_to_tcp_tapped<W: AsyncWrite + Unpin, T: Tap>(
+    recv: &mut RecvStream,
+    first: Bytes,
+    wr: &mut W,
+    tap: &T,
 ) -> Result<u64, StreamError> {
     let mut total = first.len() as u64;
     // Sized by what arrives: a small exchange keeps a small vector.
@@ -147,6 +181,7 @@ pub async fn quic_to_tcp<W: AsyncWrite + Unpin>(
     loop {
         // Write what is there before waiting for more.
         if !batch.is_empty() {
+            batch.iter().for_each(|b| tap.to_local(b));
             write_all_bufs(wr, &mut batch).await?;
         }
         if !read_batch(recv, &mut batch).await? {
@@ -314,10 +349,21 @@ pub enum SpliceEnd {
 /// visitor's response. A `REUSE` reset from the server hands the connection
 /// back instead.
 pub async fn splice(
+    tcp: tokio::net::TcpStream,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    first: Bytes,
+) -> Result<SpliceEnd, StreamError> {
+    splice_tapped(tcp, send, recv, first, &()).await
+}
+
+/// [`splice`], showing every chunk to `tap` on its way.
+pub async fn splice_tapped<T: Tap>(
     mut tcp: tokio::net::TcpStream,
     send: &mut SendStream,
     recv: &mut RecvStream,
     first: Bytes,
+    tap: &T,
 ) -> Result<SpliceEnd, StreamError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     // Set while bytes read from the local service are not yet handed to the
@@ -326,7 +372,7 @@ pub async fn splice(
     let outcome = {
         let (mut rd, mut wr) = tcp.split();
         let to_local = async {
-            match quic_to_tcp(recv, first, &mut wr).await {
+            match quic_to_tcp_tapped(recv, first, &mut wr, tap).await {
                 Err(StreamError::Read(quinn::ReadError::Reset(code)))
                     if code == VarInt::from_u32(reset::REUSE) =>
                 {
@@ -345,7 +391,9 @@ pub async fn splice(
                     return Ok::<(), StreamError>(());
                 }
                 local_busy.store(true, Ordering::Relaxed);
-                send.write_chunk(buf.take()).await?;
+                let chunk = buf.take();
+                tap.from_local(&chunk);
+                send.write_chunk(chunk).await?;
                 local_busy.store(false, Ordering::Relaxed);
             }
         };

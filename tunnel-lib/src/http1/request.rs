@@ -382,6 +382,11 @@ impl RequestHead {
         })
     }
 
+    /// The head's bytes, as received (request line to the empty line).
+    pub fn raw(&self) -> &Bytes {
+        &self.raw
+    }
+
     pub fn method(&self) -> &[u8] {
         self.method.get(&self.raw)
     }

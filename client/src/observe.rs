@@ -1,0 +1,717 @@
+//! Request facts on the client, for the status screen, the inspector and
+//! the client's metrics.
+//!
+//! The server parses HTTP and the client only splices, so the client reads
+//! a *copy* of what it splices ([`Observer`], a `tunnel_lib::io::Tap`): each
+//! chunk is shown to the observer as a `Bytes` reference before it is
+//! written, and the observer follows the exchanges with the same sans-IO
+//! parsers the server uses (`RequestReader`, `ResponseHead`,
+//! `ChunkedDecoder`). Nothing waits on it: it never awaits, never fails a
+//! stream, and a stream it cannot follow (bad framing from the app) is
+//! simply no longer observed. ARCHITECTURE.md says why the facts are taken
+//! here rather than sent by the server.
+//!
+//! Bounded: a head larger than [`MAX_HEAD`] stops the observation of its
+//! stream, a body is kept up to [`BODY_CAP`] (the rest counted), and the
+//! [`Monitor`] keeps the last [`RING`] exchanges.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use bytes::{Bytes, BytesMut};
+
+use tunnel_lib::http1::{BodyKind, ChunkStep, ChunkedDecoder, Limits, RequestReader, ResponseBody, ResponseHead};
+
+/// Body bytes kept per captured body; the rest are counted only.
+pub const BODY_CAP: usize = 64 * 1024;
+/// Exchanges the inspector keeps (newest replace oldest).
+pub const RING: usize = 200;
+/// Largest head the observer follows.
+pub const MAX_HEAD: usize = 256 * 1024;
+/// Request durations kept for the percentiles.
+const DURATIONS: usize = 1024;
+/// Seconds of per-second request counts (for the 1 and 5 minute rates).
+const RATE_WINDOW: usize = 300;
+/// Log lines kept for the status screen.
+pub const LOG_LINES: usize = 50;
+
+/// A captured body: the first [`BODY_CAP`] bytes, and the whole size.
+#[derive(Debug, Clone, Default)]
+pub struct Capture {
+    pub kept: Bytes,
+    pub total: u64,
+}
+
+impl Capture {
+    pub fn truncated(&self) -> bool {
+        self.total > self.kept.len() as u64
+    }
+}
+
+/// One request and its response, as the local service saw them.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub id: u64,
+    /// The tunnel's public name.
+    pub tunnel: Arc<str>,
+    /// The local service (`host:port`).
+    pub local: Arc<str>,
+    pub visitor: SocketAddr,
+    pub at: SystemTime,
+    pub method: String,
+    pub path: String,
+    pub request_head: Bytes,
+    pub request_body: Capture,
+    /// 0: no response (the stream ended first).
+    pub status: u16,
+    pub response_head: Bytes,
+    pub response_body: Capture,
+    pub ttfb: Option<Duration>,
+    pub duration: Duration,
+    /// The exchange this one replayed.
+    pub replay_of: Option<u64>,
+}
+
+/// A body being followed.
+#[derive(Debug)]
+enum Body {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    /// Until the stream ends (a response without framing).
+    UntilEnd,
+}
+
+/// Where a body's bytes are kept while it is read.
+#[derive(Debug, Default)]
+struct Keep {
+    buf: Option<BytesMut>,
+    total: u64,
+}
+
+impl Keep {
+    fn new(capture: bool) -> Keep {
+        Keep {
+            buf: capture.then(BytesMut::new),
+            total: 0,
+        }
+    }
+    fn add(&mut self, data: &[u8]) {
+        self.total += data.len() as u64;
+        if let Some(b) = &mut self.buf {
+            let room = BODY_CAP.saturating_sub(b.len());
+            b.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    fn done(self) -> Capture {
+        Capture {
+            kept: self.buf.map(BytesMut::freeze).unwrap_or_default(),
+            total: self.total,
+        }
+    }
+}
+
+impl Body {
+    fn of_request(kind: BodyKind, limits: &Limits) -> Option<Body> {
+        match kind {
+            BodyKind::None | BodyKind::Length(0) => None,
+            BodyKind::Length(n) => Some(Body::Length(n)),
+            BodyKind::Chunked => Some(Body::Chunked(ChunkedDecoder::new(
+                limits.max_chunk_ext,
+                limits.max_trailer,
+            ))),
+        }
+    }
+
+    /// Follows `data`: payload goes to `keep`. `Ok(Some(n))`: the body
+    /// ended after `n` bytes of `data`; `Ok(None)`: all of it was body.
+    fn feed(&mut self, data: &[u8], keep: &mut Keep) -> Result<Option<usize>, ()> {
+        match self {
+            Body::Length(left) => {
+                let take = (*left).min(data.len() as u64) as usize;
+                keep.add(&data[..take]);
+                *left -= take as u64;
+                Ok((*left == 0).then_some(take))
+            }
+            Body::UntilEnd => {
+                keep.add(data);
+                Ok(None)
+            }
+            Body::Chunked(dec) => {
+                let mut at = 0;
+                while at < data.len() {
+                    match dec.step(&data[at..]).map_err(|_| ())? {
+                        ChunkStep::Data(0) | ChunkStep::Framing(0) => return Ok(None),
+                        ChunkStep::Data(n) => {
+                            keep.add(&data[at..at + n]);
+                            at += n;
+                        }
+                        ChunkStep::Framing(n) => at += n,
+                        ChunkStep::Done(n) => return Ok(Some(at + n)),
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// An exchange being followed.
+#[derive(Debug)]
+struct Open {
+    ex: Exchange,
+    started: Instant,
+    is_head: bool,
+    request_keep: Keep,
+    response_keep: Keep,
+}
+
+#[derive(Debug)]
+enum Dir {
+    Head,
+    Body(Body),
+    /// After an upgrade (or an unframed response): not HTTP any more.
+    Raw,
+}
+
+#[derive(Debug)]
+struct Flow {
+    monitor: Arc<Monitor>,
+    tunnel: Arc<str>,
+    local: Arc<str>,
+    visitor: SocketAddr,
+    metrics: Option<Arc<tunnel_lib::metrics::TunnelMetrics>>,
+    limits: Limits,
+    reader: RequestReader,
+    req_buf: BytesMut,
+    req: Dir,
+    /// The id of the request whose body `req` is reading.
+    req_id: u64,
+    resp_buf: BytesMut,
+    resp: Dir,
+    /// Requests not yet answered whole, oldest (the one being answered) first.
+    open: VecDeque<Open>,
+    lost: bool,
+    replay_of: Option<u64>,
+}
+
+/// Follows the exchanges on one stream (see the module docs).
+#[derive(Debug)]
+pub struct Observer {
+    flow: Mutex<Flow>,
+}
+
+impl tunnel_lib::io::Tap for Observer {
+    fn to_local(&self, chunk: &Bytes) {
+        self.lock().request_bytes(chunk);
+    }
+    fn from_local(&self, chunk: &Bytes) {
+        self.lock().response_bytes(chunk);
+    }
+}
+
+impl Observer {
+    pub(crate) fn new(
+        monitor: Arc<Monitor>,
+        tunnel: Arc<str>,
+        local: Arc<str>,
+        visitor: SocketAddr,
+        metrics: Option<Arc<tunnel_lib::metrics::TunnelMetrics>>,
+    ) -> Observer {
+        let limits = Limits {
+            max_head: MAX_HEAD,
+            max_headers: tunnel_lib::http1::MAX_HEADERS_CAP,
+            max_target: MAX_HEAD,
+            ..Limits::default()
+        };
+        Observer {
+            flow: Mutex::new(Flow {
+                monitor,
+                tunnel,
+                local,
+                visitor,
+                metrics,
+                limits,
+                reader: RequestReader::new(),
+                req_buf: BytesMut::new(),
+                req: Dir::Head,
+                req_id: 0,
+                resp_buf: BytesMut::new(),
+                resp: Dir::Head,
+                open: VecDeque::new(),
+                lost: false,
+                replay_of: None,
+            }),
+        }
+    }
+
+    /// Marks what this observer records as a replay of exchange `id`.
+    pub(crate) fn replaying(self, id: u64) -> Observer {
+        self.lock().replay_of = Some(id);
+        self
+    }
+
+    /// No exchange is waiting for (the rest of) its response.
+    pub(crate) fn idle(&self) -> bool {
+        self.lock().open.is_empty()
+    }
+
+    /// The id of the last request seen.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.lock().req_id
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The stream ended: a response running to the end is complete now; the
+    /// others are recorded as they are (status 0: no response).
+    pub(crate) fn finish(&self) -> Vec<u64> {
+        let mut f = self.lock();
+        let mut ids = Vec::new();
+        while let Some(o) = f.open.pop_front() {
+            ids.push(o.ex.id);
+            f.complete(o);
+        }
+        ids
+    }
+}
+
+impl Flow {
+    fn request_bytes(&mut self, chunk: &Bytes) {
+        let mut data = chunk.clone();
+        while !self.lost && !data.is_empty() {
+            match &mut self.req {
+                Dir::Raw => return,
+                Dir::Head => {
+                    self.req_buf.extend_from_slice(&data);
+                    let head = match self.reader.read(&mut self.req_buf, &self.limits) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return,
+                        Err(_) => {
+                            self.lost = true;
+                            return;
+                        }
+                    };
+                    let id = self.monitor.next_id();
+                    let capture = self.monitor.capture;
+                    self.open.push_back(Open {
+                        ex: Exchange {
+                            id,
+                            tunnel: self.tunnel.clone(),
+                            local: self.local.clone(),
+                            visitor: self.visitor,
+                            at: SystemTime::now(),
+                            method: String::from_utf8_lossy(head.method()).into_owned(),
+                            path: String::from_utf8_lossy(head.target()).into_owned(),
+                            request_head: if capture { head.raw().clone() } else { Bytes::new() },
+                            request_body: Capture::default(),
+                            status: 0,
+                            response_head: Bytes::new(),
+                            response_body: Capture::default(),
+                            ttfb: None,
+                            duration: Duration::ZERO,
+                            replay_of: self.replay_of,
+                        },
+                        started: Instant::now(),
+                        is_head: head.is_head(),
+                        request_keep: Keep::new(capture),
+                        response_keep: Keep::new(capture),
+                    });
+                    self.req_id = id;
+                    self.req = if head.upgrade_websocket {
+                        Dir::Raw
+                    } else {
+                        match Body::of_request(head.body, &self.limits) {
+                            Some(b) => Dir::Body(b),
+                            None => Dir::Head,
+                        }
+                    };
+                    // The body's first bytes (or the next request) came with the head.
+                    data = self.req_buf.split().freeze();
+                }
+                Dir::Body(body) => {
+                    let id = self.req_id;
+                    let mut scratch = Keep::default();
+                    let keep = match self.open.iter_mut().rev().find(|o| o.ex.id == id) {
+                        Some(o) => &mut o.request_keep,
+                        // Already answered (an early response): only followed.
+                        None => &mut scratch,
+                    };
+                    match body.feed(&data, keep) {
+                        Ok(None) => return,
+                        Ok(Some(n)) => {
+                            data = data.slice(n..);
+                            self.req = Dir::Head;
+                        }
+                        Err(()) => self.lost = true,
+                    }
+                }
+            }
+        }
+    }
+
+    fn response_bytes(&mut self, chunk: &Bytes) {
+        let mut data = chunk.clone();
+        while !self.lost && !data.is_empty() {
+            match &mut self.resp {
+                Dir::Raw => {
+                    if let Some(o) = self.open.front_mut() {
+                        o.response_keep.add(&data);
+                    }
+                    return;
+                }
+                Dir::Head => {
+                    self.resp_buf.extend_from_slice(&data);
+                    let Some(front) = self.open.front_mut() else {
+                        // Bytes before any request: not HTTP we can follow.
+                        self.lost = true;
+                        return;
+                    };
+                    let head = match ResponseHead::parse(&self.resp_buf, front.is_head, MAX_HEAD) {
+                        Ok(Some(h)) => h,
+                        Ok(None) => return,
+                        Err(_) => {
+                            self.lost = true;
+                            return;
+                        }
+                    };
+                    let raw = self.resp_buf.split_to(head.head_len).freeze();
+                    data = self.resp_buf.split().freeze();
+                    if head.is_interim() {
+                        continue;
+                    }
+                    front.ex.status = head.status;
+                    front.ex.ttfb = Some(front.started.elapsed());
+                    if self.monitor.capture {
+                        front.ex.response_head = raw;
+                    }
+                    self.resp = match head.body {
+                        ResponseBody::None | ResponseBody::Length(0) => Dir::Head,
+                        ResponseBody::Length(n) => Dir::Body(Body::Length(n)),
+                        ResponseBody::Chunked => Dir::Body(Body::Chunked(ChunkedDecoder::new(
+                            self.limits.max_chunk_ext,
+                            self.limits.max_trailer,
+                        ))),
+                        ResponseBody::UntilClose => Dir::Body(Body::UntilEnd),
+                        // Switched protocols: the exchange is the 101.
+                        ResponseBody::Upgrade => Dir::Raw,
+                    };
+                    if !matches!(self.resp, Dir::Body(_)) {
+                        if let Some(o) = self.open.pop_front() {
+                            self.complete(o);
+                        }
+                    }
+                }
+                Dir::Body(body) => {
+                    let Some(front) = self.open.front_mut() else {
+                        self.lost = true;
+                        return;
+                    };
+                    match body.feed(&data, &mut front.response_keep) {
+                        Ok(None) => return,
+                        Ok(Some(n)) => {
+                            data = data.slice(n..);
+                            self.resp = Dir::Head;
+                            if let Some(o) = self.open.pop_front() {
+                                self.complete(o);
+                            }
+                        }
+                        Err(()) => self.lost = true,
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete(&mut self, o: Open) {
+        let Open {
+            mut ex,
+            started,
+            request_keep,
+            response_keep,
+            ..
+        } = o;
+        ex.duration = started.elapsed();
+        ex.request_body = request_keep.done();
+        ex.response_body = response_keep.done();
+        if let Some(m) = &self.metrics {
+            m.request(ex.status);
+            m.bytes_in.inc_by(ex.request_body.total + ex.request_head.len() as u64);
+            m.bytes_out.inc_by(ex.response_body.total + ex.response_head.len() as u64);
+        }
+        self.monitor.record(ex);
+    }
+}
+
+/// What the status screen, the inspector and `/metrics` read: shared by
+/// every stream (synchronous methods only; nothing is held across an await).
+#[derive(Debug)]
+pub struct Monitor {
+    /// The connection the client holds now (`None` while reconnecting).
+    pub conn: ArcSwapOption<quinn::Connection>,
+    /// Whether bodies and heads are kept (the inspector is on).
+    pub capture: bool,
+    /// Whether streams are observed at all.
+    pub observe: bool,
+    next_id: AtomicU64,
+    /// Data streams (one per visitor connection and tunnel) so far, and open.
+    pub streams_total: AtomicU64,
+    pub streams_open: AtomicI64,
+    book: Mutex<Book>,
+    /// New exchanges, for the inspector's live list (lagging readers skip).
+    events: tokio::sync::broadcast::Sender<Arc<Exchange>>,
+    /// The last log lines (shown by the status screen, which owns the terminal).
+    pub logs: Mutex<VecDeque<String>>,
+    /// The client's own metrics (`--metrics`).
+    pub metrics: Option<ClientMetrics>,
+    pub started: Instant,
+    /// The current connection's tunnels (their circuit breakers).
+    pub(crate) targets: ArcSwapOption<std::collections::HashMap<u32, crate::forward::Target>>,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    ring: VecDeque<Arc<Exchange>>,
+    /// (second since start, requests completed in it), oldest first.
+    per_second: VecDeque<(u64, u32)>,
+    durations: VecDeque<f64>,
+    requests: u64,
+}
+
+/// Counters the status screen shows.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub requests: u64,
+    pub rate_1m: f64,
+    pub rate_5m: f64,
+    /// Milliseconds.
+    pub p50: f64,
+    pub p90: f64,
+}
+
+/// The client's Prometheus registry and families.
+#[derive(Debug)]
+pub struct ClientMetrics {
+    pub registry: prometheus_client::registry::Registry,
+    pub tunnels: Arc<tunnel_lib::metrics::Tunnels>,
+    pub reconnects: prometheus_client::metrics::counter::Counter,
+    pub local_failures: prometheus_client::metrics::counter::Counter,
+}
+
+impl Monitor {
+    /// `observe`: follow requests at all; `capture`: keep heads and bodies.
+    pub fn new(observe: bool, capture: bool, metrics: bool) -> Monitor {
+        let metrics = metrics.then(|| {
+            let mut registry = prometheus_client::registry::Registry::with_prefix("tunnel_client");
+            let tunnels = tunnel_lib::metrics::Tunnels::register(&mut registry);
+            let reconnects = prometheus_client::metrics::counter::Counter::default();
+            let local_failures = prometheus_client::metrics::counter::Counter::default();
+            registry.register("reconnects", "Connections to the server made after the first", reconnects.clone());
+            registry.register(
+                "local_failures",
+                "Visitor connections the local service could not take (refused, timed out, circuit open)",
+                local_failures.clone(),
+            );
+            ClientMetrics {
+                registry,
+                tunnels,
+                reconnects,
+                local_failures,
+            }
+        });
+        Monitor {
+            conn: ArcSwapOption::empty(),
+            capture,
+            observe: observe || capture || metrics.is_some(),
+            next_id: AtomicU64::new(1),
+            streams_total: AtomicU64::new(0),
+            streams_open: AtomicI64::new(0),
+            book: Mutex::new(Book::default()),
+            events: tokio::sync::broadcast::channel(256).0,
+            logs: Mutex::new(VecDeque::new()),
+            metrics,
+            started: Instant::now(),
+            targets: ArcSwapOption::empty(),
+        }
+    }
+
+    /// Nothing observed (the library's default).
+    pub fn off() -> Monitor {
+        Monitor::new(false, false, false)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a finished exchange.
+    pub(crate) fn record(&self, ex: Exchange) {
+        let ex = Arc::new(ex);
+        let sec = self.started.elapsed().as_secs();
+        {
+            let mut b = self.book();
+            b.requests += 1;
+            match b.per_second.back_mut() {
+                Some((s, n)) if *s == sec => *n += 1,
+                _ => b.per_second.push_back((sec, 1)),
+            }
+            while b.per_second.front().is_some_and(|(s, _)| sec - s >= RATE_WINDOW as u64) {
+                b.per_second.pop_front();
+            }
+            if b.durations.len() == DURATIONS {
+                b.durations.pop_front();
+            }
+            b.durations.push_back(ex.duration.as_secs_f64() * 1000.0);
+            if b.ring.len() == RING {
+                b.ring.pop_front();
+            }
+            b.ring.push_back(ex.clone());
+        }
+        let _ = self.events.send(ex);
+    }
+
+    /// The newest `n` exchanges, newest first.
+    pub fn recent(&self, n: usize) -> Vec<Arc<Exchange>> {
+        self.book().ring.iter().rev().take(n).cloned().collect()
+    }
+
+    pub fn exchange(&self, id: u64) -> Option<Arc<Exchange>> {
+        self.book().ring.iter().rev().find(|e| e.id == id).cloned()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Exchange>> {
+        self.events.subscribe()
+    }
+
+    pub fn counters(&self) -> Counters {
+        let b = self.book();
+        let sec = self.started.elapsed().as_secs();
+        let window = |w: u64| {
+            let n: u64 = b
+                .per_second
+                .iter()
+                .filter(|(s, _)| sec - s < w)
+                .map(|(_, n)| u64::from(*n))
+                .sum();
+            n as f64 / w.min(sec + 1) as f64
+        };
+        let mut d: Vec<f64> = b.durations.iter().copied().collect();
+        d.sort_by(|a, b| a.total_cmp(b));
+        let pct = |p: f64| {
+            if d.is_empty() {
+                0.0
+            } else {
+                d[((d.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        Counters {
+            requests: b.requests,
+            rate_1m: window(60),
+            rate_5m: window(300),
+            p50: pct(0.5),
+            p90: pct(0.9),
+        }
+    }
+
+    /// Keeps a log line for the status screen.
+    pub fn log_line(&self, line: String) {
+        let mut l = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if l.len() == LOG_LINES {
+            l.pop_front();
+        }
+        l.push_back(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tunnel_lib::io::Tap;
+
+    fn observer(m: &Arc<Monitor>) -> Observer {
+        Observer::new(m.clone(), "t".into(), "localhost:1".into(), "127.0.0.1:9".parse().unwrap(), None)
+    }
+
+    fn b(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    #[test]
+    fn pipelined_exchanges_split_anywhere() {
+        let m = Arc::new(Monitor::new(true, true, false));
+        let o = observer(&m);
+        o.to_local(&b("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe"));
+        o.to_local(&b("llo"));
+        o.from_local(&b("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab"));
+        o.from_local(&b("cHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n"));
+        assert!(!o.idle());
+        o.from_local(&b("0\r\n\r\n"));
+        assert!(o.idle());
+        let r = m.recent(10);
+        assert_eq!(r.len(), 2);
+        let (second, first) = (&r[0], &r[1]);
+        assert_eq!((first.method.as_str(), first.path.as_str(), first.status), ("GET", "/a", 200));
+        assert_eq!(&first.response_body.kept[..], b"abc");
+        assert_eq!((second.method.as_str(), second.status), ("POST", 201));
+        assert_eq!(&second.request_body.kept[..], b"hello");
+        assert_eq!(&second.response_body.kept[..], b"xyz", "chunk framing removed");
+        assert!(second.ttfb.is_some());
+    }
+
+    #[test]
+    fn head_upgrade_and_garbage() {
+        let m = Arc::new(Monitor::new(true, true, false));
+        let o = observer(&m);
+        o.to_local(&b("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.from_local(&b("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"));
+        assert!(o.idle(), "a HEAD response has no body");
+        o.to_local(&b("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x01\x05hello"));
+        o.from_local(&b("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x01\x02hi"));
+        assert_eq!(m.recent(1)[0].status, 101);
+
+        let o = observer(&m);
+        o.to_local(&b("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.from_local(&b("this is not http\r\n\r\n"));
+        o.from_local(&b("more"));
+        assert_eq!(o.finish().len(), 1);
+        assert_eq!(m.recent(1)[0].status, 0, "recorded without a response");
+    }
+
+    #[test]
+    fn bodies_are_capped_and_counted() {
+        let m = Arc::new(Monitor::new(true, true, false));
+        let o = observer(&m);
+        o.to_local(&b("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.from_local(&Bytes::from(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BODY_CAP * 3)));
+        for _ in 0..3 {
+            o.from_local(&Bytes::from(vec![7u8; BODY_CAP]));
+        }
+        let e = &m.recent(1)[0];
+        assert_eq!(e.response_body.kept.len(), BODY_CAP);
+        assert_eq!(e.response_body.total, 3 * BODY_CAP as u64);
+        assert!(e.response_body.truncated());
+        let c = m.counters();
+        assert_eq!(c.requests, 1);
+    }
+
+    #[test]
+    fn without_capture_nothing_is_kept() {
+        let m = Arc::new(Monitor::new(true, false, false));
+        let o = observer(&m);
+        o.to_local(&b("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"));
+        o.from_local(&b("HTTP/1.1 204 No Content\r\n\r\n"));
+        let e = &m.recent(1)[0];
+        assert_eq!(e.status, 204);
+        assert!(e.request_head.is_empty() && e.request_body.kept.is_empty());
+        assert_eq!(e.request_body.total, 2);
+    }
+}
