@@ -216,7 +216,10 @@ pub(crate) fn body(head: &[u8], c: &Capture) -> Value {
     }
     if kind.contains("json") && !c.truncated() {
         if let Ok(v) = serde_json::from_slice::<Value>(&c.kept) {
-            return base("json", serde_json::to_string_pretty(&v).unwrap_or_default());
+            let mut out = base("json", serde_json::to_string_pretty(&v).unwrap_or_default());
+            // As sent, for "Replay with edits".
+            out["raw"] = json!(String::from_utf8_lossy(&c.kept));
+            return out;
         }
     }
     match std::str::from_utf8(&c.kept) {

@@ -136,12 +136,15 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
     lines.push(Line::from(vec![label("Version"), Span::raw(facts.version)]));
     let conn = monitor.conn.load();
     let server = match conn.as_deref() {
-        Some(c) => format!(
-            "{} ({}), RTT {:.1} ms",
-            facts.server,
-            c.remote_address(),
-            c.rtt().as_secs_f64() * 1000.0
-        ),
+        Some(c) => {
+            let remote = c.remote_address().to_string();
+            let at = if remote == facts.server {
+                String::new()
+            } else {
+                format!(" ({remote})")
+            };
+            format!("{}{at}, RTT {:.1} ms", facts.server, c.rtt().as_secs_f64() * 1000.0)
+        }
         None => facts.server.clone(),
     };
     lines.push(Line::from(vec![label("Server"), Span::raw(server)]));

@@ -6,108 +6,11 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 
+use support::bins::*;
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-
-fn server_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_tunnel-server"))
-}
-
-/// The client binary sits next to the server's in the same target directory;
-/// build it if this test runs alone.
-async fn client_bin() -> PathBuf {
-    let path =
-        server_bin().with_file_name(format!("tunnel-client{}", std::env::consts::EXE_SUFFIX));
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "tunnel-client", "--bin", "tunnel-client"])
-            .status()
-            .await
-            .unwrap();
-        assert!(status.success());
-    }
-    path
-}
-
-struct Proc {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    /// Set once `log_until` started reading stderr.
-    err: Option<tokio::io::Lines<BufReader<tokio::process::ChildStderr>>>,
-    logged: String,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Proc {
-            child,
-            lines,
-            err: None,
-            logged: String::new(),
-        }
-    }
-    /// Reads stderr until a line contains `needle`; returns that line.
-    async fn log_until(&mut self, needle: &str) -> String {
-        if self.err.is_none() {
-            self.err = Some(BufReader::new(self.child.stderr.take().unwrap()).lines());
-        }
-        let err = self.err.as_mut().unwrap();
-        let logged = &mut self.logged;
-        tokio::time::timeout(WAIT, async {
-            while let Some(l) = err.next_line().await.unwrap() {
-                logged.push_str(&l);
-                logged.push('\n');
-                if l.contains(needle) {
-                    return l;
-                }
-            }
-            panic!("the process ended before logging {needle:?}:\n{logged}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} logged in time:\n{}", self.logged))
-    }
-    async fn line(&mut self) -> String {
-        tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a line in time")
-            .unwrap()
-            .expect("a line")
-    }
-    /// SIGTERM, then the exit status and what was logged.
-    async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-        if let Some(mut err) = self.err.take() {
-            while let Ok(Some(l)) = err.next_line().await {
-                self.logged.push_str(&l);
-                self.logged.push('\n');
-            }
-        }
-        let out = tokio::time::timeout(WAIT, self.child.wait_with_output())
-            .await
-            .expect("exited after SIGTERM")
-            .unwrap();
-        (
-            out.status,
-            self.logged + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-}
+use tokio::process::Command;
 
 #[tokio::test]
 async fn quickstart_with_real_processes() {
@@ -138,7 +41,7 @@ async fn quickstart_with_real_processes() {
 
     // No certificate flags: the client finds the dev server's certificate.
     let mut client = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .args([
                 "--server",
                 &quic,
@@ -185,7 +88,7 @@ async fn wrong_token_exits_non_zero_with_a_message() {
         .to_owned();
     let out = tokio::time::timeout(
         WAIT,
-        Command::new(client_bin().await)
+        client_cmd().await
             .args(["--server", &quic, "--expose", "9", "--server-cert"])
             .arg(home.path().join("cert.pem"))
             .env("TUNNEL_TOKEN", "not-sesame")
@@ -410,7 +313,7 @@ async fn client_commands_take_connection_flags_before_or_after() {
     let cert = home.path().join("cert.pem");
     // Flags before the command, --subdomain after it.
     let mut http = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .args(["--server", &quic, "--server-cert"])
             .arg(&cert)
             .args(["http", "127.0.0.1:9", "--subdomain", "cli"]),
@@ -421,7 +324,7 @@ async fn client_commands_take_connection_flags_before_or_after() {
     );
     // Everything after the command.
     let mut tls = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .args([
                 "tls",
                 "8443",
@@ -438,7 +341,7 @@ async fn client_commands_take_connection_flags_before_or_after() {
         format!("tls://secure.localhost:{https_port} -> localhost:8443")
     );
     // Both ways of saying what to expose at once: a clear refusal.
-    let out = Command::new(client_bin().await)
+    let out = client_cmd().await
         .args(["--expose", "8080", "http", "8080"])
         .output()
         .await
@@ -539,7 +442,7 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     let ready = server.line().await;
     let quic = field(&ready, "quic=");
     let mut client = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .args(["--server", &quic, "--expose", "9", "--server-cert"])
             .arg(home.path().join("cert.pem"))
             .env("TUNNEL_TOKEN", TOKEN)
@@ -547,7 +450,7 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     );
     client.line().await;
     // A wrong token too: the refusal is logged, the tokens are not.
-    let wrong = Command::new(client_bin().await)
+    let wrong = client_cmd().await
         .args(["--server", &quic, "--expose", "9", "--server-cert"])
         .arg(home.path().join("cert.pem"))
         .env("TUNNEL_TOKEN", format!("wrong-{TOKEN}"))
@@ -725,7 +628,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         .unwrap_or_else(|| panic!("no port in {serving:?}"))
         .to_owned();
 
-    let mut client = Proc::spawn(ns.exec().arg(client_bin().await).args([
+    let mut client = Proc::spawn(ns.exec().env("TUNNEL_INSPECT", "127.0.0.1:0").arg(client_bin().await).args([
         "--server",
         &quic,
         "--server-fingerprint",
@@ -818,7 +721,7 @@ async fn a_killed_client_leaves_nothing_behind_on_the_server() {
     let baseline = open_fds(pid);
 
     let mut client = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .args(["--server", &quic, "--expose", &backend.addr.to_string()])
             .env("HOME", home.path())
             .env("TUNNEL_STATE_DIR", home.path()),
@@ -1004,7 +907,7 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
 
     // login, then a file that only adds tunnels.
     let cfg = home.path().join("client.toml");
-    let out = Command::new(client_bin().await)
+    let out = client_cmd().await
         .arg("--config")
         .arg(&cfg)
         .args(["login", "--server", &quic, "--token", "team-token"])
@@ -1033,7 +936,7 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
 
     // No --server, no --token: they come from the file.
     let mut client = Proc::spawn(
-        Command::new(client_bin().await)
+        client_cmd().await
             .arg("--config")
             .arg(&cfg)
             .arg("start")

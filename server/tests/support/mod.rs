@@ -715,5 +715,7 @@ pub fn statuses(text: &str) -> Vec<&str> {
         .collect()
 }
 
+pub mod bins;
+pub mod cdp;
 pub mod fault;
 pub mod tls;

@@ -1,0 +1,296 @@
+//! What a person sees from the client: the status screen in a real
+//! terminal (tmux), the plain lines when stdout is not a terminal, and the
+//! inspector in a real browser (headless Chromium, `support::cdp`).
+
+// #[tokio::test] expands to a block_on outside any runtime: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::bins::*;
+use support::*;
+use tokio::process::Command;
+
+/// Where the tests put what they saw (the README's pictures come from here).
+fn screenshots() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A tmux server of the test's own (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    async fn available() -> bool {
+        Command::new("tmux").arg("-V").output().await.is_ok_and(|o| o.status.success())
+    }
+
+    async fn new(command: &str, width: u16, height: u16) -> Tmux {
+        let socket = format!("tunnel-test-{}", std::process::id());
+        let t = Tmux { socket };
+        let ok = t
+            .run(&["new-session", "-d", "-s", "main", "-x", &width.to_string(), "-y", &height.to_string()])
+            .await;
+        assert!(ok.status.success(), "{ok:?}");
+        // Keep the pane after the client exits, to read its exit status.
+        t.run(&["set-option", "-t", "main", "remain-on-exit", "on"]).await;
+        t.run(&["respawn-pane", "-k", "-t", "main", command]).await;
+        t
+    }
+
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .await
+            .unwrap()
+    }
+
+    async fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "main"]).await.stdout).into_owned()
+    }
+
+    /// Polls the pane until `ok` holds (the screen redraws on its own).
+    async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let s = self.screen().await;
+            if ok(&s) {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no {what} on the screen:\n{s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn pane(&self, format: &str) -> String {
+        String::from_utf8_lossy(&self.run(&["display-message", "-p", "-t", "main", format]).await.stdout)
+            .trim()
+            .to_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
+    if !Tmux::available().await {
+        eprintln!("SKIPPED: tmux is not installed (apt-get install tmux)");
+        return;
+    }
+    let backend = Backend::start("screen").await;
+    let server = TestServer::start().await;
+    let command = format!(
+        "{} --server {} --server-cert {} --subdomain screen --inspect 127.0.0.1:0 http {}",
+        client_bin().await.display(),
+        server.quic,
+        server.state_dir.path().join("cert.pem").display(),
+        backend.addr.port()
+    );
+    let tmux = Tmux::new(&command, 100, 30).await;
+    let url = format!("http://screen.localhost:{}", server.http.port());
+    tmux.until("online session", |s| {
+        s.contains("Session Status") && s.contains("online") && s.contains(&url)
+    })
+    .await;
+    for path in ["/hello", "/hello", "/bytes/2048"] {
+        let r = raw_exchange(
+            server.http,
+            format!("GET {path} HTTP/1.1\r\nHost: screen.localhost\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    let nope = raw_exchange(server.http, b"GET /nope HTTP/1.1\r\nHost: screen.localhost\r\n\r\n").await;
+    assert_eq!(nope.status, 404);
+    let shown = tmux
+        .until("the requests", |s| {
+            s.contains("/bytes/2048") && s.contains("/nope") && s.matches("/hello").count() == 2
+        })
+        .await;
+    let line = shown.lines().find(|l| l.contains("/nope")).unwrap();
+    assert!(line.contains("GET") && line.contains("404") && line.contains("ms"), "{line}");
+    assert!(shown.contains("RTT") && shown.contains(" ms"), "{shown}");
+    assert!(shown.contains("Web Interface") && shown.contains("http://127.0.0.1:"), "{shown}");
+    // The connections row: 4 streams so far.
+    let counts = shown
+        .lines()
+        .skip_while(|l| !l.contains("Connections"))
+        .nth(1)
+        .unwrap();
+    assert_eq!(counts.split_whitespace().next(), Some("4"), "{counts}");
+    std::fs::write(screenshots().join("status-screen.txt"), &shown).unwrap();
+
+    tmux.run(&["send-keys", "-t", "main", "q"]).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tmux.pane("#{pane_dead}").await != "1" {
+        assert!(tokio::time::Instant::now() < deadline, "q did not end the client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tmux.pane("#{pane_dead_status}").await, "0", "exit status");
+    // The session ended as a goodbye: the name is offline at once, not held.
+    tokio::time::timeout(WAIT, async {
+        while !server.registry.sessions().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the session ended");
+    drop(tmux);
+    server.stop().await;
+    backend.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
+    let backend = Backend::start("plain").await;
+    let server = TestServer::start().await;
+    let mut client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", &server.quic.to_string(), "--server-cert"])
+            .arg(server.state_dir.path().join("cert.pem"))
+            .args(["--subdomain", "plain", "http", &backend.addr.port().to_string()]),
+    );
+    let url = client.line().await;
+    assert_eq!(
+        url,
+        format!("http://plain.localhost:{} -> http://localhost:{}", server.http.port(), backend.addr.port())
+    );
+    // The connection is lost (not a goodbye): the client comes back by itself.
+    for s in server.registry.sessions() {
+        s.conn.close(quinn::VarInt::from_u32(99), b"test: connection lost");
+    }
+    let back = client.log_until("back online").await;
+    assert!(back.contains("s offline") && back.contains("http://plain.localhost:"), "{back}");
+    assert!(!back.contains('\u{1b}'), "no ANSI codes when stderr is not a terminal: {back:?}");
+    let (status, log) = client.terminate().await;
+    assert!(status.success(), "{log}");
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// `document.querySelector(sel).innerText`, or "" while it is absent.
+fn text_of(sel: &str) -> String {
+    format!("(document.querySelector({sel:?}) || {{innerText: ''}}).innerText")
+}
+
+#[tokio::test]
+async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
+    let Some(mut browser) = support::cdp::Browser::launch(1280, 800).await else {
+        eprintln!("SKIPPED: no chromium (apt-get install chromium)");
+        return;
+    };
+    let backend = Backend::start("inspected").await;
+    let server = TestServer::start().await;
+    let mut client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", &server.quic.to_string(), "--server-cert"])
+            .arg(server.state_dir.path().join("cert.pem"))
+            .args(["--subdomain", "inspected", "http", &backend.addr.port().to_string()]),
+    );
+    let inspector = client.log_until("inspector: http://").await;
+    let inspector = inspector.split("inspector: ").nth(1).unwrap().trim().to_owned();
+    client.line().await; // online
+
+    browser.goto(&inspector).await;
+    browser
+        .until("the empty list", &format!("{}.includes('no requests yet')", text_of("#count")))
+        .await;
+    // A request made through the tunnel appears without a reload (SSE).
+    let r = raw_exchange(
+        server.http,
+        b"POST /headers?from=browser-test HTTP/1.1\r\nHost: inspected.localhost\r\n\
+          Authorization: Bearer s3cret-token\r\nContent-Type: application/json\r\n\
+          Content-Length: 13\r\n\r\n{\"answer\":42}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    browser
+        .until(
+            "the request in the list",
+            "document.querySelectorAll('#list li').length === 1 && \
+             document.querySelector('#list li').innerText.includes('/headers?from=browser-test')",
+        )
+        .await;
+    browser.eval("document.querySelector('#list li').click()").await;
+    let head = browser
+        .until("the request's head", &text_of("#original-req-head"))
+        .await;
+    let head = head.as_str().unwrap();
+    assert!(head.contains("POST /headers?from=browser-test HTTP/1.1"), "{head}");
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1"), "{head}");
+    assert!(!head.contains("s3cret"), "Authorization is masked: {head}");
+    assert!(head.contains("Authorization: •••"), "{head}");
+    let body = browser
+        .until("the pretty JSON body", &text_of("#original-req-body.json"))
+        .await;
+    assert_eq!(body, "{\n  \"answer\": 42\n}");
+    let shots = screenshots();
+    browser.screenshot(&shots.join("inspector.png")).await;
+
+    // Replay: the local service gets the request again, real token included.
+    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
+    browser.eval("document.querySelector('#replay').click()").await;
+    let replayed = browser
+        .until("the replayed response", &text_of("#replayed-resp-head"))
+        .await;
+    assert!(replayed.as_str().unwrap().starts_with("HTTP/1.1 200"), "{replayed}");
+    assert_eq!(backend.requests.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    let echoed = browser.eval(&text_of("#replayed-resp-body")).await;
+    let echoed = echoed.as_str().unwrap().to_ascii_lowercase();
+    assert!(echoed.contains("authorization: bearer s3cret-token"), "the replay sent the real value: {echoed}");
+    browser
+        .until(
+            "the replay in the list, marked",
+            "document.querySelectorAll('#list li').length === 2 && \
+             document.querySelector('#list li').innerText.includes('replay of #')",
+        )
+        .await;
+    browser.screenshot(&shots.join("inspector-replay.png")).await;
+
+    // Replay with edits: another path, another body.
+    browser.eval("document.querySelector('#replay-edit').click()").await;
+    browser
+        .until("the editor", "document.querySelector('#edit').value.startsWith('POST /headers')")
+        .await;
+    browser
+        .eval(
+            "(() => { const e = document.querySelector('#edit'); \
+             e.value = e.value.replace('POST /headers?from=browser-test', 'PUT /headers?edited=1') \
+                              .replace('{\"answer\":42}', 'edited body'); \
+             document.querySelector('#send-edit').click(); return true; })()",
+        )
+        .await;
+    let edited = browser
+        .until(
+            "the edited replay",
+            &format!("{}.includes('PUT /headers?edited=1') && {}", text_of("#replayed-req-head"), text_of("#replayed-resp-head")),
+        )
+        .await;
+    assert!(edited.as_str().unwrap().starts_with("HTTP/1.1 200"), "{edited}");
+    let echoed = browser.eval(&text_of("#replayed-resp-body")).await;
+    assert!(echoed.as_str().unwrap().contains("PUT /headers?edited=1"), "{echoed}");
+    assert!(echoed.as_str().unwrap().contains("content-length: 11"), "re-framed body: {echoed}");
+
+    browser.close().await;
+    let (status, log) = client.terminate().await;
+    assert!(status.success(), "{log}");
+    server.stop().await;
+    backend.stop().await;
+}
