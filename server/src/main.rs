@@ -60,7 +60,7 @@ struct Cli {
     #[arg(long, requires = "cert")]
     key: Option<PathBuf>,
     /// Port written in public URLs [default: the --http port; omitted when 80].
-    #[arg(long)]
+    #[arg(long, env = "TUNNEL_PUBLIC_PORT")]
     public_port: Option<u16>,
     /// Seconds a released name stays reserved for the token that held it [default: 300].
     #[arg(long)]
@@ -101,7 +101,7 @@ struct Cli {
     #[arg(long, env = "TUNNEL_HTTPS")]
     https: Option<SocketAddr>,
     /// Port written in https URLs [default: the --https port; omitted when 443].
-    #[arg(long)]
+    #[arg(long, env = "TUNNEL_PUBLIC_HTTPS_PORT")]
     public_https_port: Option<u16>,
     /// A certificate chain (PEM) for visitors, e.g. a wildcard for *.DOMAIN; reloaded on SIGHUP
     /// and when the file changes.
