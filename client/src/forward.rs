@@ -113,7 +113,8 @@ impl Target {
     /// While the circuit is open: how long until the next probe.
     pub(crate) fn circuit_open(&self) -> Option<std::time::Duration> {
         let b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        b.open_until.map(|u| u.saturating_duration_since(Instant::now()))
+        b.open_until
+            .map(|u| u.saturating_duration_since(Instant::now()))
     }
 
     fn gate(&self) -> Gate {

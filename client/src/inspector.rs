@@ -68,10 +68,12 @@ async fn route(monitor: Arc<Monitor>, req: Request<hyper::body::Incoming>) -> Re
             json_response(StatusCode::OK, &Value::Array(list))
         }
         (Method::GET, ["api", "events"]) => events(&monitor),
-        (Method::GET, ["api", "requests", id]) => match id.parse().ok().and_then(|i| monitor.exchange(i)) {
-            Some(e) => json_response(StatusCode::OK, &detail(&e, secrets)),
-            None => not_found(),
-        },
+        (Method::GET, ["api", "requests", id]) => {
+            match id.parse().ok().and_then(|i| monitor.exchange(i)) {
+                Some(e) => json_response(StatusCode::OK, &detail(&e, secrets)),
+                None => not_found(),
+            }
+        }
         (Method::POST, ["api", "requests", id, "replay"]) => {
             let Some(ex) = id.parse().ok().and_then(|i| monitor.exchange(i)) else {
                 return not_found();
@@ -158,10 +160,22 @@ fn detail(e: &Exchange, secrets: bool) -> Value {
     o.insert("local".into(), json!(&*e.local));
     o.insert("visitor".into(), json!(e.visitor.to_string()));
     o.insert("ttfb_ms".into(), json!(e.ttfb.map(millis)));
-    o.insert("request_head".into(), json!(head_text(&e.request_head, secrets)));
-    o.insert("request_body".into(), body(&e.request_head, &e.request_body));
-    o.insert("response_head".into(), json!(head_text(&e.response_head, secrets)));
-    o.insert("response_body".into(), body(&e.response_head, &e.response_body));
+    o.insert(
+        "request_head".into(),
+        json!(head_text(&e.request_head, secrets)),
+    );
+    o.insert(
+        "request_body".into(),
+        body(&e.request_head, &e.request_body),
+    );
+    o.insert(
+        "response_head".into(),
+        json!(head_text(&e.response_head, secrets)),
+    );
+    o.insert(
+        "response_body".into(),
+        body(&e.response_head, &e.response_body),
+    );
     o.insert(
         "replayable".into(),
         json!(!e.request_body.truncated() && !e.request_head.is_empty()),
@@ -177,7 +191,11 @@ pub(crate) fn head_text(head: &[u8], secrets: bool) -> String {
         let masked = (!secrets)
             .then(|| line.split_once(':'))
             .flatten()
-            .filter(|(name, _)| SECRET_HEADERS.iter().any(|s| name.trim().eq_ignore_ascii_case(s)));
+            .filter(|(name, _)| {
+                SECRET_HEADERS
+                    .iter()
+                    .any(|s| name.trim().eq_ignore_ascii_case(s))
+            });
         match masked {
             Some((name, _)) => {
                 out.push_str(name);
@@ -226,7 +244,10 @@ pub(crate) fn body(head: &[u8], c: &Capture) -> Value {
         Ok(t) => base("text", t.to_owned()),
         Err(e) if c.truncated() && e.error_len().is_none() => {
             // Cut inside a character at the cap: still text.
-            base("text", String::from_utf8_lossy(&c.kept[..e.valid_up_to()]).into_owned())
+            base(
+                "text",
+                String::from_utf8_lossy(&c.kept[..e.valid_up_to()]).into_owned(),
+            )
         }
         Err(_) => {
             let mut hex = String::new();
@@ -278,17 +299,22 @@ fn reframe(head: &[u8], body: &[u8]) -> Result<Bytes, String> {
     let mut parts = first.split(' ');
     let (Some(_method), Some(_target), Some(version)) = (parts.next(), parts.next(), parts.next())
     else {
-        return Err(format!("{first:?} is not a request line (METHOD /path HTTP/1.1)"));
+        return Err(format!(
+            "{first:?} is not a request line (METHOD /path HTTP/1.1)"
+        ));
     };
     if !version.starts_with("HTTP/1.") {
-        return Err(format!("{version:?}: only HTTP/1.x requests can be replayed"));
+        return Err(format!(
+            "{version:?}: only HTTP/1.x requests can be replayed"
+        ));
     }
     let mut out = String::with_capacity(head.len() + 32);
     out.push_str(first);
     out.push_str("\r\n");
     for l in lines {
         let name = l.split(':').next().unwrap_or("").trim();
-        if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("transfer-encoding")
+        if name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding")
         {
             continue;
         }
@@ -309,7 +335,11 @@ fn reframe(head: &[u8], body: &[u8]) -> Result<Bytes, String> {
 
 /// Sends a captured (or edited) request to the local service again and
 /// records the new exchange (marked as a replay of `ex`).
-pub(crate) async fn replay(monitor: &Arc<Monitor>, ex: &Exchange, edit: &[u8]) -> Result<Arc<Exchange>, String> {
+pub(crate) async fn replay(
+    monitor: &Arc<Monitor>,
+    ex: &Exchange,
+    edit: &[u8],
+) -> Result<Arc<Exchange>, String> {
     let request = replay_bytes(ex, edit)?;
     let observer = Observer::new(
         monitor.clone(),
@@ -320,15 +350,23 @@ pub(crate) async fn replay(monitor: &Arc<Monitor>, ex: &Exchange, edit: &[u8]) -
     )
     .replaying(ex.id);
     use tunnel_lib::io::Tap;
-    observer.to_local(&request);
+    observer.toward_local(&request);
     if observer.idle() {
-        return Err("the request could not be read back as HTTP/1.1: check the request line and headers".into());
+        return Err(
+            "the request could not be read back as HTTP/1.1: check the request line and headers"
+                .into(),
+        );
     }
     let id = observer.last_id();
     let go = async {
         let mut tcp = tokio::net::TcpStream::connect(&*ex.local)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}; is the local service running?", ex.local))?;
+            .map_err(|e| {
+                format!(
+                    "cannot connect to {}: {e}; is the local service running?",
+                    ex.local
+                )
+            })?;
         tcp.write_all(&request)
             .await
             .map_err(|e| format!("sending to {}: {e}", ex.local))?;
@@ -342,7 +380,7 @@ pub(crate) async fn replay(monitor: &Arc<Monitor>, ex: &Exchange, edit: &[u8]) -
             if n == 0 {
                 break;
             }
-            observer.from_local(&buf.split().freeze());
+            observer.toward_visitor(&buf.split().freeze());
             if observer.idle() {
                 break;
             }
@@ -354,7 +392,12 @@ pub(crate) async fn replay(monitor: &Arc<Monitor>, ex: &Exchange, edit: &[u8]) -
     match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
-        Err(_) => return Err(format!("{} did not answer within {REPLAY_TIMEOUT:?}", ex.local)),
+        Err(_) => {
+            return Err(format!(
+                "{} did not answer within {REPLAY_TIMEOUT:?}",
+                ex.local
+            ))
+        }
     }
     monitor
         .exchange(id)
@@ -367,26 +410,43 @@ mod tests {
 
     #[test]
     fn secrets_are_masked_unless_asked() {
-        let head = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer hunter2\r\ncookie: s=1\r\n\r\n";
+        let head =
+            b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer hunter2\r\ncookie: s=1\r\n\r\n";
         let masked = head_text(head, false);
-        assert!(!masked.contains("hunter2") && !masked.contains("s=1"), "{masked}");
+        assert!(
+            !masked.contains("hunter2") && !masked.contains("s=1"),
+            "{masked}"
+        );
         assert!(masked.contains("Host: a"));
         assert!(head_text(head, true).contains("hunter2"));
     }
 
     #[test]
     fn an_edited_request_is_reframed() {
-        let b = reframe(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\n\r\n", b"hi").unwrap();
-        assert_eq!(&b[..], b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi");
+        let b = reframe(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 99\r\n\r\n",
+            b"hi",
+        )
+        .unwrap();
+        assert_eq!(
+            &b[..],
+            b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+        );
         assert!(reframe(b"nonsense\r\n\r\n", b"").is_err());
     }
 
     #[test]
     fn bodies_are_shown_by_kind() {
-        let c = |b: &'static [u8]| Capture { kept: Bytes::from_static(b), total: b.len() as u64 };
+        let c = |b: &'static [u8]| Capture {
+            kept: Bytes::from_static(b),
+            total: b.len() as u64,
+        };
         let json_head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n";
         assert_eq!(body(json_head, &c(br#"{"a":1}"#))["kind"], "json");
-        assert_eq!(body(json_head, &c(br#"{"a":1}"#))["shown"], "{\n  \"a\": 1\n}");
+        assert_eq!(
+            body(json_head, &c(br#"{"a":1}"#))["shown"],
+            "{\n  \"a\": 1\n}"
+        );
         assert_eq!(body(b"", &c(b"plain"))["kind"], "text");
         assert_eq!(body(b"", &c(&[0xff, 0, 1]))["kind"], "binary");
     }

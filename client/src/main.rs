@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use std::sync::Arc;
 
 use tunnel_client::observe::Monitor;
 use tunnel_client::{config_file, Config, Status, TunnelSpec};
@@ -53,7 +53,13 @@ struct Cli {
     #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true)]
     udp_idle: u64,
     /// Where the inspector (the web page of recent requests, with replay) listens, or `off`.
-    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:4040", env = "TUNNEL_INSPECT", global = true)]
+    #[arg(
+        long,
+        value_name = "ADDR|off",
+        default_value = "127.0.0.1:4040",
+        env = "TUNNEL_INSPECT",
+        global = true
+    )]
     inspect: String,
     /// Serve the client's Prometheus metrics at /metrics (and /healthz, /readyz) on this address
     /// [default: off].
@@ -225,7 +231,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let monitor = Arc::new(Monitor::new(ui.screen, ui.inspect.is_some(), ui.metrics.is_some()));
+    let monitor = Arc::new(Monitor::new(
+        ui.screen,
+        ui.inspect.is_some(),
+        ui.metrics.is_some(),
+    ));
     if ui.screen {
         // The screen owns the terminal: log lines are shown inside it.
         tunnel_lib::logging::init(
@@ -428,7 +438,9 @@ async fn run(config: Config, ui: Ui, monitor: Arc<Monitor>) -> ExitCode {
         }
     }
     let mut metrics_addr = None;
-    if let (Some(addr), Some(handler)) = (ui.metrics, tunnel_client::metrics::handler(monitor.clone())) {
+    if let (Some(addr), Some(handler)) =
+        (ui.metrics, tunnel_client::metrics::handler(monitor.clone()))
+    {
         match tunnel_lib::io::listen_tcp(addr) {
             Ok(l) => {
                 metrics_addr = Some(l.local_addr().unwrap_or(addr).to_string());

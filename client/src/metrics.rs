@@ -24,12 +24,22 @@ impl std::fmt::Debug for Live {
     }
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result<(), std::fmt::Error> {
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
     let g = ConstGauge::new(v);
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result<(), std::fmt::Error> {
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
     let c = ConstCounter::new(v);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
@@ -38,22 +48,60 @@ impl prometheus_client::collector::Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let m = &self.0;
         let conn = m.conn.load();
-        gauge(&mut enc, "online", "1 while connected to the server", f64::from(u8::from(conn.is_some())))?;
-        counter(&mut enc, "streams", "Data streams (visitor connections) served", m.streams_total.load(Ordering::Relaxed))?;
-        gauge(&mut enc, "streams_open", "Data streams open now", m.streams_open.load(Ordering::Relaxed).max(0) as f64)?;
+        gauge(
+            &mut enc,
+            "online",
+            "1 while connected to the server",
+            f64::from(u8::from(conn.is_some())),
+        )?;
+        counter(
+            &mut enc,
+            "streams",
+            "Data streams (visitor connections) served",
+            m.streams_total.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "streams_open",
+            "Data streams open now",
+            m.streams_open.load(Ordering::Relaxed).max(0) as f64,
+        )?;
         if let Some(c) = conn.as_deref() {
             let p = c.stats().path;
-            gauge(&mut enc, "rtt_seconds", "The server connection's smoothed round-trip time", p.rtt.as_secs_f64())?;
-            gauge(&mut enc, "congestion_window_bytes", "The server connection's congestion window", p.cwnd as f64)?;
-            counter(&mut enc, "lost_packets", "Packets lost on the server connection", p.lost_packets)?;
-            counter(&mut enc, "sent_packets", "Packets sent on the server connection", p.sent_packets)?;
+            gauge(
+                &mut enc,
+                "rtt_seconds",
+                "The server connection's smoothed round-trip time",
+                p.rtt.as_secs_f64(),
+            )?;
+            gauge(
+                &mut enc,
+                "congestion_window_bytes",
+                "The server connection's congestion window",
+                p.cwnd as f64,
+            )?;
+            counter(
+                &mut enc,
+                "lost_packets",
+                "Packets lost on the server connection",
+                p.lost_packets,
+            )?;
+            counter(
+                &mut enc,
+                "sent_packets",
+                "Packets sent on the server connection",
+                p.sent_packets,
+            )?;
         }
-        let open = m
-            .targets
-            .load()
-            .as_ref()
-            .map_or(0, |t| t.values().filter(|t| t.circuit_open().is_some()).count());
-        gauge(&mut enc, "circuits_open", "Local services answered 502 at once (circuit breaker open)", open as f64)?;
+        let open = m.targets.load().as_ref().map_or(0, |t| {
+            t.values().filter(|t| t.circuit_open().is_some()).count()
+        });
+        gauge(
+            &mut enc,
+            "circuits_open",
+            "Local services answered 502 at once (circuit breaker open)",
+            open as f64,
+        )?;
         Ok(())
     }
 }
@@ -61,14 +109,22 @@ impl prometheus_client::collector::Collector for Live {
 /// The routes, over `monitor`'s registry (which gets the live collector).
 pub fn handler(
     monitor: Arc<Monitor>,
-) -> Option<impl Fn(hyper::Request<hyper::body::Incoming>) -> std::future::Ready<hyper::Response<Body>> + Send + Sync + 'static> {
+) -> Option<
+    impl Fn(hyper::Request<hyper::body::Incoming>) -> std::future::Ready<hyper::Response<Body>>
+        + Send
+        + Sync
+        + 'static,
+> {
     monitor.metrics.as_ref()?;
     Some(move |req: hyper::Request<hyper::body::Incoming>| {
         let m = &monitor;
         let resp = match req.uri().path() {
             "/metrics" => {
                 let Some(cm) = &m.metrics else {
-                    return std::future::ready(admin::text(StatusCode::NOT_FOUND, "metrics are off\n"));
+                    return std::future::ready(admin::text(
+                        StatusCode::NOT_FOUND,
+                        "metrics are off\n",
+                    ));
                 };
                 let mut text = tunnel_lib::metrics::encode(&cm.registry);
                 // The live part, encoded into its own registry each scrape.
@@ -84,8 +140,14 @@ pub fn handler(
             }
             "/healthz" => admin::text(StatusCode::OK, "ok\n"),
             "/readyz" if m.conn.load().is_some() => admin::text(StatusCode::OK, "online\n"),
-            "/readyz" => admin::text(StatusCode::SERVICE_UNAVAILABLE, "not connected to the server\n"),
-            _ => admin::text(StatusCode::NOT_FOUND, "not found: /metrics, /healthz and /readyz\n"),
+            "/readyz" => admin::text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not connected to the server\n",
+            ),
+            _ => admin::text(
+                StatusCode::NOT_FOUND,
+                "not found: /metrics, /healthz and /readyz\n",
+            ),
         };
         std::future::ready(resp)
     })

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
-use tunnel_lib::http1::{BodyKind, ChunkStep, ChunkedDecoder, Limits, RequestReader, ResponseBody, ResponseHead};
+use tunnel_lib::http1::{
+    BodyKind, ChunkStep, ChunkedDecoder, Limits, RequestReader, ResponseBody, ResponseHead,
+};
 
 /// Body bytes kept per captured body; the rest are counted only.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -205,10 +207,10 @@ pub struct Observer {
 }
 
 impl tunnel_lib::io::Tap for Observer {
-    fn to_local(&self, chunk: &Bytes) {
+    fn toward_local(&self, chunk: &Bytes) {
         self.lock().request_bytes(chunk);
     }
-    fn from_local(&self, chunk: &Bytes) {
+    fn toward_visitor(&self, chunk: &Bytes) {
         self.lock().response_bytes(chunk);
     }
 }
@@ -308,7 +310,11 @@ impl Flow {
                             at: SystemTime::now(),
                             method: String::from_utf8_lossy(head.method()).into_owned(),
                             path: String::from_utf8_lossy(head.target()).into_owned(),
-                            request_head: if capture { head.raw().clone() } else { Bytes::new() },
+                            request_head: if capture {
+                                head.raw().clone()
+                            } else {
+                                Bytes::new()
+                            },
                             request_body: Capture::default(),
                             status: 0,
                             response_head: Bytes::new(),
@@ -441,8 +447,10 @@ impl Flow {
         ex.response_body = response_keep.done();
         if let Some(m) = &self.metrics {
             m.request(ex.status);
-            m.bytes_in.inc_by(ex.request_body.total + ex.request_head.len() as u64);
-            m.bytes_out.inc_by(ex.response_body.total + ex.response_head.len() as u64);
+            m.bytes_in
+                .inc_by(ex.request_body.total + ex.request_head.len() as u64);
+            m.bytes_out
+                .inc_by(ex.response_body.total + ex.response_head.len() as u64);
         }
         self.monitor.record(ex);
     }
@@ -564,7 +572,11 @@ impl Monitor {
                 Some((s, n)) if *s == sec => *n += 1,
                 _ => b.per_second.push_back((sec, 1)),
             }
-            while b.per_second.front().is_some_and(|(s, _)| sec - s >= RATE_WINDOW as u64) {
+            while b
+                .per_second
+                .front()
+                .is_some_and(|(s, _)| sec - s >= RATE_WINDOW as u64)
+            {
                 b.per_second.pop_front();
             }
             if b.durations.len() == DURATIONS {
@@ -638,7 +650,13 @@ mod tests {
     use tunnel_lib::io::Tap;
 
     fn observer(m: &Arc<Monitor>) -> Observer {
-        Observer::new(m.clone(), "t".into(), "localhost:1".into(), "127.0.0.1:9".parse().unwrap(), None)
+        Observer::new(
+            m.clone(),
+            "t".into(),
+            "localhost:1".into(),
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+        )
     }
 
     fn b(s: &'static str) -> Bytes {
@@ -649,21 +667,28 @@ mod tests {
     fn pipelined_exchanges_split_anywhere() {
         let m = Arc::new(Monitor::new(true, true, false));
         let o = observer(&m);
-        o.to_local(&b("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe"));
-        o.to_local(&b("llo"));
-        o.from_local(&b("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab"));
-        o.from_local(&b("cHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n"));
+        o.toward_local(&b("GET /a HTTP/1.1\r\nHost: x\r\n\r\nPOST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhe"));
+        o.toward_local(&b("llo"));
+        o.toward_visitor(&b("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nab"));
+        o.toward_visitor(&b("cHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n"));
         assert!(!o.idle());
-        o.from_local(&b("0\r\n\r\n"));
+        o.toward_visitor(&b("0\r\n\r\n"));
         assert!(o.idle());
         let r = m.recent(10);
         assert_eq!(r.len(), 2);
         let (second, first) = (&r[0], &r[1]);
-        assert_eq!((first.method.as_str(), first.path.as_str(), first.status), ("GET", "/a", 200));
+        assert_eq!(
+            (first.method.as_str(), first.path.as_str(), first.status),
+            ("GET", "/a", 200)
+        );
         assert_eq!(&first.response_body.kept[..], b"abc");
         assert_eq!((second.method.as_str(), second.status), ("POST", 201));
         assert_eq!(&second.request_body.kept[..], b"hello");
-        assert_eq!(&second.response_body.kept[..], b"xyz", "chunk framing removed");
+        assert_eq!(
+            &second.response_body.kept[..],
+            b"xyz",
+            "chunk framing removed"
+        );
         assert!(second.ttfb.is_some());
     }
 
@@ -671,17 +696,17 @@ mod tests {
     fn head_upgrade_and_garbage() {
         let m = Arc::new(Monitor::new(true, true, false));
         let o = observer(&m);
-        o.to_local(&b("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        o.from_local(&b("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"));
+        o.toward_local(&b("HEAD / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.toward_visitor(&b("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"));
         assert!(o.idle(), "a HEAD response has no body");
-        o.to_local(&b("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x01\x05hello"));
-        o.from_local(&b("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x01\x02hi"));
+        o.toward_local(&b("GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n\x01\x05hello"));
+        o.toward_visitor(&b("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x01\x02hi"));
         assert_eq!(m.recent(1)[0].status, 101);
 
         let o = observer(&m);
-        o.to_local(&b("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"));
-        o.from_local(&b("this is not http\r\n\r\n"));
-        o.from_local(&b("more"));
+        o.toward_local(&b("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.toward_visitor(&b("this is not http\r\n\r\n"));
+        o.toward_visitor(&b("more"));
         assert_eq!(o.finish().len(), 1);
         assert_eq!(m.recent(1)[0].status, 0, "recorded without a response");
     }
@@ -690,10 +715,13 @@ mod tests {
     fn bodies_are_capped_and_counted() {
         let m = Arc::new(Monitor::new(true, true, false));
         let o = observer(&m);
-        o.to_local(&b("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        o.from_local(&Bytes::from(format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", BODY_CAP * 3)));
+        o.toward_local(&b("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        o.toward_visitor(&Bytes::from(format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            BODY_CAP * 3
+        )));
         for _ in 0..3 {
-            o.from_local(&Bytes::from(vec![7u8; BODY_CAP]));
+            o.toward_visitor(&Bytes::from(vec![7u8; BODY_CAP]));
         }
         let e = &m.recent(1)[0];
         assert_eq!(e.response_body.kept.len(), BODY_CAP);
@@ -707,8 +735,10 @@ mod tests {
     fn without_capture_nothing_is_kept() {
         let m = Arc::new(Monitor::new(true, false, false));
         let o = observer(&m);
-        o.to_local(&b("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"));
-        o.from_local(&b("HTTP/1.1 204 No Content\r\n\r\n"));
+        o.toward_local(&b(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        ));
+        o.toward_visitor(&b("HTTP/1.1 204 No Content\r\n\r\n"));
         let e = &m.recent(1)[0];
         assert_eq!(e.status, 204);
         assert!(e.request_head.is_empty() && e.request_body.kept.is_empty());

@@ -55,7 +55,8 @@ pub fn spawn(
                     if let Ok(Event::Key(k)) = event::read() {
                         let ctrl_c = k.code == KeyCode::Char('c')
                             && k.modifiers.contains(KeyModifiers::CONTROL);
-                        if k.kind == KeyEventKind::Press && (k.code == KeyCode::Char('q') || ctrl_c) {
+                        if k.kind == KeyEventKind::Press && (k.code == KeyCode::Char('q') || ctrl_c)
+                        {
                             stop.cancel();
                             break;
                         }
@@ -143,16 +144,26 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
             } else {
                 format!(" ({remote})")
             };
-            format!("{}{at}, RTT {:.1} ms", facts.server, c.rtt().as_secs_f64() * 1000.0)
+            format!(
+                "{}{at}, RTT {:.1} ms",
+                facts.server,
+                c.rtt().as_secs_f64() * 1000.0
+            )
         }
         None => facts.server.clone(),
     };
     lines.push(Line::from(vec![label("Server"), Span::raw(server)]));
     if let Some(i) = &facts.inspector {
-        lines.push(Line::from(vec![label("Web Interface"), Span::raw(i.clone())]));
+        lines.push(Line::from(vec![
+            label("Web Interface"),
+            Span::raw(i.clone()),
+        ]));
     }
     if let Some(m) = &facts.metrics {
-        lines.push(Line::from(vec![label("Metrics"), Span::raw(format!("http://{m}/metrics"))]));
+        lines.push(Line::from(vec![
+            label("Metrics"),
+            Span::raw(format!("http://{m}/metrics")),
+        ]));
     }
     if let Status::Online { tunnels, .. } = status {
         for t in tunnels {
@@ -162,14 +173,25 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
             ]));
         }
     }
-    lines.push(Line::from(vec![label("Up"), Span::raw(since(monitor.started))]));
+    lines.push(Line::from(vec![
+        label("Up"),
+        Span::raw(since(monitor.started)),
+    ]));
     lines.push(Line::raw(""));
 
     let c = monitor.counters();
     let counters = Table::new(
         vec![
-            Row::new(vec!["Connections", "ttl", "opn", "rt1", "rt5", "p50", "p90"])
-                .style(Style::new().fg(Color::DarkGray)),
+            Row::new(vec![
+                "Connections",
+                "ttl",
+                "opn",
+                "rt1",
+                "rt5",
+                "p50",
+                "p90",
+            ])
+            .style(Style::new().fg(Color::DarkGray)),
             Row::new(vec![
                 String::new(),
                 monitor

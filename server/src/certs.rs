@@ -259,7 +259,10 @@ impl CertStore {
 
     fn distinct(tables: &[&Table]) -> Vec<Arc<Cert>> {
         let mut out: Vec<Arc<Cert>> = Vec::new();
-        for c in tables.iter().flat_map(|t| t.exact.values().chain(t.wild.values())) {
+        for c in tables
+            .iter()
+            .flat_map(|t| t.exact.values().chain(t.wild.values()))
+        {
             if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
                 out.push(c.clone());
             }

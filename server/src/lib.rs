@@ -21,8 +21,8 @@
 
 #![forbid(unsafe_code)]
 
-pub mod acme;
 mod access_log;
+pub mod acme;
 pub mod certs;
 pub mod config;
 pub mod config_file;

@@ -413,10 +413,7 @@ async fn configure(cli: Cli) -> Result<Config, String> {
     });
     let log_format = match (&cli.log_format, &f.log_format) {
         (Some(v), _) => v.parse()?,
-        (None, Some(v)) => v
-            .get_ref()
-            .parse()
-            .map_err(|e| at("log_format", v, e))?,
+        (None, Some(v)) => v.get_ref().parse().map_err(|e| at("log_format", v, e))?,
         (None, None) => Default::default(),
     };
     let secs = Duration::from_secs;

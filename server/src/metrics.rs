@@ -208,7 +208,12 @@ impl prometheus_client::collector::Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use std::sync::atomic::Ordering::Relaxed;
         let sessions = self.registry.sessions();
-        gauge(&mut enc, "sessions", "Client sessions connected", sessions.len() as f64)?;
+        gauge(
+            &mut enc,
+            "sessions",
+            "Client sessions connected",
+            sessions.len() as f64,
+        )?;
         gauge(
             &mut enc,
             "host_rules",
@@ -219,15 +224,50 @@ impl prometheus_client::collector::Collector for Scrape {
             session: s.id.to_string(),
             remote: s.remote.to_string(),
         };
-        let paths: Vec<_> = sessions.iter().map(|s| (client(s), s.conn.stats().path)).collect();
-        let rows: Vec<_> = paths.iter().map(|(c, p)| (c.clone(), p.rtt.as_secs_f64())).collect();
-        gauges(&mut enc, "client_rtt_seconds", "Each client connection's smoothed QUIC round-trip time", &rows)?;
-        let rows: Vec<_> = paths.iter().map(|(c, p)| (c.clone(), p.cwnd as f64)).collect();
-        gauges(&mut enc, "client_congestion_window_bytes", "Each client connection's congestion window", &rows)?;
-        let rows: Vec<_> = paths.iter().map(|(c, p)| (c.clone(), p.lost_packets)).collect();
-        counters(&mut enc, "client_lost_packets", "Packets lost on each client connection", &rows)?;
-        let rows: Vec<_> = paths.iter().map(|(c, p)| (c.clone(), p.sent_packets)).collect();
-        counters(&mut enc, "client_sent_packets", "Packets sent on each client connection", &rows)?;
+        let paths: Vec<_> = sessions
+            .iter()
+            .map(|s| (client(s), s.conn.stats().path))
+            .collect();
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|(c, p)| (c.clone(), p.rtt.as_secs_f64()))
+            .collect();
+        gauges(
+            &mut enc,
+            "client_rtt_seconds",
+            "Each client connection's smoothed QUIC round-trip time",
+            &rows,
+        )?;
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|(c, p)| (c.clone(), p.cwnd as f64))
+            .collect();
+        gauges(
+            &mut enc,
+            "client_congestion_window_bytes",
+            "Each client connection's congestion window",
+            &rows,
+        )?;
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|(c, p)| (c.clone(), p.lost_packets))
+            .collect();
+        counters(
+            &mut enc,
+            "client_lost_packets",
+            "Packets lost on each client connection",
+            &rows,
+        )?;
+        let rows: Vec<_> = paths
+            .iter()
+            .map(|(c, p)| (c.clone(), p.sent_packets))
+            .collect();
+        counters(
+            &mut enc,
+            "client_sent_packets",
+            "Packets sent on each client connection",
+            &rows,
+        )?;
         if let Some(store) = &self.certs {
             let rows: Vec<_> = store
                 .all_certs()
@@ -249,18 +289,60 @@ impl prometheus_client::collector::Collector for Scrape {
                 &rows,
             )?;
         }
-        gauge(&mut enc, "udp_flows", "UDP flows alive", self.stats.udp_flows.load(Relaxed) as f64)?;
-        counter(&mut enc, "udp_oversize_dropped", "UDP datagrams larger than the client connection takes", self.stats.udp_oversize.load(Relaxed))?;
-        counter(&mut enc, "udp_dropped", "UDP datagrams dropped (flow limit, full queue)", self.stats.udp_dropped.load(Relaxed))?;
-        gauge(&mut enc, "visitor_tasks", "Visitor connection tasks alive", self.visitor_tasks.len() as f64)?;
+        gauge(
+            &mut enc,
+            "udp_flows",
+            "UDP flows alive",
+            self.stats.udp_flows.load(Relaxed) as f64,
+        )?;
+        counter(
+            &mut enc,
+            "udp_oversize_dropped",
+            "UDP datagrams larger than the client connection takes",
+            self.stats.udp_oversize.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "udp_dropped",
+            "UDP datagrams dropped (flow limit, full queue)",
+            self.stats.udp_dropped.load(Relaxed),
+        )?;
+        gauge(
+            &mut enc,
+            "visitor_tasks",
+            "Visitor connection tasks alive",
+            self.visitor_tasks.len() as f64,
+        )?;
         if let Ok(h) = tokio::runtime::Handle::try_current() {
             let m = h.metrics();
-            gauge(&mut enc, "runtime_tasks_alive", "Tasks alive in the async runtime", m.num_alive_tasks() as f64)?;
-            gauge(&mut enc, "runtime_global_queue_depth", "Tasks waiting in the runtime's global queue", m.global_queue_depth() as f64)?;
+            gauge(
+                &mut enc,
+                "runtime_tasks_alive",
+                "Tasks alive in the async runtime",
+                m.num_alive_tasks() as f64,
+            )?;
+            gauge(
+                &mut enc,
+                "runtime_global_queue_depth",
+                "Tasks waiting in the runtime's global queue",
+                m.global_queue_depth() as f64,
+            )?;
         }
-        gauge(&mut enc, "draining", "1 while the server drains for shutdown", u8::from(self.stopping.is_cancelled()))?;
-        let info = prometheus_client::metrics::info::Info::new(Build { version: tunnel_lib::VERSION });
-        info.encode(enc.encode_descriptor("build", "The running version", None, info.metric_type())?)?;
+        gauge(
+            &mut enc,
+            "draining",
+            "1 while the server drains for shutdown",
+            u8::from(self.stopping.is_cancelled()),
+        )?;
+        let info = prometheus_client::metrics::info::Info::new(Build {
+            version: tunnel_lib::VERSION,
+        });
+        info.encode(enc.encode_descriptor(
+            "build",
+            "The running version",
+            None,
+            info.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -22,8 +22,14 @@ async fn admin_get(admin: SocketAddr, path: &str) -> Raw {
 
 /// The value of the sample `name{labels}` (exactly as written), if present.
 fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
 }
 
 #[tokio::test]
@@ -36,9 +42,7 @@ async fn metrics_health_readiness_and_the_access_log() {
         ..Default::default()
     };
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let listeners = TestServer::listeners(false)
-        .with_admin(Some(any))
-        .unwrap();
+    let listeners = TestServer::listeners(false).with_admin(Some(any)).unwrap();
     let server = TestServer::start_on(config, listeners).await;
     let admin = server.admin.expect("admin listener");
     let mut client = TestClient::start(server.client_config(backend.addr, Some("metered")));
@@ -62,7 +66,11 @@ async fn metrics_health_readiness_and_the_access_log() {
     assert_eq!(admin_get(admin, "/nope").await.status, 404);
     let m = admin_get(admin, "/metrics").await;
     assert_eq!(m.status, 200);
-    assert!(m.head.to_ascii_lowercase().contains("openmetrics-text"), "{}", m.head);
+    assert!(
+        m.head.to_ascii_lowercase().contains("openmetrics-text"),
+        "{}",
+        m.head
+    );
     let text = String::from_utf8(m.body).unwrap();
     let name = host.split(':').next().unwrap();
     let requests = format!(r#"tunnel_server_requests_total{{tunnel="{name}",class="2xx"}}"#);
@@ -75,11 +83,29 @@ async fn metrics_health_readiness_and_the_access_log() {
         Some(1.0)
     );
     assert_eq!(sample(&text, "tunnel_server_sessions"), Some(1.0));
-    assert_eq!(sample(&text, "tunnel_server_streams_opened_total"), Some(5.0));
-    assert_eq!(sample(&text, r#"tunnel_server_visitor_connections_total{listener="http"}"#), Some(6.0));
-    assert_eq!(sample(&text, "tunnel_server_request_duration_seconds_count"), Some(5.0));
-    assert_eq!(sample(&text, "tunnel_server_time_to_first_byte_seconds_count"), Some(5.0));
-    let out = sample(&text, &format!(r#"tunnel_server_bytes_total{{tunnel="{name}",direction="out"}}"#));
+    assert_eq!(
+        sample(&text, "tunnel_server_streams_opened_total"),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"tunnel_server_visitor_connections_total{listener="http"}"#
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&text, "tunnel_server_request_duration_seconds_count"),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&text, "tunnel_server_time_to_first_byte_seconds_count"),
+        Some(5.0)
+    );
+    let out = sample(
+        &text,
+        &format!(r#"tunnel_server_bytes_total{{tunnel="{name}",direction="out"}}"#),
+    );
     assert!(out.is_some_and(|b| b > 5.0 * 50.0), "{out:?}");
     let rtt = text
         .lines()
@@ -106,7 +132,11 @@ async fn metrics_health_readiness_and_the_access_log() {
     let lines = tokio::fs::read_to_string(&log).await.unwrap();
     let lines: Vec<&str> = lines.lines().collect();
     assert_eq!(lines.len(), 5, "{lines:?}");
-    assert!(lines[0].contains(&format!(" {name} 127.0.0.1:")), "{}", lines[0]);
+    assert!(
+        lines[0].contains(&format!(" {name} 127.0.0.1:")),
+        "{}",
+        lines[0]
+    );
     assert!(lines[0].contains("\"GET /bytes/100\" 200 "), "{}", lines[0]);
     assert!(lines[4].ends_with("ms"), "{}", lines[4]);
     backend.stop().await;

@@ -41,7 +41,8 @@ async fn quickstart_with_real_processes() {
 
     // No certificate flags: the client finds the dev server's certificate.
     let mut client = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .args([
                 "--server",
                 &quic,
@@ -88,7 +89,8 @@ async fn wrong_token_exits_non_zero_with_a_message() {
         .to_owned();
     let out = tokio::time::timeout(
         WAIT,
-        client_cmd().await
+        client_cmd()
+            .await
             .args(["--server", &quic, "--expose", "9", "--server-cert"])
             .arg(home.path().join("cert.pem"))
             .env("TUNNEL_TOKEN", "not-sesame")
@@ -313,7 +315,8 @@ async fn client_commands_take_connection_flags_before_or_after() {
     let cert = home.path().join("cert.pem");
     // Flags before the command, --subdomain after it.
     let mut http = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .args(["--server", &quic, "--server-cert"])
             .arg(&cert)
             .args(["http", "127.0.0.1:9", "--subdomain", "cli"]),
@@ -324,7 +327,8 @@ async fn client_commands_take_connection_flags_before_or_after() {
     );
     // Everything after the command.
     let mut tls = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .args([
                 "tls",
                 "8443",
@@ -341,7 +345,8 @@ async fn client_commands_take_connection_flags_before_or_after() {
         format!("tls://secure.localhost:{https_port} -> localhost:8443")
     );
     // Both ways of saying what to expose at once: a clear refusal.
-    let out = client_cmd().await
+    let out = client_cmd()
+        .await
         .args(["--expose", "8080", "http", "8080"])
         .output()
         .await
@@ -442,7 +447,8 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     let ready = server.line().await;
     let quic = field(&ready, "quic=");
     let mut client = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .args(["--server", &quic, "--expose", "9", "--server-cert"])
             .arg(home.path().join("cert.pem"))
             .env("TUNNEL_TOKEN", TOKEN)
@@ -450,7 +456,8 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     );
     client.line().await;
     // A wrong token too: the refusal is logged, the tokens are not.
-    let wrong = client_cmd().await
+    let wrong = client_cmd()
+        .await
         .args(["--server", &quic, "--expose", "9", "--server-cert"])
         .arg(home.path().join("cert.pem"))
         .env("TUNNEL_TOKEN", format!("wrong-{TOKEN}"))
@@ -628,16 +635,21 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         .unwrap_or_else(|| panic!("no port in {serving:?}"))
         .to_owned();
 
-    let mut client = Proc::spawn(ns.exec().env("TUNNEL_INSPECT", "127.0.0.1:0").arg(client_bin().await).args([
-        "--server",
-        &quic,
-        "--server-fingerprint",
-        &fingerprint,
-        "--token",
-        "migration-token",
-        "--expose",
-        &format!("127.0.0.1:{port}"),
-    ]));
+    let mut client = Proc::spawn(
+        ns.exec()
+            .env("TUNNEL_INSPECT", "127.0.0.1:0")
+            .arg(client_bin().await)
+            .args([
+                "--server",
+                &quic,
+                "--server-fingerprint",
+                &fingerprint,
+                "--token",
+                "migration-token",
+                "--expose",
+                &format!("127.0.0.1:{port}"),
+            ]),
+    );
     let url_line = client.line().await;
     let host = host_of(url_line.split(" -> ").next().unwrap());
 
@@ -721,7 +733,8 @@ async fn a_killed_client_leaves_nothing_behind_on_the_server() {
     let baseline = open_fds(pid);
 
     let mut client = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .args(["--server", &quic, "--expose", &backend.addr.to_string()])
             .env("HOME", home.path())
             .env("TUNNEL_STATE_DIR", home.path()),
@@ -907,7 +920,8 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
 
     // login, then a file that only adds tunnels.
     let cfg = home.path().join("client.toml");
-    let out = client_cmd().await
+    let out = client_cmd()
+        .await
         .arg("--config")
         .arg(&cfg)
         .args(["login", "--server", &quic, "--token", "team-token"])
@@ -936,7 +950,8 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
 
     // No --server, no --token: they come from the file.
     let mut client = Proc::spawn(
-        client_cmd().await
+        client_cmd()
+            .await
             .arg("--config")
             .arg(&cfg)
             .arg("start")

@@ -38,18 +38,32 @@ struct Tmux {
 
 impl Tmux {
     async fn available() -> bool {
-        Command::new("tmux").arg("-V").output().await.is_ok_and(|o| o.status.success())
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success())
     }
 
     async fn new(command: &str, width: u16, height: u16) -> Tmux {
         let socket = format!("tunnel-test-{}", std::process::id());
         let t = Tmux { socket };
         let ok = t
-            .run(&["new-session", "-d", "-s", "main", "-x", &width.to_string(), "-y", &height.to_string()])
+            .run(&[
+                "new-session",
+                "-d",
+                "-s",
+                "main",
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+            ])
             .await;
         assert!(ok.status.success(), "{ok:?}");
         // Keep the pane (and its last screen) after the client exits.
-        t.run(&["set-option", "-t", "main", "remain-on-exit", "on"]).await;
+        t.run(&["set-option", "-t", "main", "remain-on-exit", "on"])
+            .await;
         t.run(&["respawn-pane", "-k", "-t", "main", command]).await;
         t
     }
@@ -65,7 +79,8 @@ impl Tmux {
     }
 
     async fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "main"]).await.stdout).into_owned()
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "main"]).await.stdout)
+            .into_owned()
     }
 
     /// Polls the pane until `ok` holds (the screen redraws on its own).
@@ -76,7 +91,10 @@ impl Tmux {
             if ok(&s) {
                 return s;
             }
-            assert!(tokio::time::Instant::now() < deadline, "no {what} on the screen:\n{s}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {what} on the screen:\n{s}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -121,7 +139,11 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
         .await;
         assert_eq!(r.status, 200);
     }
-    let nope = raw_exchange(server.http, b"GET /nope HTTP/1.1\r\nHost: screen.localhost\r\n\r\n").await;
+    let nope = raw_exchange(
+        server.http,
+        b"GET /nope HTTP/1.1\r\nHost: screen.localhost\r\n\r\n",
+    )
+    .await;
     assert_eq!(nope.status, 404);
     let shown = tmux
         .until("the requests", |s| {
@@ -129,9 +151,15 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
         })
         .await;
     let line = shown.lines().find(|l| l.contains("/nope")).unwrap();
-    assert!(line.contains("GET") && line.contains("404") && line.contains("ms"), "{line}");
+    assert!(
+        line.contains("GET") && line.contains("404") && line.contains("ms"),
+        "{line}"
+    );
     assert!(shown.contains("RTT") && shown.contains(" ms"), "{shown}");
-    assert!(shown.contains("Web Interface") && shown.contains("http://127.0.0.1:"), "{shown}");
+    assert!(
+        shown.contains("Web Interface") && shown.contains("http://127.0.0.1:"),
+        "{shown}"
+    );
     // The connections row: 4 streams so far.
     let counts = shown
         .lines()
@@ -140,6 +168,28 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
         .unwrap();
     assert_eq!(counts.split_whitespace().next(), Some("4"), "{counts}");
     std::fs::write(screenshots().join("status-screen.txt"), &shown).unwrap();
+
+    // The app goes away: three refused dials open the circuit, and the
+    // session line says so.
+    let port = backend.addr.port();
+    backend.stop().await;
+    for _ in 0..3 {
+        let r = raw_exchange(
+            server.http,
+            b"GET /hello HTTP/1.1\r\nHost: screen.localhost\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.status, 502);
+    }
+    let open = tmux
+        .until("the open circuit", |s| {
+            s.contains("circuit open for localhost:")
+        })
+        .await;
+    assert!(
+        open.contains(&format!("circuit open for localhost:{port}")),
+        "{open}"
+    );
 
     tmux.run(&["send-keys", "-t", "main", "q"]).await;
     // The shell around the client writes its exit status (tmux's own
@@ -167,7 +217,6 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
     .expect("the session ended");
     drop(tmux);
     server.stop().await;
-    backend.stop().await;
 }
 
 #[tokio::test]
@@ -179,20 +228,36 @@ async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
             .await
             .args(["--server", &server.quic.to_string(), "--server-cert"])
             .arg(server.state_dir.path().join("cert.pem"))
-            .args(["--subdomain", "plain", "http", &backend.addr.port().to_string()]),
+            .args([
+                "--subdomain",
+                "plain",
+                "http",
+                &backend.addr.port().to_string(),
+            ]),
     );
     let url = client.line().await;
     assert_eq!(
         url,
-        format!("http://plain.localhost:{} -> http://localhost:{}", server.http.port(), backend.addr.port())
+        format!(
+            "http://plain.localhost:{} -> http://localhost:{}",
+            server.http.port(),
+            backend.addr.port()
+        )
     );
     // The connection is lost (not a goodbye): the client comes back by itself.
     for s in server.registry.sessions() {
-        s.conn.close(quinn::VarInt::from_u32(99), b"test: connection lost");
+        s.conn
+            .close(quinn::VarInt::from_u32(99), b"test: connection lost");
     }
     let back = client.log_until("back online").await;
-    assert!(back.contains("s offline") && back.contains("http://plain.localhost:"), "{back}");
-    assert!(!back.contains('\u{1b}'), "no ANSI codes when stderr is not a terminal: {back:?}");
+    assert!(
+        back.contains("s offline") && back.contains("http://plain.localhost:"),
+        "{back}"
+    );
+    assert!(
+        !back.contains('\u{1b}'),
+        "no ANSI codes when stderr is not a terminal: {back:?}"
+    );
     let (status, log) = client.terminate().await;
     assert!(status.success(), "{log}");
     server.stop().await;
@@ -217,15 +282,28 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
             .await
             .args(["--server", &server.quic.to_string(), "--server-cert"])
             .arg(server.state_dir.path().join("cert.pem"))
-            .args(["--subdomain", "inspected", "http", &backend.addr.port().to_string()]),
+            .args([
+                "--subdomain",
+                "inspected",
+                "http",
+                &backend.addr.port().to_string(),
+            ]),
     );
     let inspector = client.log_until("inspector: http://").await;
-    let inspector = inspector.split("inspector: ").nth(1).unwrap().trim().to_owned();
+    let inspector = inspector
+        .split("inspector: ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
     client.line().await; // online
 
     browser.goto(&inspector).await;
     browser
-        .until("the empty list", &format!("{}.includes('no requests yet')", text_of("#count")))
+        .until(
+            "the empty list",
+            &format!("{}.includes('no requests yet')", text_of("#count")),
+        )
         .await;
     // A request made through the tunnel appears without a reload (SSE).
     let r = raw_exchange(
@@ -243,12 +321,17 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
              document.querySelector('#list li').innerText.includes('/headers?from=browser-test')",
         )
         .await;
-    browser.eval("document.querySelector('#list li').click()").await;
+    browser
+        .eval("document.querySelector('#list li').click()")
+        .await;
     let head = browser
         .until("the request's head", &text_of("#original-req-head"))
         .await;
     let head = head.as_str().unwrap();
-    assert!(head.contains("POST /headers?from=browser-test HTTP/1.1"), "{head}");
+    assert!(
+        head.contains("POST /headers?from=browser-test HTTP/1.1"),
+        "{head}"
+    );
     assert!(head.contains("X-Forwarded-For: 127.0.0.1"), "{head}");
     assert!(!head.contains("s3cret"), "Authorization is masked: {head}");
     assert!(head.contains("Authorization: •••"), "{head}");
@@ -261,15 +344,26 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
 
     // Replay: the local service gets the request again, real token included.
     let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
-    browser.eval("document.querySelector('#replay').click()").await;
+    browser
+        .eval("document.querySelector('#replay').click()")
+        .await;
     let replayed = browser
         .until("the replayed response", &text_of("#replayed-resp-head"))
         .await;
-    assert!(replayed.as_str().unwrap().starts_with("HTTP/1.1 200"), "{replayed}");
-    assert_eq!(backend.requests.load(std::sync::atomic::Ordering::SeqCst), before + 1);
+    assert!(
+        replayed.as_str().unwrap().starts_with("HTTP/1.1 200"),
+        "{replayed}"
+    );
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
     let echoed = browser.eval(&text_of("#replayed-resp-body")).await;
     let echoed = echoed.as_str().unwrap().to_ascii_lowercase();
-    assert!(echoed.contains("authorization: bearer s3cret-token"), "the replay sent the real value: {echoed}");
+    assert!(
+        echoed.contains("authorization: bearer s3cret-token"),
+        "the replay sent the real value: {echoed}"
+    );
     browser
         .until(
             "the replay in the list, marked",
@@ -277,12 +371,19 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
              document.querySelector('#list li').innerText.includes('replay of #')",
         )
         .await;
-    browser.screenshot(&shots.join("inspector-replay.png")).await;
+    browser
+        .screenshot(&shots.join("inspector-replay.png"))
+        .await;
 
     // Replay with edits: another path, another body.
-    browser.eval("document.querySelector('#replay-edit').click()").await;
     browser
-        .until("the editor", "document.querySelector('#edit').value.startsWith('POST /headers')")
+        .eval("document.querySelector('#replay-edit').click()")
+        .await;
+    browser
+        .until(
+            "the editor",
+            "document.querySelector('#edit').value.startsWith('POST /headers')",
+        )
         .await;
     browser
         .eval(
@@ -295,13 +396,26 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
     let edited = browser
         .until(
             "the edited replay",
-            &format!("{}.includes('PUT /headers?edited=1') && {}", text_of("#replayed-req-head"), text_of("#replayed-resp-head")),
+            &format!(
+                "{}.includes('PUT /headers?edited=1') && {}",
+                text_of("#replayed-req-head"),
+                text_of("#replayed-resp-head")
+            ),
         )
         .await;
-    assert!(edited.as_str().unwrap().starts_with("HTTP/1.1 200"), "{edited}");
+    assert!(
+        edited.as_str().unwrap().starts_with("HTTP/1.1 200"),
+        "{edited}"
+    );
     let echoed = browser.eval(&text_of("#replayed-resp-body")).await;
-    assert!(echoed.as_str().unwrap().contains("PUT /headers?edited=1"), "{echoed}");
-    assert!(echoed.as_str().unwrap().contains("content-length: 11"), "re-framed body: {echoed}");
+    assert!(
+        echoed.as_str().unwrap().contains("PUT /headers?edited=1"),
+        "{echoed}"
+    );
+    assert!(
+        echoed.as_str().unwrap().contains("content-length: 11"),
+        "re-framed body: {echoed}"
+    );
 
     browser.close().await;
     let (status, log) = client.terminate().await;

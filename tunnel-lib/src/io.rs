@@ -135,23 +135,23 @@ pub async fn write_all_bufs<W: AsyncWrite + Unpin>(
 /// reference count). Called inline, so it must be quick and never block.
 pub trait Tap: Sync {
     /// Bytes from the stream, about to go to the local socket.
-    fn to_local(&self, _chunk: &Bytes) {}
+    fn toward_local(&self, _chunk: &Bytes) {}
     /// Bytes read from the local socket, about to go to the stream.
-    fn from_local(&self, _chunk: &Bytes) {}
+    fn toward_visitor(&self, _chunk: &Bytes) {}
 }
 
 /// No tap.
 impl Tap for () {}
 
 impl<T: Tap> Tap for Option<T> {
-    fn to_local(&self, chunk: &Bytes) {
+    fn toward_local(&self, chunk: &Bytes) {
         if let Some(t) = self {
-            t.to_local(chunk)
+            t.toward_local(chunk)
         }
     }
-    fn from_local(&self, chunk: &Bytes) {
+    fn toward_visitor(&self, chunk: &Bytes) {
         if let Some(t) = self {
-            t.from_local(chunk)
+            t.toward_visitor(chunk)
         }
     }
 }
@@ -181,7 +181,7 @@ async fn quic_to_tcp_tapped<W: AsyncWrite + Unpin, T: Tap>(
     loop {
         // Write what is there before waiting for more.
         if !batch.is_empty() {
-            batch.iter().for_each(|b| tap.to_local(b));
+            batch.iter().for_each(|b| tap.toward_local(b));
             write_all_bufs(wr, &mut batch).await?;
         }
         if !read_batch(recv, &mut batch).await? {
@@ -392,7 +392,7 @@ pub async fn splice_tapped<T: Tap>(
                 }
                 local_busy.store(true, Ordering::Relaxed);
                 let chunk = buf.take();
-                tap.from_local(&chunk);
+                tap.toward_visitor(&chunk);
                 send.write_chunk(chunk).await?;
                 local_busy.store(false, Ordering::Relaxed);
             }

@@ -113,11 +113,10 @@ impl Tunnels {
         };
         let tunnel = label.unwrap_or(OTHER).to_owned();
         let requests = CLASSES.map(|class| {
-            self.requests
-                .get_or_create_owned(&RequestLabels {
-                    tunnel: tunnel.clone(),
-                    class,
-                })
+            self.requests.get_or_create_owned(&RequestLabels {
+                tunnel: tunnel.clone(),
+                class,
+            })
         });
         let bytes = |direction| {
             self.bytes.get_or_create_owned(&ByteLabels {
@@ -235,14 +234,22 @@ mod tests {
         a.request(200);
         a2.request(503);
         let text = encode(&reg);
-        assert!(text.contains(r#"t_requests_total{tunnel="a.example",class="2xx"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"t_requests_total{tunnel="a.example",class="2xx"} 1"#),
+            "{text}"
+        );
         assert!(text.contains(r#"t_requests_total{tunnel="a.example",class="5xx"} 1"#));
         drop(a);
         assert!(encode(&reg).contains("a.example"), "still held by a2");
         drop(a2);
-        assert!(!encode(&reg).contains("a.example"), "removed with its last tunnel");
+        assert!(
+            !encode(&reg).contains("a.example"),
+            "removed with its last tunnel"
+        );
 
-        let held: Vec<_> = (0..MAX_TUNNEL_LABELS).map(|i| t.tunnel(&format!("n{i}"))).collect();
+        let held: Vec<_> = (0..MAX_TUNNEL_LABELS)
+            .map(|i| t.tunnel(&format!("n{i}")))
+            .collect();
         let over = t.tunnel("one-too-many");
         over.request(200);
         let text = encode(&reg);

@@ -671,8 +671,9 @@ impl Tunnel {
                 .args(what)
                 .arg("--server-cert")
                 .arg(dir.join("cert.pem"))
-                // The inspector stays on (the default), on a free port.
-                .env("TUNNEL_INSPECT", "127.0.0.1:0")
+                // The inspector stays on (the default), on a free port;
+                // `TUNNEL_INSPECT=off` measures without it.
+                .env("TUNNEL_INSPECT", inspect_env())
                 .env("RUST_LOG", "warn"),
         );
         let url = client_lines
@@ -788,7 +789,16 @@ fn main() {
         return;
     }
     if let Some(old) = o.ab.clone() {
-        let table = ab(&o, &old, &server_bin, &client_bin, &dir, backend_port, host, tck);
+        let table = ab(
+            &o,
+            &old,
+            &server_bin,
+            &client_bin,
+            &dir,
+            backend_port,
+            host,
+            tck,
+        );
         println!("{table}");
         if let Some(path) = &o.markdown {
             std::fs::write(path, &table).unwrap();
@@ -957,7 +967,13 @@ fn ab(
         for round in 0..o.rounds {
             let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
             for which in order {
-                eprintln!("{} — round {}/{} — {}", s.name, round + 1, o.rounds, ["old", "new"][which]);
+                eprintln!(
+                    "{} — round {}/{} — {}",
+                    s.name,
+                    round + 1,
+                    o.rounds,
+                    ["old", "new"][which]
+                );
                 let (sb, cb, extra): (&Path, &Path, &[&str]) = if which == 0 {
                     (&old_server, &old_client, &no_limits)
                 } else {
@@ -1019,6 +1035,12 @@ fn ab(
         o.rounds
     );
     table
+}
+
+/// The client's `--inspect` for every run: `TUNNEL_INSPECT` if set, else
+/// on (the default) at a free port.
+fn inspect_env() -> String {
+    std::env::var("TUNNEL_INSPECT").unwrap_or_else(|_| "127.0.0.1:0".into())
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -1296,7 +1318,7 @@ fn udp_line(server_bin: &Path, client_bin: &Path, dir: &Path, tck: f64, secs: u6
         Command::new(client_bin)
             .args(["--server", &quic, "udp", &echo.to_string(), "--server-cert"])
             .arg(dir.join("cert.pem"))
-            .env("TUNNEL_INSPECT", "127.0.0.1:0")
+            .env("TUNNEL_INSPECT", inspect_env())
             .env("RUST_LOG", "warn"),
     );
     let url = client_lines

@@ -86,12 +86,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
     }
 
     /// Counts the exchange that just ended (and logs it, with an access log).
-    fn record(
-        &mut self,
-        rule: &Rule,
-        started: tokio::time::Instant,
-        line: Option<Box<str>>,
-    ) {
+    fn record(&mut self, rule: &Rule, started: tokio::time::Instant, line: Option<Box<str>>) {
         let now = tokio::time::Instant::now();
         let duration = now - started;
         let ttfb = self.first_byte.map(|t| t - started);

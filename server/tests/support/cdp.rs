@@ -32,7 +32,8 @@ fn binary() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
         .find(|b| {
-            std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).exists()))
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(b).exists()))
         })
         .map(str::to_owned)
 }
@@ -82,7 +83,9 @@ impl Browser {
             .unwrap()
             .to_owned();
         let tcp = TcpStream::connect(&addr).await.unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+            .await
+            .unwrap();
         let mut b = Browser {
             child,
             ws,
@@ -90,10 +93,15 @@ impl Browser {
             next: 0,
             _profile: profile,
         };
-        let target = b.call("Target.createTarget", json!({"url": "about:blank"})).await;
+        let target = b
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
         let target = target["targetId"].as_str().unwrap().to_owned();
         let attached = b
-            .call("Target.attachToTarget", json!({"targetId": target, "flatten": true}))
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target, "flatten": true}),
+            )
             .await;
         b.session = attached["sessionId"].as_str().unwrap().to_owned();
         b.call(
@@ -150,14 +158,15 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self.eval(expr).await;
-            let truthy = !matches!(v, Value::Null | Value::Bool(false))
-                && v != json!(0)
-                && v != json!("");
+            let truthy =
+                !matches!(v, Value::Null | Value::Bool(false)) && v != json!(0) && v != json!("");
             if truthy {
                 return v;
             }
             if tokio::time::Instant::now() > deadline {
-                let body = self.eval("document.body ? document.body.innerText : ''").await;
+                let body = self
+                    .eval("document.body ? document.body.innerText : ''")
+                    .await;
                 panic!("{what}: not seen in time; the page says:\n{body}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -166,14 +175,19 @@ impl Browser {
 
     pub async fn goto(&mut self, url: &str) {
         self.call("Page.navigate", json!({"url": url})).await;
-        self.until("the page loaded", "document.readyState === 'complete' && location.href !== 'about:blank'")
-            .await;
+        self.until(
+            "the page loaded",
+            "document.readyState === 'complete' && location.href !== 'about:blank'",
+        )
+        .await;
     }
 
     /// Saves a PNG of the page.
     pub async fn screenshot(&mut self, path: &Path) {
         use base64::Engine;
-        let r = self.call("Page.captureScreenshot", json!({"format": "png"})).await;
+        let r = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(r["data"].as_str().unwrap())
             .unwrap();
