@@ -24,9 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
-use tunnel_lib::http1::{
-    BodyKind, ChunkStep, ChunkedDecoder, Limits, RequestReader, ResponseBody, ResponseHead,
-};
+use tunnel_lib::http1::{BodyKind, ChunkStep, ChunkedDecoder, Limits, ResponseBody, ResponseHead};
 
 /// Body bytes kept per captured body; the rest are counted only.
 pub const BODY_CAP: usize = 64 * 1024;
@@ -161,6 +159,55 @@ impl Body {
     }
 }
 
+/// What the observer needs of a request head. The server sends canonical,
+/// validated heads, so following them takes httparse alone (the server's
+/// strict `RequestHead::parse` would repeat its checks for nothing).
+#[derive(Debug)]
+struct Head {
+    len: usize,
+    method: String,
+    path: String,
+    body: BodyKind,
+    upgrade: bool,
+}
+
+/// Most header lines followed in a head (the server forwards at most 100).
+const MAX_HEADERS: usize = 128;
+
+/// `Ok(None)`: incomplete; `Err`: not a head this observer can follow.
+fn parse_request(buf: &[u8]) -> Result<Option<Head>, ()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Ok(None),
+        _ => return Err(()),
+    };
+    let mut body = BodyKind::None;
+    let (mut upgrade, mut connection_upgrade) = (false, false);
+    for h in req.headers.iter() {
+        let v = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            body = BodyKind::Length(v.parse().map_err(|_| ())?);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")) {
+                body = BodyKind::Chunked;
+            }
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            connection_upgrade |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        }
+    }
+    Ok(Some(Head {
+        len,
+        method: req.method.unwrap_or("").to_owned(),
+        path: req.path.unwrap_or("").to_owned(),
+        body,
+        upgrade: upgrade && connection_upgrade,
+    }))
+}
+
 /// An exchange being followed.
 #[derive(Debug)]
 struct Open {
@@ -187,7 +234,6 @@ struct Flow {
     visitor: SocketAddr,
     metrics: Option<Arc<tunnel_lib::metrics::TunnelMetrics>>,
     limits: Limits,
-    reader: RequestReader,
     req_buf: BytesMut,
     req: Dir,
     /// The id of the request whose body `req` is reading.
@@ -237,7 +283,6 @@ impl Observer {
                 visitor,
                 metrics,
                 limits,
-                reader: RequestReader::new(),
                 req_buf: BytesMut::new(),
                 req: Dir::Head,
                 req_id: 0,
@@ -290,17 +335,27 @@ impl Flow {
             match &mut self.req {
                 Dir::Raw => return,
                 Dir::Head => {
-                    self.req_buf.extend_from_slice(&data);
-                    let head = match self.reader.read(&mut self.req_buf, &self.limits) {
+                    // Parsed where it lies unless a split head is pending.
+                    let whole = if self.req_buf.is_empty() {
+                        data.clone()
+                    } else {
+                        self.req_buf.extend_from_slice(&data);
+                        self.req_buf.split().freeze()
+                    };
+                    let head = match parse_request(&whole) {
                         Ok(Some(h)) => h,
-                        Ok(None) => return,
-                        Err(_) => {
+                        Ok(None) => {
+                            self.req_buf.extend_from_slice(&whole);
+                            return;
+                        }
+                        Err(()) => {
                             self.lost = true;
                             return;
                         }
                     };
                     let id = self.monitor.next_id();
                     let capture = self.monitor.capture;
+                    let is_head = head.method == "HEAD";
                     self.open.push_back(Open {
                         ex: Exchange {
                             id,
@@ -308,10 +363,11 @@ impl Flow {
                             local: self.local.clone(),
                             visitor: self.visitor,
                             at: SystemTime::now(),
-                            method: String::from_utf8_lossy(head.method()).into_owned(),
-                            path: String::from_utf8_lossy(head.target()).into_owned(),
+                            method: head.method,
+                            path: head.path,
+                            // A copy: a slice would pin the whole received chunk.
                             request_head: if capture {
-                                head.raw().clone()
+                                Bytes::copy_from_slice(&whole[..head.len])
                             } else {
                                 Bytes::new()
                             },
@@ -324,12 +380,12 @@ impl Flow {
                             replay_of: self.replay_of,
                         },
                         started: Instant::now(),
-                        is_head: head.is_head(),
+                        is_head,
                         request_keep: Keep::new(capture),
                         response_keep: Keep::new(capture),
                     });
                     self.req_id = id;
-                    self.req = if head.upgrade_websocket {
+                    self.req = if head.upgrade {
                         Dir::Raw
                     } else {
                         match Body::of_request(head.body, &self.limits) {
@@ -338,7 +394,7 @@ impl Flow {
                         }
                     };
                     // The body's first bytes (or the next request) came with the head.
-                    data = self.req_buf.split().freeze();
+                    data = whole.slice(head.len..);
                 }
                 Dir::Body(body) => {
                     let id = self.req_id;
@@ -372,29 +428,36 @@ impl Flow {
                     return;
                 }
                 Dir::Head => {
-                    self.resp_buf.extend_from_slice(&data);
+                    let whole = if self.resp_buf.is_empty() {
+                        data.clone()
+                    } else {
+                        self.resp_buf.extend_from_slice(&data);
+                        self.resp_buf.split().freeze()
+                    };
                     let Some(front) = self.open.front_mut() else {
                         // Bytes before any request: not HTTP we can follow.
                         self.lost = true;
                         return;
                     };
-                    let head = match ResponseHead::parse(&self.resp_buf, front.is_head, MAX_HEAD) {
+                    let head = match ResponseHead::parse(&whole, front.is_head, MAX_HEAD) {
                         Ok(Some(h)) => h,
-                        Ok(None) => return,
+                        Ok(None) => {
+                            self.resp_buf.extend_from_slice(&whole);
+                            return;
+                        }
                         Err(_) => {
                             self.lost = true;
                             return;
                         }
                     };
-                    let raw = self.resp_buf.split_to(head.head_len).freeze();
-                    data = self.resp_buf.split().freeze();
+                    data = whole.slice(head.head_len..);
                     if head.is_interim() {
                         continue;
                     }
                     front.ex.status = head.status;
                     front.ex.ttfb = Some(front.started.elapsed());
                     if self.monitor.capture {
-                        front.ex.response_head = raw;
+                        front.ex.response_head = Bytes::copy_from_slice(&whole[..head.head_len]);
                     }
                     self.resp = match head.body {
                         ResponseBody::None | ResponseBody::Length(0) => Dir::Head,
@@ -588,7 +651,10 @@ impl Monitor {
             }
             b.ring.push_back(ex.clone());
         }
-        let _ = self.events.send(ex);
+        // Only while an inspector page listens.
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(ex);
+        }
     }
 
     /// The newest `n` exchanges, newest first.
