@@ -52,15 +52,10 @@ struct Cli {
     /// Seconds a UDP flow may be silent both ways before its local socket is closed.
     #[arg(long, value_name = "SECONDS", default_value_t = 60, global = true)]
     udp_idle: u64,
-    /// Where the inspector (the web page of recent requests, with replay) listens, or `off`.
-    #[arg(
-        long,
-        value_name = "ADDR|off",
-        default_value = "127.0.0.1:4040",
-        env = "TUNNEL_INSPECT",
-        global = true
-    )]
-    inspect: String,
+    /// Where the inspector (the web page of recent requests, with replay) listens, or `off`
+    /// [default: 127.0.0.1:4040 when run from a terminal, off otherwise].
+    #[arg(long, value_name = "ADDR|off", env = "TUNNEL_INSPECT", global = true)]
+    inspect: Option<String>,
     /// Serve the client's Prometheus metrics at /metrics (and /healthz, /readyz) on this address
     /// [default: off].
     #[arg(long, value_name = "ADDR", env = "TUNNEL_METRICS", global = true)]
@@ -203,9 +198,13 @@ struct Ui {
 impl Ui {
     fn from_cli(cli: &Cli) -> Result<Ui, String> {
         use std::io::IsTerminal;
-        let inspect = match cli.inspect.trim() {
-            "off" | "false" | "" => None,
-            a => Some(a.parse().map_err(|e| {
+        // On by default for a person at a terminal (as ngrok's agent); a
+        // client under systemd or in a pipe captures nothing unless asked.
+        let interactive = std::io::stdout().is_terminal();
+        let inspect = match cli.inspect.as_deref().map(str::trim) {
+            None if interactive => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 4040))),
+            None | Some("off" | "false" | "") => None,
+            Some(a) => Some(a.parse().map_err(|e| {
                 format!("--inspect {a}: {e}; give ADDR:PORT (127.0.0.1:4040) or off")
             })?),
         };
@@ -214,7 +213,7 @@ impl Ui {
             None => Default::default(),
         };
         Ok(Ui {
-            screen: !cli.no_screen && cli.log_format.is_none() && std::io::stdout().is_terminal(),
+            screen: !cli.no_screen && cli.log_format.is_none() && interactive,
             inspect,
             metrics: cli.metrics,
             log_format,

@@ -190,13 +190,18 @@ fn parse_request(buf: &[u8]) -> Result<Option<Head>, ()> {
         if h.name.eq_ignore_ascii_case("content-length") {
             body = BodyKind::Length(v.parse().map_err(|_| ())?);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            if v.rsplit(',').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")) {
+            if v.rsplit(',')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked"))
+            {
                 body = BodyKind::Chunked;
             }
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            connection_upgrade |= v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+            connection_upgrade |= v
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
         }
     }
     Ok(Some(Head {

@@ -671,8 +671,6 @@ impl Tunnel {
                 .args(what)
                 .arg("--server-cert")
                 .arg(dir.join("cert.pem"))
-                // The inspector stays on (the default), on a free port;
-                // `TUNNEL_INSPECT=off` measures without it.
                 .env("TUNNEL_INSPECT", inspect_env())
                 .env("RUST_LOG", "warn"),
         );
@@ -1037,10 +1035,11 @@ fn ab(
     table
 }
 
-/// The client's `--inspect` for every run: `TUNNEL_INSPECT` if set, else
-/// on (the default) at a free port.
+/// The client's `--inspect` for every run: `TUNNEL_INSPECT` if set
+/// (`127.0.0.1:0` measures with the inspector on), else off, the default of
+/// a client without a terminal.
 fn inspect_env() -> String {
-    std::env::var("TUNNEL_INSPECT").unwrap_or_else(|_| "127.0.0.1:0".into())
+    std::env::var("TUNNEL_INSPECT").unwrap_or_else(|_| "off".into())
 }
 
 fn open_fds(pid: u32) -> usize {
