@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use tunnel_lib::admin;
+use tunnel_lib::metrics::{const_counter as counter, const_gauge as gauge};
 
 use crate::certs::CertStore;
 use crate::registry::Registry;
@@ -145,26 +146,6 @@ struct CertName {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Build {
     version: &'static str,
-}
-
-fn gauge(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    v: impl Into<f64>,
-) -> Result<(), std::fmt::Error> {
-    let g = ConstGauge::new(v.into());
-    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
-}
-
-fn counter(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    v: u64,
-) -> Result<(), std::fmt::Error> {
-    let c = ConstCounter::new(v);
-    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }
 
 /// One gauge family: a value per label set.
@@ -332,7 +313,7 @@ impl prometheus_client::collector::Collector for Scrape {
             &mut enc,
             "draining",
             "1 while the server drains for shutdown",
-            u8::from(self.stopping.is_cancelled()),
+            f64::from(u8::from(self.stopping.is_cancelled())),
         )?;
         let info = prometheus_client::metrics::info::Info::new(Build {
             version: tunnel_lib::VERSION,

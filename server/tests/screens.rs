@@ -221,20 +221,7 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
 
 #[tokio::test]
 async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
-    let backend = Backend::start("plain").await;
-    let server = TestServer::start().await;
-    let mut client = Proc::spawn(
-        client_cmd()
-            .await
-            .args(["--server", &server.quic.to_string(), "--server-cert"])
-            .arg(server.state_dir.path().join("cert.pem"))
-            .args([
-                "--subdomain",
-                "plain",
-                "http",
-                &backend.addr.port().to_string(),
-            ]),
-    );
+    let (backend, server, mut client) = client_process("plain").await;
     let url = client.line().await;
     assert_eq!(
         url,
@@ -264,6 +251,26 @@ async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
     backend.stop().await;
 }
 
+/// A backend, a server in this process and a client process (no terminal;
+/// its inspector on a free port) exposing the backend as `name`.
+async fn client_process(name: &'static str) -> (Backend, TestServer, Proc) {
+    let backend = Backend::start(name).await;
+    let server = TestServer::start().await;
+    let client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", &server.quic.to_string(), "--server-cert"])
+            .arg(server.state_dir.path().join("cert.pem"))
+            .args([
+                "--subdomain",
+                name,
+                "http",
+                &backend.addr.port().to_string(),
+            ]),
+    );
+    (backend, server, client)
+}
+
 /// `document.querySelector(sel).innerText`, or "" while it is absent.
 fn text_of(sel: &str) -> String {
     format!("(document.querySelector({sel:?}) || {{innerText: ''}}).innerText")
@@ -275,20 +282,7 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
         skip("chromium (apt-get install chromium)");
         return;
     };
-    let backend = Backend::start("inspected").await;
-    let server = TestServer::start().await;
-    let mut client = Proc::spawn(
-        client_cmd()
-            .await
-            .args(["--server", &server.quic.to_string(), "--server-cert"])
-            .arg(server.state_dir.path().join("cert.pem"))
-            .args([
-                "--subdomain",
-                "inspected",
-                "http",
-                &backend.addr.port().to_string(),
-            ]),
-    );
+    let (backend, server, mut client) = client_process("inspected").await;
     let inspector = client.log_until("inspector: http://").await;
     let inspector = inspector
         .split("inspector: ")

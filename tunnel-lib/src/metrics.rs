@@ -211,6 +211,30 @@ impl Drop for TunnelMetrics {
     }
 }
 
+/// One gauge without labels, for a scrape-time collector.
+pub fn const_gauge(
+    enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: f64,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let g = prometheus_client::metrics::gauge::ConstGauge::new(v);
+    g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+/// One counter without labels, for a scrape-time collector.
+pub fn const_counter(
+    enc: &mut prometheus_client::encoding::DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: u64,
+) -> Result<(), std::fmt::Error> {
+    use prometheus_client::encoding::EncodeMetric;
+    let c = prometheus_client::metrics::counter::ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
 /// The OpenMetrics text of `registry`.
 pub fn encode(registry: &Registry) -> String {
     let mut out = String::with_capacity(4096);
