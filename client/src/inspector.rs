@@ -270,17 +270,17 @@ fn replay_bytes(ex: &Exchange, edit: &[u8]) -> Result<Bytes, String> {
     if edit.iter().all(|b| b.is_ascii_whitespace()) {
         if ex.request_body.truncated() {
             return Err(format!(
-                "the request body was {} bytes and only {} were kept: replay it with edits \
-                 (or raise nothing: bodies over the cap cannot be replayed as they were)",
+                "the request body was {} bytes and only the first {} were kept, so it cannot be \
+                 replayed as it was: use \"Replay with edits\" to send another body",
                 ex.request_body.total,
                 ex.request_body.kept.len()
             ));
         }
-        let mut out = BytesMut::from(&ex.request_head[..]);
-        let chunked = header(&ex.request_head, "transfer-encoding").is_some();
-        if chunked {
+        // A chunked body was kept decoded: it goes with a Content-Length.
+        if header(&ex.request_head, "transfer-encoding").is_some() {
             return reframe(&ex.request_head, &ex.request_body.kept);
         }
+        let mut out = BytesMut::from(&ex.request_head[..]);
         out.extend_from_slice(&ex.request_body.kept);
         return Ok(out.freeze());
     }

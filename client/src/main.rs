@@ -442,7 +442,11 @@ async fn run(config: Config, ui: Ui, monitor: Arc<Monitor>) -> ExitCode {
     {
         match tunnel_lib::io::listen_tcp(addr) {
             Ok(l) => {
-                metrics_addr = Some(l.local_addr().unwrap_or(addr).to_string());
+                let bound = l.local_addr().unwrap_or(addr);
+                if !ui.screen {
+                    eprintln!("metrics: http://{bound}/metrics");
+                }
+                metrics_addr = Some(bound.to_string());
                 services.spawn(tunnel_lib::admin::serve(
                     l,
                     services_done.clone().cancelled_owned(),

@@ -15,7 +15,8 @@ use tunnel_lib::metrics::{const_counter as counter, const_gauge as gauge};
 use crate::observe::Monitor;
 
 /// Reads the live connection at each scrape.
-struct Live(Arc<Monitor>);
+/// Weak: the monitor owns the registry this collector sits in.
+struct Live(std::sync::Weak<Monitor>);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -25,7 +26,9 @@ impl std::fmt::Debug for Live {
 
 impl prometheus_client::collector::Collector for Live {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let m = &self.0;
+        let Some(m) = self.0.upgrade() else {
+            return Ok(());
+        };
         let conn = m.conn.load();
         gauge(
             &mut enc,
@@ -94,27 +97,18 @@ pub fn handler(
         + Sync
         + 'static,
 > {
-    monitor.metrics.as_ref()?;
+    let registry = monitor.metrics.as_ref()?.registry.clone();
+    registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .register_collector(Box::new(Live(Arc::downgrade(&monitor))));
     Some(move |req: hyper::Request<hyper::body::Incoming>| {
         let m = &monitor;
         let resp = match req.uri().path() {
             "/metrics" => {
-                let Some(cm) = &m.metrics else {
-                    return std::future::ready(admin::text(
-                        StatusCode::NOT_FOUND,
-                        "metrics are off\n",
-                    ));
-                };
-                let mut text = tunnel_lib::metrics::encode(&cm.registry);
-                // The live part, encoded into its own registry each scrape.
-                let mut reg = prometheus_client::registry::Registry::with_prefix("tunnel_client");
-                reg.register_collector(Box::new(Live(m.clone())));
-                let more = tunnel_lib::metrics::encode(&reg);
-                // One exposition: the first one's `# EOF` goes.
-                if let Some(i) = text.rfind("# EOF") {
-                    text.truncate(i);
-                }
-                text.push_str(&more);
+                let text = tunnel_lib::metrics::encode(
+                    &registry.lock().unwrap_or_else(|p| p.into_inner()),
+                );
                 admin::full(StatusCode::OK, admin::METRICS_CONTENT_TYPE, text)
             }
             "/healthz" => admin::text(StatusCode::OK, "ok\n"),

@@ -321,15 +321,16 @@ impl Observer {
     }
 
     /// The stream ended: a response running to the end is complete now; the
-    /// others are recorded as they are (status 0: no response).
-    pub(crate) fn finish(&self) -> Vec<u64> {
+    /// others are recorded as they are (status 0: no response). Returns how
+    /// many were still open.
+    pub(crate) fn finish(&self) -> usize {
         let mut f = self.lock();
-        let mut ids = Vec::new();
+        let mut n = 0;
         while let Some(o) = f.open.pop_front() {
-            ids.push(o.ex.id);
+            n += 1;
             f.complete(o);
         }
-        ids
+        n
     }
 }
 
@@ -513,6 +514,9 @@ impl Flow {
         ex.duration = started.elapsed();
         ex.request_body = request_keep.done();
         ex.response_body = response_keep.done();
+        if let Some(cm) = &self.monitor.metrics {
+            cm.tunnels.observe(ex.duration, ex.ttfb);
+        }
         if let Some(m) = &self.metrics {
             m.request(ex.status);
             m.bytes_in
@@ -573,7 +577,8 @@ pub struct Counters {
 /// The client's Prometheus registry and families.
 #[derive(Debug)]
 pub struct ClientMetrics {
-    pub registry: prometheus_client::registry::Registry,
+    /// Locked only to register the live collector and to encode a scrape.
+    pub registry: Arc<Mutex<prometheus_client::registry::Registry>>,
     pub tunnels: Arc<tunnel_lib::metrics::Tunnels>,
     pub reconnects: prometheus_client::metrics::counter::Counter,
     pub local_failures: prometheus_client::metrics::counter::Counter,
@@ -594,7 +599,7 @@ impl Monitor {
                 local_failures.clone(),
             );
             ClientMetrics {
-                registry,
+                registry: Arc::new(Mutex::new(registry)),
                 tunnels,
                 reconnects,
                 local_failures,
@@ -778,7 +783,7 @@ mod tests {
         o.toward_local(&b("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"));
         o.toward_visitor(&b("this is not http\r\n\r\n"));
         o.toward_visitor(&b("more"));
-        assert_eq!(o.finish().len(), 1);
+        assert_eq!(o.finish(), 1);
         assert_eq!(m.recent(1)[0].status, 0, "recorded without a response");
     }
 

@@ -696,9 +696,11 @@ async fn accept_tcp<S, F>(
         };
         let state = state.clone();
         let hard = hard.clone();
-        let open = state
-            .metrics
-            .visitor(if tls_edge { "https" } else { "http" });
+        let open = state.metrics.visitor(if tls_edge {
+            metrics::Listener::Https
+        } else {
+            metrics::Listener::Http
+        });
         // The connection's future is made inside the task: made outside
         // and moved in, the task would hold it twice.
         tracker.spawn(async move {

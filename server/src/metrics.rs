@@ -27,9 +27,20 @@ use crate::registry::Registry;
 use crate::Stats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Listener {
+struct ListenerLabel {
     listener: &'static str,
 }
+
+/// Where a visitor connection came in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Listener {
+    Http = 0,
+    Https = 1,
+    /// A TCP tunnel's own port.
+    Tcp = 2,
+}
+
+const LISTENERS: [&str; 3] = ["http", "https", "tcp"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Page {
@@ -40,8 +51,9 @@ struct Page {
 /// Counters the edge bumps (per tunnel ones live in the rules).
 #[derive(Debug)]
 pub(crate) struct Metrics {
-    visitors_open: Family<Listener, Gauge>,
-    visitors: Family<Listener, Counter>,
+    /// Accepted and open, by `Listener` (made once: a connection bumps
+    /// them without a label lookup).
+    visitors: [(Counter, Gauge); 3],
     pages: Family<Page, Counter>,
     pub(crate) streams_opened: Counter,
     pub(crate) stream_failures: Counter,
@@ -60,9 +72,16 @@ impl Drop for VisitorGuard {
 
 impl Metrics {
     pub(crate) fn register(prom: &mut Prom) -> Metrics {
+        let visitors_open = Family::<ListenerLabel, Gauge>::default();
+        let visitors_total = Family::<ListenerLabel, Counter>::default();
         let m = Metrics {
-            visitors_open: Family::default(),
-            visitors: Family::default(),
+            visitors: LISTENERS.map(|listener| {
+                let l = ListenerLabel { listener };
+                (
+                    visitors_total.get_or_create_owned(&l),
+                    visitors_open.get_or_create_owned(&l),
+                )
+            }),
             pages: Family::default(),
             streams_opened: Counter::default(),
             stream_failures: Counter::default(),
@@ -72,12 +91,12 @@ impl Metrics {
         prom.register(
             "visitor_connections_open",
             "Visitor connections open, by listener (http, https, tcp)",
-            m.visitors_open.clone(),
+            visitors_open,
         );
         prom.register(
             "visitor_connections",
             "Visitor connections accepted, by listener",
-            m.visitors.clone(),
+            visitors_total,
         );
         prom.register(
             "local_responses",
@@ -103,12 +122,11 @@ impl Metrics {
     }
 
     /// Counts a visitor connection on `listener` as open until the guard drops.
-    pub(crate) fn visitor(&self, listener: &'static str) -> VisitorGuard {
-        let l = Listener { listener };
-        self.visitors.get_or_create(&l).inc();
-        let open = self.visitors_open.get_or_create_owned(&l);
+    pub(crate) fn visitor(&self, listener: Listener) -> VisitorGuard {
+        let (total, open) = &self.visitors[listener as usize];
+        total.inc();
         open.inc();
-        VisitorGuard(open)
+        VisitorGuard(open.clone())
     }
 
     /// Counts a page the server answered with.

@@ -79,7 +79,7 @@ async fn accept_loop(
         };
         let (rule, conn, hard) = (rule.clone(), session.conn.clone(), state.hard.clone());
         let metrics = state.metrics.clone();
-        let open = state.metrics.visitor("tcp");
+        let open = state.metrics.visitor(crate::metrics::Listener::Tcp);
         state.visitor_tasks.spawn(async move {
             let _open = open;
             tokio::select! {

@@ -31,6 +31,36 @@ fn screenshots() -> PathBuf {
     dir
 }
 
+/// Polls `probe` every 50 ms until it gives `Ok`, for up to `WAIT`: a
+/// terminal screen and a file written by a shell have no readiness signal
+/// to wait on. `Err` carries what was seen, for the failure message.
+async fn poll<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) if tokio::time::Instant::now() > deadline => {
+                panic!("{what}: not seen in time; last seen:\n{seen}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The status of `GET path` for `host` on the server's plain listener.
+async fn status_of(server: &TestServer, host: &str, path: &str) -> u16 {
+    raw_exchange(
+        server.http,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .status
+}
+
 /// A tmux server of the test's own (its own socket), killed on drop.
 struct Tmux {
     socket: String,
@@ -85,18 +115,15 @@ impl Tmux {
 
     /// Polls the pane until `ok` holds (the screen redraws on its own).
     async fn until(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        poll(what, || async {
             let s = self.screen().await;
             if ok(&s) {
-                return s;
+                Ok(s)
+            } else {
+                Err(s)
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {what} on the screen:\n{s}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -132,19 +159,9 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
     })
     .await;
     for path in ["/hello", "/hello", "/bytes/2048"] {
-        let r = raw_exchange(
-            server.http,
-            format!("GET {path} HTTP/1.1\r\nHost: screen.localhost\r\n\r\n").as_bytes(),
-        )
-        .await;
-        assert_eq!(r.status, 200);
+        assert_eq!(status_of(&server, "screen.localhost", path).await, 200);
     }
-    let nope = raw_exchange(
-        server.http,
-        b"GET /nope HTTP/1.1\r\nHost: screen.localhost\r\n\r\n",
-    )
-    .await;
-    assert_eq!(nope.status, 404);
+    assert_eq!(status_of(&server, "screen.localhost", "/nope").await, 404);
     let shown = tmux
         .until("the requests", |s| {
             s.contains("/bytes/2048") && s.contains("/nope") && s.matches("/hello").count() == 2
@@ -174,12 +191,7 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
     let port = backend.addr.port();
     backend.stop().await;
     for _ in 0..3 {
-        let r = raw_exchange(
-            server.http,
-            b"GET /hello HTTP/1.1\r\nHost: screen.localhost\r\n\r\n",
-        )
-        .await;
-        assert_eq!(r.status, 502);
+        assert_eq!(status_of(&server, "screen.localhost", "/hello").await, 502);
     }
     let open = tmux
         .until("the open circuit", |s| {
@@ -194,18 +206,13 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
     tmux.run(&["send-keys", "-t", "main", "q"]).await;
     // The shell around the client writes its exit status (tmux's own
     // `pane_dead_status` is not reliable here: it may never reap the child).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Ok(s) = tokio::fs::read_to_string(&exit_file).await {
-            if s.ends_with('\n') {
-                break s;
-            }
+    let status = poll("the client's exit after q", || async {
+        match tokio::fs::read_to_string(&exit_file).await {
+            Ok(s) if s.ends_with('\n') => Ok(s),
+            _ => Err(tmux.screen().await),
         }
-        if tokio::time::Instant::now() > deadline {
-            panic!("q did not end the client:\n{}", tmux.screen().await);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     assert_eq!(status.trim(), "0", "the client's exit status");
     // The session ended as a goodbye: the name is offline at once, not held.
     tokio::time::timeout(WAIT, async {
@@ -222,6 +229,14 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
 #[tokio::test]
 async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
     let (backend, server, mut client) = client_process("plain").await;
+    let metrics = client.log_until("metrics: http://").await;
+    let metrics: std::net::SocketAddr = metrics
+        .split("http://")
+        .nth(1)
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap()
+        .parse()
+        .unwrap();
     let url = client.line().await;
     assert_eq!(
         url,
@@ -231,6 +246,27 @@ async fn without_a_terminal_the_client_prints_plain_lines_and_back_online() {
             backend.addr.port()
         )
     );
+    // The client's own metrics: the request it forwarded, its connection.
+    assert_eq!(status_of(&server, "plain.localhost", "/hello").await, 200);
+    let scrape = raw_exchange(
+        metrics,
+        b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let text = String::from_utf8(scrape.body).unwrap();
+    for line in [
+        r#"tunnel_client_requests_total{tunnel="plain.localhost",class="2xx"} 1"#,
+        "tunnel_client_online 1",
+        "tunnel_client_streams_total 1",
+        "tunnel_client_request_duration_seconds_count 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l.trim_end_matches(".0") == line),
+            "{line} in:\n{text}"
+        );
+    }
+    assert!(text.contains("tunnel_client_rtt_seconds "), "{text}");
+    assert_eq!(text.matches("# EOF").count(), 1);
     // The connection is lost (not a goodbye): the client comes back by itself.
     for s in server.registry.sessions() {
         s.conn
@@ -261,6 +297,7 @@ async fn client_process(name: &'static str) -> (Backend, TestServer, Proc) {
             .await
             .args(["--server", &server.quic.to_string(), "--server-cert"])
             .arg(server.state_dir.path().join("cert.pem"))
+            .args(["--metrics", "127.0.0.1:0"])
             .args([
                 "--subdomain",
                 name,

@@ -240,8 +240,10 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             self.pending.clear();
             self.failed = self.read_reply(&rule.host).await;
         }
-        if let Some(page) = self.failed.clone() {
+        if let Some(page) = self.failed.take() {
             self.write_page(&page, head_request).await;
+            // Kept: every request still queued on this stream gets it too.
+            self.failed = Some(page);
             return Ok(After::Close);
         }
         self.out.clear();
