@@ -21,6 +21,11 @@
 //! against this build, alternating, as ratios new/old; `--ab-server-args
 //! "ARGS"` adds server flags to this build only (`--metrics 127.0.0.1:0`).
 //!
+//! `--peers` replaces it with this tunnel beside bore and rathole (plain
+//! and Noise), built from crates.io into `target/peers` once: a closed-loop
+//! table, oha at fixed rates, and a lossy link in a network namespace
+//! (`load/peers.rs`).
+//!
 //! Two long runs replace the table: `--soak MINUTES` (mixed load for that
 //! long; RSS and open file descriptors of both processes sampled each
 //! minute, their slopes reported) and `--slowloris` (legitimate p99 with
@@ -41,6 +46,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "load/peers.rs"]
+mod peers;
+
 struct Opts {
     duration: u64,
     rounds: usize,
@@ -53,6 +61,8 @@ struct Opts {
     /// `--ab-server-args "ARGS"`: extra tunnel-server flags for this build
     /// only (e.g. `--metrics 127.0.0.1:0 --access-log /dev/null`).
     ab_server_args: Vec<String>,
+    /// `--peers`: bore and rathole beside this tunnel (`peers.rs`).
+    peers: bool,
 }
 
 fn opts() -> Opts {
@@ -65,6 +75,7 @@ fn opts() -> Opts {
         slowloris: false,
         ab: None,
         ab_server_args: Vec::new(),
+        peers: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -95,6 +106,7 @@ fn opts() -> Opts {
                 )
             }
             "--slowloris" => o.slowloris = true,
+            "--peers" => o.peers = true,
             "--ab" => o.ab = Some(PathBuf::from(args.next().expect("--ab OLD_BIN_DIR"))),
             "--ab-server-args" => {
                 o.ab_server_args = args
@@ -387,30 +399,47 @@ fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
 /// nginx with a config written here: 100-byte and 1 MiB responses, on a
 /// plain port and a TLS port.
 fn start_nginx(dir: &Path) -> (Proc, u16, u16) {
+    start_nginx_on(dir, &Link::loopback(0))
+}
+
+/// As [`start_nginx`], on the client's side of `link` (inside its network
+/// namespace, listening on every address there), with a sparse 1 GiB file
+/// at `/1g` as well.
+fn start_nginx_on(dir: &Path, link: &Link) -> (Proc, u16, u16) {
     let port = free_port();
     let tls_port = free_port();
     std::fs::write(dir.join("1m.bin"), vec![b'x'; 1024 * 1024]).unwrap();
+    std::fs::File::create(dir.join("1g.bin"))
+        .and_then(|f| f.set_len(1 << 30))
+        .unwrap();
+    let listen = if link.wrap.is_empty() {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx.err;\n\
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
          client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    listen 127.0.0.1:{tls_port} ssl backlog=4096;\n\
+         server {{\n    listen {listen}:{port} backlog=4096;\n    listen {listen}:{tls_port} ssl backlog=4096;\n\
          ssl_certificate {d}/edge.crt; ssl_certificate_key {d}/edge.key;\n    root {d};\n\
          location = /100 {{ default_type text/plain; return 200 \"{body}\"; }}\n\
-         location = /1m {{ default_type application/octet-stream; try_files /1m.bin =404; }}\n  }}\n}}\n",
+         location = /1m {{ default_type application/octet-stream; try_files /1m.bin =404; }}\n\
+         location = /1g {{ default_type application/octet-stream; try_files /1g.bin =404; }}\n  }}\n}}\n",
         d = dir.display(),
         body = "x".repeat(100),
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let child = Command::new("nginx")
+    let child = link
+        .command(Path::new("nginx"))
         .arg("-c")
         .arg(dir.join("nginx.conf"))
         .stderr(Stdio::null())
         .spawn()
         .expect("nginx starts");
-    wait_port(port);
-    wait_port(tls_port);
+    wait_addr(SocketAddr::new(link.client_ip, port));
+    wait_addr(SocketAddr::new(link.client_ip, tls_port));
     (Proc(child), port, tls_port)
 }
 
@@ -445,10 +474,51 @@ fn free_port() -> u16 {
 }
 
 fn wait_port(port: u16) {
+    wait_addr(SocketAddr::from(([127, 0, 0, 1], port)));
+}
+
+fn wait_addr(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {port}");
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How the tunnel's client side reaches the server side: on loopback, or
+/// from a network namespace across a veth (`peers::Netns`).
+struct Link {
+    /// The server's address as the client dials it.
+    server_ip: std::net::IpAddr,
+    /// The client side's own address, as the server side reaches it (the
+    /// direct path to a backend there).
+    client_ip: std::net::IpAddr,
+    /// The backend as the client side reaches it.
+    backend: SocketAddr,
+    /// A prefix for client-side processes (`ip netns exec NS`).
+    wrap: Vec<String>,
+}
+
+impl Link {
+    fn loopback(backend_port: u16) -> Link {
+        Link {
+            server_ip: [127, 0, 0, 1].into(),
+            client_ip: [127, 0, 0, 1].into(),
+            backend: SocketAddr::from(([127, 0, 0, 1], backend_port)),
+            wrap: Vec::new(),
+        }
+    }
+
+    /// `program` run on the client's side of the link.
+    fn command(&self, program: &Path) -> Command {
+        match self.wrap.split_first() {
+            None => Command::new(program),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(program);
+                c
+            }
+        }
     }
 }
 
@@ -623,12 +693,40 @@ impl Tunnel {
         extra: &[&str],
         raw_tcp: bool,
     ) -> Tunnel {
+        Self::start_on(
+            server_bin,
+            client_bin,
+            dir,
+            &Link::loopback(backend_port),
+            tls,
+            extra,
+            raw_tcp,
+        )
+    }
+
+    fn start_on(
+        server_bin: &Path,
+        client_bin: &Path,
+        dir: &Path,
+        link: &Link,
+        tls: bool,
+        extra: &[&str],
+        raw_tcp: bool,
+    ) -> Tunnel {
         let first = free_port();
         let tcp_ports = format!("{first}-{}", first.saturating_add(3));
+        // Off loopback the server insists on a token.
+        let token: &[&str] = if link.wrap.is_empty() {
+            &[]
+        } else {
+            &["--token", "bench-token"]
+        };
         let (server, server_lines) = spawn_lines(
             Command::new(server_bin)
-                .args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0"])
+                .args(["--http", "127.0.0.1:0", "--quic"])
+                .arg(SocketAddr::new(link.server_ip, 0).to_string())
                 .args(extra)
+                .args(token)
                 .args(["--tcp-ports", &tcp_ports])
                 .arg("--state-dir")
                 .arg(dir)
@@ -659,18 +757,19 @@ impl Tunnel {
         let http: SocketAddr = field("http=").parse().unwrap();
         let https: Option<SocketAddr> = tls.then(|| field("https=").parse().unwrap());
         let quic = field("quic=");
-        let expose = format!("127.0.0.1:{backend_port}");
+        let fingerprint = field("fingerprint=");
+        let expose = link.backend.to_string();
         let what: Vec<&str> = if raw_tcp {
             vec!["tcp", &expose]
         } else {
             vec!["--expose", &expose, "--subdomain", "bench"]
         };
         let (client, client_lines) = spawn_lines(
-            Command::new(client_bin)
+            link.command(client_bin)
                 .args(["--server", &quic])
                 .args(what)
-                .arg("--server-cert")
-                .arg(dir.join("cert.pem"))
+                .args(["--server-fingerprint", &fingerprint])
+                .args(token)
                 .env("TUNNEL_INSPECT", inspect_env())
                 .env("RUST_LOG", "warn"),
         );
@@ -783,6 +882,27 @@ fn main() {
     }
     if o.slowloris {
         slowloris(&server_bin, &client_bin, &dir, backend_port, host);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    if o.peers {
+        if backend_tls.is_none() {
+            eprintln!("--peers needs nginx: apt-get install -y nginx-light");
+            std::process::exit(1);
+        }
+        let bins = peers::install(&target);
+        let ours = peers::Ours {
+            server: &server_bin,
+            client: &client_bin,
+        };
+        let mut out = peers::closed_loop(&o, &bins, &ours, &dir, backend_port, tck);
+        out.push('\n');
+        out.push_str(&peers::fixed_rate(&o, &bins, &ours, &dir, backend_port));
+        out.push_str(&peers::lossy(&o, &bins, &ours, &dir));
+        println!("{out}");
+        if let Some(path) = &o.markdown {
+            std::fs::write(path, &out).unwrap();
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
