@@ -34,6 +34,22 @@ pub fn transport(side: Side) -> TransportConfig {
     if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
         t.send_fairness(false);
     }
+    // BBR by default (BENCHMARKS.md, "Congestion control"): random loss
+    // does not collapse it the way it collapses CUBIC, and it keeps queues
+    // short. `TUNNEL_CONGESTION=cubic|newreno` is the lever back.
+    match std::env::var("TUNNEL_CONGESTION").as_deref() {
+        Ok("cubic") => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
+        }
+        Ok("newreno") => {
+            t.congestion_controller_factory(Arc::new(
+                quinn::congestion::NewRenoConfig::default(),
+            ));
+        }
+        _ => {
+            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        }
+    }
 
     // Ask the peer to ACK every N
     // ack-eliciting packets instead of every second one.
