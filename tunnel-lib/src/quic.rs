@@ -42,9 +42,7 @@ pub fn transport(side: Side) -> TransportConfig {
             t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
         }
         Ok("newreno") => {
-            t.congestion_controller_factory(Arc::new(
-                quinn::congestion::NewRenoConfig::default(),
-            ));
+            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
         }
         _ => {
             t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));

@@ -540,6 +540,15 @@ fn oha(bin: &Path, url: &str, rate: u32, conns: u32, secs: u64) -> Oha {
     }
 }
 
+/// `+1.20 ms`, `−304 µs`: a difference (noise can make it negative).
+fn signed(us: f64) -> String {
+    if us < 0.0 {
+        format!("−{}", fmt_us(-us))
+    } else {
+        format!("+{}", fmt_us(us))
+    }
+}
+
 /// Table 2: oha at fixed rates; direct in absolute figures, each tunnel as
 /// what it adds to the direct median of the same rounds.
 pub(crate) fn fixed_rate(
@@ -596,10 +605,10 @@ pub(crate) fn fixed_rate(
             } else {
                 let _ = write!(
                     t,
-                    " +{} / +{} / +{} |",
-                    fmt_us(p50 - d50),
-                    fmt_us(p99 - d99),
-                    fmt_us(p999 - d999)
+                    " {} / {} / {} |",
+                    signed(p50 - d50),
+                    signed(p99 - d99),
+                    signed(p999 - d999)
                 );
             }
         }
@@ -734,7 +743,11 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
-        let _ = Command::new("ip").args(["link", "del", "tlh0"]).status();
+        // Normally gone with the namespace; this is for a half-made one.
+        let _ = Command::new("ip")
+            .args(["link", "del", "tlh0"])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -795,7 +808,7 @@ pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> Strin
     let link = ns.link(port);
     let systems = started(bins, ours, dir, &link, None);
     let n = systems.len();
-    let mut t = String::new();
+    let mut t = String::from("\n");
     header(&mut t, "lossy link (veth, random loss each way)", &SYSTEMS);
     for percent in [0.0, 1.0, 5.0] {
         let name = format!("loss {percent} %");
