@@ -34,6 +34,14 @@ pub fn transport(side: Side) -> TransportConfig {
     if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
         t.send_fairness(false);
     }
+    // PMTU discovery above the internet-safe 1452 bytes, where the path
+    // allows it (a jumbo-frame LAN, loopback). A lever, off by default:
+    // BENCHMARKS.md reports it apart from the default figures.
+    if let Some(n) = mtu_upper() {
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(n);
+        t.mtu_discovery_config(Some(mtu));
+    }
     // BBR by default (BENCHMARKS.md, "Congestion control"): random loss
     // does not collapse it the way it collapses CUBIC, and it keeps queues
     // short. `TUNNEL_CONGESTION=cubic|newreno` is the lever back.
@@ -64,6 +72,20 @@ pub fn transport(side: Side) -> TransportConfig {
         Side::Client => MAX_STREAMS_PER_CLIENT,
     }));
     t
+}
+
+/// `TUNNEL_MTU_UPPER`: the PMTU discovery ceiling lever (off by default).
+fn mtu_upper() -> Option<u16> {
+    std::env::var("TUNNEL_MTU_UPPER").ok()?.parse().ok()
+}
+
+/// The endpoint configuration both sides share; with the MTU lever set, it
+/// also accepts datagrams that large from the peer.
+fn endpoint_config(mut cfg: quinn::EndpointConfig) -> quinn::EndpointConfig {
+    if let Some(n) = mtu_upper() {
+        let _ = cfg.max_udp_payload_size(n);
+    }
+    cfg
 }
 
 pub fn server_config(pair: CertPair) -> Result<quinn::ServerConfig, TlsError> {
@@ -152,7 +174,7 @@ pub fn server_endpoint(
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&tag.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    let mut endpoint = quinn::EndpointConfig::new(Arc::new(key));
+    let mut endpoint = endpoint_config(quinn::EndpointConfig::new(Arc::new(key)));
     endpoint.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
@@ -161,7 +183,13 @@ pub fn server_endpoint(
 
 /// A client endpoint on an ephemeral port of the right address family.
 pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-    quinn::Endpoint::client(wildcard_for(server))
+    let socket = client_socket(server)?;
+    quinn::Endpoint::new(
+        endpoint_config(quinn::EndpointConfig::default()),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
 }
 
 /// A new socket for a client endpoint (`Endpoint::rebind`): the wildcard
