@@ -147,13 +147,35 @@ struct Running {
     public: SocketAddr,
 }
 
+impl Running {
+    /// A peer's server and client, serving visitors on 127.0.0.1:`port`.
+    fn pair(server: Proc, client: Proc, port: u16) -> Running {
+        Running {
+            pids: vec![server.0.id(), client.0.id()],
+            _procs: vec![client, server],
+            public: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+/// A peer's process, quiet: `RUST_LOG=warn` (no line per connection, as
+/// for this tunnel), output discarded.
+fn quiet(cmd: &mut Command, what: &str) -> Proc {
+    Proc(
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}")),
+    )
+}
+
 const HOST: &str = "bench.localhost";
 
 /// Starts `sys` with its client side on `link`'s far end; `None` for the
 /// direct path, which is `link.client_ip:backend port`.
 fn start(sys: System, bins: &PeerBins, ours: &Ours, dir: &Path, link: &Link) -> Option<Running> {
     let no_limits = ["--max-visitors-per-ip", "0", "--visitor-rate-per-ip", "0"];
-    let env = [("RUST_LOG", "warn")];
     let r = match sys {
         System::Direct => return None,
         System::Http | System::Tcp => {
@@ -171,48 +193,37 @@ fn start(sys: System, bins: &PeerBins, ours: &Ours, dir: &Path, link: &Link) -> 
         System::Bore => {
             let port = free_port();
             // bore's control port is fixed (7835).
-            let server = Command::new(&bins.bore)
-                .args([
-                    "server",
-                    "--min-port",
-                    &port.to_string(),
-                    "--max-port",
-                    &port.to_string(),
-                ])
-                .args([
-                    "--bind-addr",
-                    &link.server_ip.to_string(),
-                    "--bind-tunnels",
-                    "127.0.0.1",
-                ])
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("bore server starts");
-            let server = Proc(server);
+            let server = quiet(
+                Command::new(&bins.bore)
+                    .args([
+                        "server",
+                        "--min-port",
+                        &port.to_string(),
+                        "--max-port",
+                        &port.to_string(),
+                    ])
+                    .args([
+                        "--bind-addr",
+                        &link.server_ip.to_string(),
+                        "--bind-tunnels",
+                        "127.0.0.1",
+                    ]),
+                "bore server starts",
+            );
             wait_addr(SocketAddr::new(link.server_ip, 7835));
-            let client = link
-                .command(&bins.bore)
-                .args(["local", &link.backend.port().to_string()])
-                .args(["--local-host", &link.backend.ip().to_string()])
-                .args([
-                    "--to",
-                    &link.server_ip.to_string(),
-                    "--port",
-                    &port.to_string(),
-                ])
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("bore local starts");
-            let client = Proc(client);
-            Running {
-                pids: vec![server.0.id(), client.0.id()],
-                _procs: vec![client, server],
-                public: SocketAddr::from(([127, 0, 0, 1], port)),
-            }
+            let client = quiet(
+                link.command(&bins.bore)
+                    .args(["local", &link.backend.port().to_string()])
+                    .args(["--local-host", &link.backend.ip().to_string()])
+                    .args([
+                        "--to",
+                        &link.server_ip.to_string(),
+                        "--port",
+                        &port.to_string(),
+                    ]),
+                "bore local starts",
+            );
+            Running::pair(server, client, port)
         }
         System::Rathole | System::RatholeNoise => {
             let noise = sys == System::RatholeNoise;
@@ -250,31 +261,16 @@ fn start(sys: System, bins: &PeerBins, ours: &Ours, dir: &Path, link: &Link) -> 
                 ),
             )
             .unwrap();
-            let server = Command::new(&bins.rathole)
-                .arg("--server")
-                .arg(&sconf)
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("rathole server starts");
-            let server = Proc(server);
+            let server = quiet(
+                Command::new(&bins.rathole).arg("--server").arg(&sconf),
+                "rathole server starts",
+            );
             wait_addr(SocketAddr::new(link.server_ip, ctl));
-            let client = link
-                .command(&bins.rathole)
-                .arg("--client")
-                .arg(&cconf)
-                .envs(env)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("rathole client starts");
-            let client = Proc(client);
-            Running {
-                pids: vec![server.0.id(), client.0.id()],
-                _procs: vec![client, server],
-                public: SocketAddr::from(([127, 0, 0, 1], public)),
-            }
+            let client = quiet(
+                link.command(&bins.rathole).arg("--client").arg(&cconf),
+                "rathole client starts",
+            );
+            Running::pair(server, client, public)
         }
     };
     wait_serving(r.public, sys);
