@@ -42,7 +42,7 @@ pub fn transport(side: Side) -> TransportConfig {
         mtu.upper_bound(n);
         t.mtu_discovery_config(Some(mtu));
     }
-    // BBR by default (BENCHMARKS.md, "Congestion control"): random loss
+    // BBR by default (BENCHMARKS.md, "Levers tried for issue 12"): random loss
     // does not collapse it the way it collapses CUBIC, and it keeps queues
     // short. `TUNNEL_CONGESTION=cubic|newreno` is the lever back.
     match std::env::var("TUNNEL_CONGESTION").as_deref() {
