@@ -332,13 +332,38 @@ fn started(
     ours: &Ours,
     dir: &Path,
     link: &Link,
-    only: Option<&[System]>,
 ) -> Vec<(System, Option<Running>)> {
     SYSTEMS
         .iter()
-        .filter(|s| only.is_none_or(|o| o.contains(s)))
         .map(|&s| (s, start(s, bins, ours, dir, link)))
         .collect()
+}
+
+/// Every system in every round, the order rotated each round so none
+/// always runs first; `run(system, running)` is one measurement. Returns
+/// the measurements per system, in `systems`' order.
+fn rotated<T>(
+    o: &Opts,
+    name: &str,
+    systems: &[(System, Option<Running>)],
+    mut run: impl FnMut(&Option<Running>) -> T,
+) -> Vec<Vec<T>> {
+    let n = systems.len();
+    let mut runs: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for round in 0..o.rounds {
+        for k in 0..n {
+            let i = (k + round) % n;
+            let (sys, r) = &systems[i];
+            eprintln!(
+                "peers: {name} — round {}/{} — {}",
+                round + 1,
+                o.rounds,
+                sys.label()
+            );
+            runs[i].push(run(r));
+        }
+    }
+    runs
 }
 
 fn url_of(r: &Option<Running>, link: &Link, backend_port: u16) -> String {
@@ -377,34 +402,22 @@ pub(crate) fn closed_loop(
         if o.only.as_deref().is_some_and(|n| !s.name.contains(n)) {
             continue;
         }
-        let systems = started(bins, ours, dir, &link, None);
+        let systems = started(bins, ours, dir, &link);
         let n = systems.len();
-        let mut runs: Vec<Vec<(WrkResult, f64, u64)>> = vec![Vec::new(); n];
-        for round in 0..o.rounds {
-            for k in 0..n {
-                let i = (k + round) % n;
-                let (sys, r) = &systems[i];
-                eprintln!(
-                    "peers: {} — round {}/{} — {}",
-                    s.name,
-                    round + 1,
-                    o.rounds,
-                    sys.label()
-                );
-                let pids: &[u32] = r.as_ref().map_or(&[], |r| &r.pids);
-                pids.iter().for_each(|p| reset_peak(*p));
-                let c0: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
-                let w = wrk(&url_of(r, &link, backend_port), Some(HOST), s, o.duration);
-                let c1: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
-                let peak: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
-                let cpu = if s.bulk {
-                    (c1 - c0) / (w.bytes / 1024f64.powi(3)).max(1e-9)
-                } else {
-                    (c1 - c0) / w.requests.max(1.0) * 1e6
-                };
-                runs[i].push((w, cpu, peak));
-            }
-        }
+        let runs = rotated(o, s.name, &systems, |r| {
+            let pids: &[u32] = r.as_ref().map_or(&[], |r| &r.pids);
+            pids.iter().for_each(|p| reset_peak(*p));
+            let c0: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+            let w = wrk(&url_of(r, &link, backend_port), Some(HOST), s, o.duration);
+            let c1: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
+            let peak: u64 = pids.iter().map(|p| status_kib(*p, "VmHWM:")).sum();
+            let cpu = if s.bulk {
+                (c1 - c0) / (w.bytes / 1024f64.powi(3)).max(1e-9)
+            } else {
+                (c1 - c0) / w.requests.max(1.0) * 1e6
+            };
+            (w, cpu, peak)
+        });
         let med = |i: usize, f: &dyn Fn(&(WrkResult, f64, u64)) -> f64| {
             median(runs[i].iter().map(f).collect())
         };
@@ -566,28 +579,17 @@ pub(crate) fn fixed_rate(
         if o.only.as_deref().is_some_and(|n| !name.contains(n)) {
             continue;
         }
-        let systems = started(bins, ours, dir, &link, None);
+        let systems = started(bins, ours, dir, &link);
         let n = systems.len();
-        let mut runs: Vec<Vec<Oha>> = vec![Vec::new(); n];
-        for round in 0..o.rounds {
-            for k in 0..n {
-                let i = (k + round) % n;
-                let (sys, r) = &systems[i];
-                eprintln!(
-                    "peers: {name} — round {}/{} — {}",
-                    round + 1,
-                    o.rounds,
-                    sys.label()
-                );
-                runs[i].push(oha(
-                    &bins.oha,
-                    &url_of(r, &link, backend_port),
-                    rate,
-                    50,
-                    o.duration,
-                ));
-            }
-        }
+        let runs = rotated(o, &name, &systems, |r| {
+            oha(
+                &bins.oha,
+                &url_of(r, &link, backend_port),
+                rate,
+                50,
+                o.duration,
+            )
+        });
         let med = |i: usize, f: fn(&Oha) -> f64| median(runs[i].iter().map(f).collect());
         let (d50, d99, d999) = (med(0, |r| r.p50), med(0, |r| r.p99), med(0, |r| r.p999));
         let _ = write!(
@@ -802,51 +804,37 @@ pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> Strin
     };
     let (_nginx, port, _) = start_nginx_on(&ns_dir, &link0);
     let link = ns.link(port);
-    let systems = started(bins, ours, dir, &link, None);
+    let systems = started(bins, ours, dir, &link);
     let n = systems.len();
     let mut t = String::from("\n");
     header(&mut t, "lossy link (veth, random loss each way)", &SYSTEMS);
     for percent in [0.0, 1.0, 5.0] {
         let name = format!("loss {percent} %");
-        if o.only
-            .as_deref()
-            .is_some_and(|f| !"loss".contains(f) && !name.contains(f))
-        {
+        if o.only.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
         ns.set_loss(percent);
-        let mut runs: Vec<Vec<(f64, Oha)>> = vec![Vec::new(); n];
-        for round in 0..o.rounds {
-            for k in 0..n {
-                let i = (k + round) % n;
-                let (sys, r) = &systems[i];
-                eprintln!(
-                    "peers: {name} — round {}/{} — {}",
-                    round + 1,
-                    o.rounds,
-                    sys.label()
-                );
-                let public = match r {
-                    Some(r) => r.public,
-                    None => SocketAddr::new(link.client_ip, port),
-                };
-                let stop = Arc::new(AtomicBool::new(false));
-                let bytes = Arc::new(AtomicU64::new(0));
-                let started = Instant::now();
-                let dl = {
-                    let (stop, bytes) = (stop.clone(), bytes.clone());
-                    std::thread::spawn(move || download_loop(public, stop, bytes))
-                };
-                // The download gets going first, then the small requests
-                // share the link with it.
-                std::thread::sleep(Duration::from_millis(500));
-                let small = oha(&bins.oha, &format!("http://{public}"), 100, 10, o.duration);
-                let secs = started.elapsed().as_secs_f64();
-                stop.store(true, Ordering::Relaxed);
-                let _ = dl.join();
-                runs[i].push((bytes.load(Ordering::Relaxed) as f64 / secs, small));
-            }
-        }
+        let runs = rotated(o, &name, &systems, |r| {
+            let public = match r {
+                Some(r) => r.public,
+                None => SocketAddr::new(link.client_ip, port),
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let bytes = Arc::new(AtomicU64::new(0));
+            let started = Instant::now();
+            let dl = {
+                let (stop, bytes) = (stop.clone(), bytes.clone());
+                std::thread::spawn(move || download_loop(public, stop, bytes))
+            };
+            // The download gets going first, then the small requests
+            // share the link with it.
+            std::thread::sleep(Duration::from_millis(500));
+            let small = oha(&bins.oha, &format!("http://{public}"), 100, 10, o.duration);
+            let secs = started.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            let _ = dl.join();
+            (bytes.load(Ordering::Relaxed) as f64 / secs, small)
+        });
         let med =
             |i: usize, f: &dyn Fn(&(f64, Oha)) -> f64| median(runs[i].iter().map(f).collect());
         let _ = write!(t, "| {percent} % loss — download MiB/s |");
