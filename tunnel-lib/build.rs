@@ -4,8 +4,13 @@
 #[allow(clippy::disallowed_methods)]
 fn main() {
     println!("cargo:rerun-if-env-changed=TUNNEL_COMMIT");
+    // Only files that exist: cargo reruns a build script whose watched file
+    // is missing on every build, which relinked the whole workspace each
+    // time in a checkout without `packed-refs`.
     for f in ["../.git/HEAD", "../.git/refs/heads", "../.git/packed-refs"] {
-        println!("cargo:rerun-if-changed={f}");
+        if std::path::Path::new(f).exists() {
+            println!("cargo:rerun-if-changed={f}");
+        }
     }
     let commit = std::env::var("TUNNEL_COMMIT")
         .ok()
