@@ -749,9 +749,15 @@ impl Drop for Netns {
     }
 }
 
-/// GETs of `/1g` through `public`, back to back, until `stop`; returns the
-/// bytes received.
-fn download_loop(public: SocketAddr, stop: Arc<AtomicBool>, bytes: Arc<AtomicU64>) {
+/// GETs of `/1g` through `public`, back to back, until `stop`; counts the
+/// bytes received in `bytes` and says on `flowing` when the first arrive.
+fn download_loop(
+    public: SocketAddr,
+    stop: Arc<AtomicBool>,
+    bytes: Arc<AtomicU64>,
+    flowing: std::sync::mpsc::SyncSender<()>,
+) {
+    let mut flowing = Some(flowing);
     let mut buf = vec![0u8; 256 * 1024];
     while !stop.load(Ordering::Relaxed) {
         let Ok(mut s) = TcpStream::connect_timeout(&public, Duration::from_secs(5)) else {
@@ -771,6 +777,9 @@ fn download_loop(public: SocketAddr, stop: Arc<AtomicBool>, bytes: Arc<AtomicU64
                 Ok(0) => break,
                 Ok(k) => {
                     bytes.fetch_add(k as u64, Ordering::Relaxed);
+                    if let Some(tx) = flowing.take() {
+                        let _ = tx.send(());
+                    }
                 }
                 Err(e)
                     if matches!(
@@ -822,13 +831,15 @@ pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> Strin
             let stop = Arc::new(AtomicBool::new(false));
             let bytes = Arc::new(AtomicU64::new(0));
             let started = Instant::now();
+            let (tx, flowing) = std::sync::mpsc::sync_channel(1);
             let dl = {
                 let (stop, bytes) = (stop.clone(), bytes.clone());
-                std::thread::spawn(move || download_loop(public, stop, bytes))
+                std::thread::spawn(move || download_loop(public, stop, bytes, tx))
             };
-            // The download gets going first, then the small requests
-            // share the link with it.
-            std::thread::sleep(Duration::from_millis(500));
+            // The download's first bytes arrive, then the small requests
+            // share the link with it (a download that never starts shows
+            // as 0 MiB/s in the table).
+            let _ = flowing.recv_timeout(Duration::from_secs(10));
             let small = oha(&bins.oha, &format!("http://{public}"), 100, 10, o.duration);
             let secs = started.elapsed().as_secs_f64();
             stop.store(true, Ordering::Relaxed);
