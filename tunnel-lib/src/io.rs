@@ -15,7 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ProtoError;
-use crate::limits::{FIRST_READ, IO_CHUNK, LISTEN_BACKLOG};
+use crate::limits::{BULK_AFTER, BULK_HALF_LIFE, BULK_TURN, FIRST_READ, IO_CHUNK, LISTEN_BACKLOG};
 use crate::proto::reset;
 
 #[derive(Debug, Error)]
@@ -321,6 +321,7 @@ pub async fn tcp_to_quic<R: LeanRead>(
 ) -> Result<u64, StreamError> {
     let mut total = 0u64;
     let mut buf = GrowBuf::new();
+    let mut order = SendOrder::new();
     loop {
         let n = buf.read_from(rd).await?;
         if n == 0 {
@@ -328,7 +329,89 @@ pub async fn tcp_to_quic<R: LeanRead>(
             return Ok(total);
         }
         total += n as u64;
-        send.write_chunk(buf.take()).await?;
+        order.write(send, buf.take()).await?;
+    }
+}
+
+/// A stream's place in its connection's send order, through quinn's stream
+/// priorities (transmission order only: flow control is untouched).
+///
+/// Least attained service first: a stream that wrote more than
+/// [`BULK_AFTER`] bytes lately (a count that halves every
+/// [`BULK_HALF_LIFE`]) is *bulk*; every other stream is *interactive*
+/// (priority 0) and is sent ahead of it, so a page or an API answer never
+/// queues behind a download sharing the client. Bulk streams take turns of
+/// [`BULK_TURN`] bytes, oldest turn first: each turn draws a lower priority
+/// from one counter. Without turns quinn's round robin interleaves every
+/// active stream packet by packet, so each packet wakes a different reader
+/// on the far side for one packet's worth of bytes.
+#[derive(Debug)]
+pub struct SendOrder {
+    /// Bytes written lately (halved every `BULK_HALF_LIFE` since `since`).
+    recent: u64,
+    since: std::time::Instant,
+    /// Bytes left in the current bulk turn; `None` while interactive.
+    turn_left: Option<u64>,
+}
+
+/// Bulk turns handed out in this process. Priorities are compared only
+/// between the streams of one connection, so one counter serves them all;
+/// it wraps after 2^30 turns (one turn then runs early).
+static TURNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Default for SendOrder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SendOrder {
+    pub fn new() -> Self {
+        SendOrder {
+            recent: 0,
+            since: std::time::Instant::now(),
+            turn_left: None,
+        }
+    }
+
+    /// The priority for a write of `n` bytes, when it changes.
+    fn account(&mut self, now: std::time::Instant, n: u64) -> Option<i32> {
+        let halvings =
+            now.saturating_duration_since(self.since).as_nanos() / BULK_HALF_LIFE.as_nanos();
+        if halvings > 0 {
+            self.recent >>= halvings.min(63);
+            self.since += BULK_HALF_LIFE * halvings.min(u32::MAX as u128) as u32;
+        }
+        self.recent += n;
+        match self.turn_left {
+            None if self.recent <= BULK_AFTER => None,
+            Some(_) if self.recent <= BULK_AFTER => {
+                self.turn_left = None;
+                Some(0)
+            }
+            Some(left) if left > n => {
+                self.turn_left = Some(left - n);
+                None
+            }
+            _ => {
+                self.turn_left = Some(BULK_TURN);
+                let turn = TURNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) & 0x3fff_ffff;
+                Some(-1 - turn as i32)
+            }
+        }
+    }
+
+    /// Writes `chunk` on `send` whole, first moving the stream in the send
+    /// order where this write changes its class or starts a turn.
+    pub async fn write(
+        &mut self,
+        send: &mut SendStream,
+        chunk: Bytes,
+    ) -> Result<(), quinn::WriteError> {
+        if let Some(p) = self.account(std::time::Instant::now(), chunk.len() as u64) {
+            let _ = send.set_priority(p);
+        }
+        send.write_chunk(chunk).await
     }
 }
 
@@ -384,6 +467,7 @@ pub async fn splice_tapped<T: Tap>(
         };
         let from_local = async {
             let mut buf = GrowBuf::new();
+            let mut order = SendOrder::new();
             loop {
                 let n = buf.read_from(&mut rd).await?;
                 if n == 0 {
@@ -393,7 +477,7 @@ pub async fn splice_tapped<T: Tap>(
                 local_busy.store(true, Ordering::Relaxed);
                 let chunk = buf.take();
                 tap.toward_visitor(&chunk);
-                send.write_chunk(chunk).await?;
+                order.write(send, chunk).await?;
                 local_busy.store(false, Ordering::Relaxed);
             }
         };
@@ -422,5 +506,53 @@ pub async fn splice_tapped<T: Tap>(
             let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Feeds `writes` chunks of `n` bytes at `every` apart; returns the
+    /// priority changes in order.
+    fn run(order: &mut SendOrder, t0: Instant, writes: u64, n: u64, every: Duration) -> Vec<i32> {
+        (0..writes)
+            .filter_map(|i| order.account(t0 + every * i as u32, n))
+            .collect()
+    }
+
+    #[test]
+    fn small_exchanges_stay_interactive() {
+        // A busy keep-alive connection: 1 000 responses of 200 bytes a
+        // second for 10 s. The count peaks at twice what one half-life
+        // adds (40 KB), below `BULK_AFTER`.
+        let t0 = Instant::now();
+        let mut o = SendOrder::new();
+        o.since = t0;
+        assert!(run(&mut o, t0, 10_000, 200, Duration::from_millis(1)).is_empty());
+        // At 2 000 a second (400 KB/s) it is a stream like any download.
+        assert!(!run(&mut o, t0, 20_000, 200, Duration::from_micros(500)).is_empty());
+    }
+
+    #[test]
+    fn a_download_turns_bulk_and_takes_turns() {
+        let t0 = Instant::now();
+        let mut o = SendOrder::new();
+        o.since = t0;
+        // 1 MiB in 64 KiB reads, back to back.
+        let changes = run(&mut o, t0, 16, 64 * 1024, Duration::ZERO);
+        // Bulk once past 64 KiB, then a new turn every 256 KiB: 4 turns.
+        assert_eq!(changes.len(), 4, "{changes:?}");
+        assert!(changes.iter().all(|&p| p < 0));
+        assert!(
+            changes.windows(2).all(|w| w[1] < w[0]),
+            "each turn ranks behind the one before: {changes:?}"
+        );
+        // After a pause (1 MiB halved five times is 32 KiB), it is
+        // interactive again.
+        let later = t0 + BULK_HALF_LIFE * 5;
+        assert_eq!(o.account(later, 100), Some(0));
+        assert_eq!(o.account(later, 100), None);
     }
 }

@@ -54,10 +54,25 @@ pub const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 pub const MAX_STREAMS_PER_CLIENT: u32 = 4096;
 
 /// QUIC flow-control windows: the ceiling on bytes buffered per stream and
-/// per connection, whatever the body size.
+/// per connection, whatever the body size. The connection windows hold 64
+/// streams' windows: while a connection-level limit binds, quinn wakes
+/// every blocked writer at once, last blocked first, so which stream gets
+/// the freed room is a lottery and download times spread out (p99 ten times
+/// p50 with 50 downloads at 16 MiB; BENCHMARKS.md, issue 12, lever 8).
+/// Memory follows what is in flight: at most one stream window per active
+/// stream, and 64 MiB per client connection on each side.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
-pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
-pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+pub const SEND_WINDOW: u64 = 64 * 1024 * 1024;
+
+/// Send order between the streams of one connection ([`crate::io::SendOrder`]):
+/// a stream that wrote more than `BULK_AFTER` bytes recently (the count
+/// halves every `BULK_HALF_LIFE`: about 320 KiB/s and more, sustained) is
+/// *bulk*, and every other stream is sent first. Bulk streams take turns of
+/// `BULK_TURN` bytes, oldest turn first.
+pub const BULK_AFTER: u64 = 64 * 1024;
+pub const BULK_HALF_LIFE: Duration = Duration::from_millis(100);
+pub const BULK_TURN: u64 = 256 * 1024;
 
 /// Largest chunk read from a QUIC stream or a TCP socket at once.
 pub const IO_CHUNK: usize = 64 * 1024;

@@ -27,8 +27,10 @@ pub fn transport(side: Side) -> TransportConfig {
     ));
     t.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
-    t.receive_window(VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
-    t.send_window(SEND_WINDOW);
+    t.receive_window(VarInt::from_u32(
+        env_mib("TUNNEL_RECEIVE_WINDOW_MIB").unwrap_or(CONNECTION_RECEIVE_WINDOW),
+    ));
+    t.send_window(env_mib("TUNNEL_SEND_WINDOW_MIB").map_or(SEND_WINDOW, u64::from));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     // Benchmark levers (BENCHMARKS.md), off by default.
     if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
@@ -72,6 +74,12 @@ pub fn transport(side: Side) -> TransportConfig {
         Side::Client => MAX_STREAMS_PER_CLIENT,
     }));
     t
+}
+
+/// A window lever in MiB (benchmarks only; off by default).
+fn env_mib(name: &str) -> Option<u32> {
+    let mib: u32 = std::env::var(name).ok()?.parse().ok()?;
+    mib.checked_mul(1024 * 1024)
 }
 
 /// `TUNNEL_MTU_UPPER`: the PMTU discovery ceiling lever (off by default).

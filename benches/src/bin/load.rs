@@ -1074,7 +1074,7 @@ fn ab(
     let mut table = String::new();
     let _ = writeln!(
         table,
-        "| scenario | old req/s | new req/s | **new/old** | old p99 | new p99 | old CPU | new CPU |"
+        "| scenario | old req/s | new req/s | **new/old** | old p50 / p99 | new p50 / p99 | old CPU | new CPU |"
     );
     let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
     for s in SCENARIOS.iter().filter(|s| !s.tls) {
@@ -1127,12 +1127,14 @@ fn ab(
         let (orps, nrps) = (m(0, |r| r.0.rps), m(1, |r| r.0.rps));
         let _ = writeln!(
             table,
-            "| {} | {:.0} | {:.0} | **{:.3}** | {} | {} | {} | {} |",
+            "| {} | {:.0} | {:.0} | **{:.3}** | {} / {} | {} / {} | {} | {} |",
             s.name,
             orps,
             nrps,
             nrps / orps.max(1.0),
+            fmt_us(m(0, |r| r.0.p50_us)),
             fmt_us(m(0, |r| r.0.p99_us)),
+            fmt_us(m(1, |r| r.0.p50_us)),
             fmt_us(m(1, |r| r.0.p99_us)),
             unit(m(0, |r| r.1)),
             unit(m(1, |r| r.1)),

@@ -51,13 +51,15 @@ enum Action {
 pub(super) struct Upstream {
     rule: Arc<Rule>,
     send: SendStream,
+    /// A large upload yields to other visitors' requests (`io::SendOrder`).
+    order: tunnel_lib::io::SendOrder,
 }
 
 impl Upstream {
     /// Writes a chunk towards the local service, counted as the tunnel's.
     async fn write_counted(&mut self, chunk: Bytes) -> Result<(), quinn::WriteError> {
         self.rule.metrics.bytes_in.inc_by(chunk.len() as u64);
-        self.send.write_chunk(chunk).await
+        self.order.write(&mut self.send, chunk).await
     }
 }
 
@@ -437,6 +439,7 @@ impl<R: LeanRead> RequestSide<R> {
                     self.up = Some(Upstream {
                         rule: rule.clone(),
                         send,
+                        order: tunnel_lib::io::SendOrder::new(),
                     });
                     new_recv = Some(recv);
                 }
