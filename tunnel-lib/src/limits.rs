@@ -57,8 +57,9 @@ pub const MAX_STREAMS_PER_CLIENT: u32 = 4096;
 /// per connection, whatever the body size. The connection windows hold 64
 /// streams' windows: while a connection-level limit binds, quinn wakes
 /// every blocked writer at once, last blocked first, so which stream gets
-/// the freed room is a lottery and download times spread out (p99 ten times
-/// p50 with 50 downloads at 16 MiB; BENCHMARKS.md, issue 12, lever 8).
+/// the freed room is a lottery and download times spread out (p99 six to
+/// nine times p50 with 50 downloads at 16 MiB; BENCHMARKS.md, issue 12,
+/// lever 8).
 /// Memory follows what is in flight: at most one stream window per active
 /// stream, and 64 MiB per client connection on each side.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;

@@ -567,15 +567,15 @@ impl<R: LeanRead> RequestSide<R> {
         let Some(up) = self.up.as_mut() else { return };
         if !self.buf.is_empty()
             && up
-                .send
-                .write_chunk(self.buf.split().freeze())
+                .order
+                .write(&mut up.send, self.buf.split().freeze())
                 .await
                 .is_err()
         {
             return;
         }
         self.mid_body = true;
-        let ended = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send).await;
+        let ended = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send, &mut up.order).await;
         // Raw mode: the FIN is the half-close; a failed relay is reset.
         self.mid_body = ended.is_err();
         if !self.mid_body {
