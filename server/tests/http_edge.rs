@@ -279,6 +279,70 @@ async fn a_trickled_head_is_cut_at_the_deadline_while_others_are_served() {
     backend.stop().await;
 }
 
+/// The keep-alive idle timeout counts from the end of the last exchange,
+/// not from when the connection opened (the timer is held per connection
+/// and re-armed lazily: `edge/request.rs::BetweenRequests`).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_one_idle_period_after_its_last_request() {
+    let backend = Backend::start("app").await;
+    let idle = Duration::from_millis(600);
+    let mut config = tunnel_server::Config::default();
+    config.timeouts.keep_alive_idle = idle;
+    let server = TestServer::start_with(config).await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+
+    let request = b"GET /hello HTTP/1.1\r\nHost: t.localhost\r\n\r\n";
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    assert_eq!(read_raw_response(&mut tcp).await.status, 200);
+    // Past half the idle period since the connection opened, a second request.
+    tokio::time::sleep(idle * 2 / 3).await;
+    tcp.write_all(request).await.unwrap();
+    assert_eq!(read_raw_response(&mut tcp).await.status, 200);
+    let last = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("the server closes an idle connection")
+        .unwrap_or(0);
+    let quiet = last.elapsed();
+    assert_eq!(n, 0, "closed without another byte");
+    // A timer left at the connection's start would have fired a third of
+    // the period after the second response.
+    assert!(
+        quiet >= idle * 5 / 6,
+        "closed {quiet:?} after the last response; idle timeout {idle:?}"
+    );
+    unrig(server, client).await;
+    backend.stop().await;
+}
+
+/// Between requests, a keep-alive connection ends as soon as the server is
+/// stopping (it does not wait out its idle timeout).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_closes_when_the_server_stops() {
+    let backend = Backend::start("app").await;
+    let server = TestServer::start().await;
+    let mut client = TestClient::start(server.client_config(backend.addr, Some("t")));
+    client.online(1).await;
+    let mut tcp = TcpStream::connect(server.http).await.unwrap();
+    tcp.write_all(b"GET /hello HTTP/1.1\r\nHost: t.localhost\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_raw_response(&mut tcp).await.status, 200);
+    server.shutdown.cancel();
+    let mut buf = [0u8; 64];
+    // The default idle timeout (60 s) is far beyond WAIT.
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf))
+        .await
+        .expect("closed at shutdown, not after the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    unrig(server, client).await;
+    backend.stop().await;
+}
+
 #[tokio::test]
 async fn oversized_declared_body_gets_413_before_anything_is_forwarded() {
     let backend = RawBackend::start().await;

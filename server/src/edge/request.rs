@@ -1,15 +1,17 @@
 //! The request side of a visitor connection: read heads, route them, and
 //! forward canonical heads and re-framed bodies upstream.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use quinn::{SendStream, VarInt};
 use tokio::sync::oneshot;
-use tokio::time::{timeout, timeout_at, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{timeout, timeout_at, Duration, Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
 use tunnel_lib::http1::encode::{chunk_size_line, CHUNK_END, LAST_CHUNK};
@@ -109,13 +111,47 @@ enum HeadRead {
     Reject(ErrorPage),
 }
 
-/// Resolves once the server is stopping, plus `FIRST_REQUEST_GRACE` for a
-/// connection that has not carried a request yet (it may have been accepted
-/// a moment before the signal, its request still on the way).
-pub(super) async fn stopping(soft: &CancellationToken, first: bool) {
-    soft.cancelled().await;
-    if first {
-        tokio::time::sleep(FIRST_REQUEST_GRACE).await;
+/// What a connection waits on between requests, made once per connection:
+/// the keep-alive idle timer and the server's stop signal. Armed per request
+/// they cost a timer-wheel insert and removal and a waiter registration and
+/// removal on every request (BENCHMARKS.md, issue 12, lever 10); held here,
+/// the timer is re-armed only when it fires (lazily, from the time the
+/// current wait began) and the waiter stays registered.
+struct BetweenRequests<'a, 't> {
+    idle: Duration,
+    timer: Pin<&'a mut Sleep>,
+    stop: Pin<&'a mut WaitForCancellationFuture<'t>>,
+}
+
+impl BetweenRequests<'_, '_> {
+    /// Waits for the first bytes of the next request: `None` once the
+    /// connection has been idle for `idle`, or the server is stopping (plus
+    /// `FIRST_REQUEST_GRACE` for a connection that has not carried a request
+    /// yet: it may have been accepted a moment before the signal, its
+    /// request still on the way).
+    async fn wait<F: Future>(&mut self, read: F, first: bool) -> Option<F::Output> {
+        let due = Instant::now() + self.idle;
+        let mut read = std::pin::pin!(read);
+        loop {
+            tokio::select! {
+                // Bytes already here are a request: served, stopping or not.
+                biased;
+                r = &mut read => return Some(r),
+                () = self.timer.as_mut() => {
+                    // Set for an earlier wait: re-armed for this one.
+                    if Instant::now() >= due {
+                        return None;
+                    }
+                    self.timer.as_mut().reset(due);
+                }
+                () = self.stop.as_mut() => {
+                    return match first {
+                        true => timeout(FIRST_REQUEST_GRACE, read).await.ok(),
+                        false => None,
+                    };
+                }
+            }
+        }
     }
 }
 
@@ -125,9 +161,14 @@ struct Stop;
 
 impl<R: LeanRead> RequestSide<R> {
     pub(super) async fn run(mut self, soft: CancellationToken) {
+        let idle = self.state.config.timeouts.keep_alive_idle;
+        let timer = tokio::time::sleep(idle);
+        let stop = soft.cancelled();
+        tokio::pin!(timer, stop);
+        let mut between = BetweenRequests { idle, timer, stop };
         let mut first = true;
         loop {
-            let head = match self.read_head(&soft, first).await {
+            let head = match self.read_head(&mut between, first).await {
                 HeadRead::Head(h) => h,
                 HeadRead::Idle => break,
                 HeadRead::Gone => {
@@ -284,7 +325,7 @@ impl<R: LeanRead> RequestSide<R> {
     /// deadline for the whole head. Once the server is stopping, a
     /// connection between requests is done; one that has not sent its first
     /// request yet gets `FIRST_REQUEST_GRACE` to send it.
-    async fn read_head(&mut self, soft: &CancellationToken, first: bool) -> HeadRead {
+    async fn read_head(&mut self, between: &mut BetweenRequests<'_, '_>, first: bool) -> HeadRead {
         let limits = &self.state.config.http_limits;
         let t = &self.state.config.timeouts;
         let mut reader = RequestReader::new();
@@ -300,6 +341,11 @@ impl<R: LeanRead> RequestSide<R> {
             }
             let read = self.rd.read_lean(&mut self.buf, FIRST_READ);
             let n = match deadline {
+                None => match between.wait(read, first).await {
+                    Some(Ok(n)) => n,
+                    Some(Err(_)) => return HeadRead::Gone,
+                    None => return HeadRead::Idle,
+                },
                 Some(d) => match timeout_at(d, read).await {
                     Ok(Ok(n)) => n,
                     Ok(Err(_)) => return HeadRead::Gone,
@@ -310,16 +356,6 @@ impl<R: LeanRead> RequestSide<R> {
                             "the request head did not arrive in time",
                         ));
                     }
-                },
-                None => tokio::select! {
-                    // Bytes already here are a request: served, stopping or not.
-                    biased;
-                    r = timeout(t.keep_alive_idle, read) => match r {
-                        Ok(Ok(n)) => n,
-                        Ok(Err(_)) => return HeadRead::Gone,
-                        Err(_) => return HeadRead::Idle,
-                    },
-                    _ = stopping(soft, first) => return HeadRead::Idle,
                 },
             };
             if n == 0 {

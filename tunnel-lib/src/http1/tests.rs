@@ -362,3 +362,127 @@ fn response_framing() {
     .is_err());
     assert!(ResponseHead::parse(b"garbage\r\n\r\n", false, 1024).is_err());
 }
+
+/// The scanner as it was, byte by byte: the reference the jumping scanner
+/// (`scan.rs`, memchr) must agree with, error for error.
+fn scan_reference(
+    buf: &[u8],
+    scanned: &mut usize,
+    line_done: &mut bool,
+    l: &Limits,
+) -> Result<Scan, HeadError> {
+    if *scanned == 0 {
+        let mut n = 0;
+        while buf.len() >= n + 2 && buf[n] == b'\r' && buf[n + 1] == b'\n' {
+            n += 2;
+        }
+        if n > 0 {
+            return Ok(Scan::SkipEmptyLines(n));
+        }
+        if buf.first() == Some(&b'\n') {
+            return Err(HeadError::Malformed("bare LF line ending"));
+        }
+    }
+    let mut i = *scanned;
+    while i < buf.len() {
+        match buf[i] {
+            b'\n' => {
+                if i == 0 || buf[i - 1] != b'\r' {
+                    return Err(HeadError::Malformed("bare LF line ending"));
+                }
+                *line_done = true;
+                if i >= 3 && &buf[i - 3..i] == b"\r\n\r" {
+                    *scanned = i + 1;
+                    if i + 1 > l.max_head {
+                        return Err(HeadError::HeadTooLarge);
+                    }
+                    return Ok(Scan::Complete(i + 1));
+                }
+            }
+            b'\r' => {
+                if let Some(&next) = buf.get(i + 1) {
+                    if next != b'\n' {
+                        return Err(HeadError::Malformed("bare CR in head"));
+                    }
+                }
+            }
+            0 => return Err(HeadError::Malformed("NUL byte in head")),
+            _ => {}
+        }
+        i += 1;
+        if !*line_done && i > l.max_target + 64 {
+            return Err(HeadError::UriTooLong);
+        }
+        if i > l.max_head {
+            return Err(HeadError::HeadTooLarge);
+        }
+    }
+    *scanned = if buf.last() == Some(&b'\r') {
+        buf.len() - 1
+    } else {
+        buf.len()
+    };
+    Ok(Scan::Partial)
+}
+
+#[test]
+fn head_scan_agrees_with_the_byte_by_byte_reference() {
+    // A small deterministic generator: heads of ordinary bytes, CR, LF and
+    // NUL, fed in random pieces, against random (small) limits.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for _ in 0..20_000 {
+        let len = next(160) as usize;
+        let buf: Vec<u8> = (0..len)
+            .map(|_| match next(20) {
+                0 | 1 => b'\r',
+                2 | 3 => b'\n',
+                4 if next(8) == 0 => 0,
+                5 => b' ',
+                _ => b'a',
+            })
+            .collect();
+        let l = Limits {
+            max_target: next(100) as usize,
+            max_head: next(200) as usize,
+            ..Limits::default()
+        };
+        let (mut scanned, mut line_done) = (0usize, false);
+        let mut sc = super::scan::HeadScanner::new();
+        let mut fed = 0;
+        loop {
+            fed = (fed + 1 + next(40) as usize).min(len);
+            let want = scan_reference(&buf[..fed], &mut scanned, &mut line_done, &l);
+            let got = sc.scan(&buf[..fed], &l);
+            assert_eq!(got, want, "input {buf:?} fed {fed} limits {l:?}");
+            if !matches!(want, Ok(Scan::Partial)) || fed == len {
+                break;
+            }
+        }
+    }
+}
+
+#[test]
+fn the_visitor_address_is_written_as_std_displays_it() {
+    let (head, _) = parse(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n").unwrap();
+    for ip in [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.20.1",
+        "192.168.100.9",
+        "::1",
+        "2001:db8::8:800:200c:417a",
+        "::ffff:1.2.3.4",
+    ] {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        let mut out = BytesMut::new();
+        head.write_forwarded(&mut out, &Forwarded::plain(ip, "http"));
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(out.contains(&format!("X-Forwarded-For: {ip}\r\n")), "{out}");
+    }
+}
