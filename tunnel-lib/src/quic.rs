@@ -8,7 +8,10 @@ use quinn::{ConnectionError, TransportConfig, TransportErrorCode, VarInt};
 
 use crate::limits::*;
 use crate::proto::{close, ALPN};
+
+mod socket;
 use crate::tls::{client_crypto, server_crypto, CertPair, ServerTrust, TlsError};
+pub use socket::Runtime;
 
 /// Which end of the tunnel a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,7 +189,7 @@ pub fn server_endpoint(
     endpoint.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(quinn::TokioRuntime))
+    quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(Runtime))
 }
 
 /// A client endpoint on an ephemeral port of the right address family.
@@ -196,7 +199,7 @@ pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
         endpoint_config(quinn::EndpointConfig::default()),
         None,
         socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(Runtime),
     )
 }
 
