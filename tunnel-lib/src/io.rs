@@ -538,9 +538,40 @@ pub async fn splice_tapped<T: Tap>(
 }
 
 #[cfg(test)]
+// `#[tokio::test]` expands to the runtime's `block_on`, outside any async code.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use std::time::{Duration, Instant};
+
+    /// A short read clears readiness (`read_draining`): bytes that arrive
+    /// afterwards must still wake the reader, each time, and an idle wait
+    /// holds no buffer.
+    #[tokio::test]
+    async fn bytes_after_a_short_read_still_wake_the_reader() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tx = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut rx, _) = listener.accept().await.unwrap();
+        let mut buf = BytesMut::new();
+        for round in 0..50u8 {
+            tx.write_all(&[round; 10]).await.unwrap();
+            let read = rx.read_lean(&mut buf, 2048);
+            let n = tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: the reader was not woken"))
+                .unwrap();
+            assert_eq!(n, 10);
+            assert_eq!(&buf[..], &[round; 10]);
+            buf.clear();
+        }
+        // Nothing more comes: the read waits, and let go of its buffer.
+        let waiting = tokio::time::timeout(Duration::from_millis(50), rx.read_lean(&mut buf, 2048));
+        assert!(waiting.await.is_err());
+        assert_eq!(buf.capacity(), 0);
+    }
 
     /// Feeds `writes` chunks of `n` bytes at `every` apart; returns the
     /// priority changes in order.
