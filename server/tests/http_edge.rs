@@ -297,6 +297,8 @@ async fn an_idle_keep_alive_connection_closes_one_idle_period_after_its_last_req
     tcp.write_all(request).await.unwrap();
     assert_eq!(read_raw_response(&mut tcp).await.status, 200);
     // Past half the idle period since the connection opened, a second request.
+    // (Not a wait for readiness: the silence between requests is what is
+    // under test.)
     tokio::time::sleep(idle * 2 / 3).await;
     tcp.write_all(request).await.unwrap();
     assert_eq!(read_raw_response(&mut tcp).await.status, 200);
