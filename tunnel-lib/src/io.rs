@@ -230,6 +230,10 @@ async fn lean_tcp(tcp: &TcpStream, buf: &mut BytesMut, want: usize) -> std::io::
     }
 }
 
+/// Edge-triggered readiness (epoll, kqueue): tokio's own `poll_read` makes
+/// the same exception for Windows.
+const SHORT_READ_MEANS_EMPTY: bool = !cfg!(windows);
+
 /// One read into `buf`'s spare room. A read that did not fill the room
 /// emptied the socket's queue, and with edge-triggered readiness the next
 /// bytes raise a new event: so readiness is cleared with it, as tokio's own
@@ -244,7 +248,7 @@ fn read_draining(tcp: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> 
         match tcp.try_read_buf(buf) {
             // Reported as "would block" so that `try_io` clears readiness;
             // the bytes read are returned below.
-            Ok(n) if n > 0 && n < room => {
+            Ok(n) if n > 0 && n < room && SHORT_READ_MEANS_EMPTY => {
                 drained = Some(n);
                 Err(std::io::ErrorKind::WouldBlock.into())
             }

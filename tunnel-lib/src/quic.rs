@@ -9,9 +9,16 @@ use quinn::{ConnectionError, TransportConfig, TransportErrorCode, VarInt};
 use crate::limits::*;
 use crate::proto::{close, ALPN};
 
-mod socket;
 use crate::tls::{client_crypto, server_crypto, CertPair, ServerTrust, TlsError};
+
+// Our socket waits through epoll/kqueue readiness (`AsyncFd`); elsewhere,
+// quinn's own.
+#[cfg(not(unix))]
+pub use quinn::TokioRuntime as Runtime;
+#[cfg(unix)]
 pub use socket::Runtime;
+#[cfg(unix)]
+mod socket;
 
 /// Which end of the tunnel a transport configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
