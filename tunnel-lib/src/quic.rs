@@ -8,7 +8,6 @@ use quinn::{ConnectionError, TransportConfig, TransportErrorCode, VarInt};
 
 use crate::limits::*;
 use crate::proto::{close, ALPN};
-
 use crate::tls::{client_crypto, server_crypto, CertPair, ServerTrust, TlsError};
 
 // Our socket waits through epoll/kqueue readiness (`AsyncFd`); elsewhere,
