@@ -12,7 +12,8 @@
 //! [`crate::upstream`].
 //!
 //! The halves talk through a bounded queue of pending exchanges (the
-//! pipelining depth), and both run inside the one connection task.
+//! pipelining depth), and both run inside the one connection task, each
+//! polled only when woken ([`halves`]).
 //!
 //! The scheme belongs to the listener ([`Scheme`]): it goes into
 //! `X-Forwarded-Proto`, decides the plain listener's redirect to https and
@@ -27,6 +28,7 @@
 //! request and a reset, never a complete request made of the bad bytes) and
 //! the visitor gets the error page in its turn.
 
+mod halves;
 mod request;
 mod response;
 pub(crate) mod tls;
@@ -179,13 +181,9 @@ pub(crate) async fn serve_stream<R, W>(
     }
     .run(soft);
     let responses = ResponseSide::new(state, wr, rx, in_flight, scheme, peer).run();
-    tokio::pin!(requests, responses);
-    tokio::select! {
-        // The response side decides when the connection ends (close after a
-        // response, an upgrade relay finished, a write failed).
-        _ = &mut responses => {}
-        _ = &mut requests => responses.await,
-    }
+    // The response side decides when the connection ends (close after a
+    // response, an upgrade relay finished, a write failed).
+    halves::run(requests, responses).await;
 }
 
 /// The request side's end of the pending-exchange queue. Exchanges are boxed:
