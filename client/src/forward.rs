@@ -233,6 +233,12 @@ pub(crate) async fn handle(
         if let Some(m) = &monitor.metrics {
             m.local_failures.inc();
         }
+        // Listed on the screen and in the inspector with the server's 502.
+        if target.http && monitor.observe {
+            let o = observer(&monitor, target, preface.visitor);
+            tunnel_lib::io::Tap::toward_local(&o, &buf.clone().freeze());
+            o.answered_by_server(502);
+        }
     };
     if let Gate::Open(left) = gate {
         failed();
@@ -279,15 +285,8 @@ pub(crate) async fn handle(
     if send.write_chunk(out.freeze()).await.is_err() {
         return;
     }
-    let observer = (target.http && monitor.observe).then(|| {
-        Observer::new(
-            monitor.clone(),
-            target.name.clone(),
-            target.local_name.clone(),
-            preface.visitor,
-            target.metrics.clone(),
-        )
-    });
+    let observer =
+        (target.http && monitor.observe).then(|| observer(&monitor, target, preface.visitor));
     let end = splice_tapped(tcp, &mut send, &mut recv, buf.freeze(), &observer).await;
     if let Some(o) = &observer {
         o.finish();
@@ -297,6 +296,16 @@ pub(crate) async fn handle(
         Ok(SpliceEnd::Closed) => {}
         Err(e) => debug!(visitor = %preface.visitor, "stream ended: {e}"),
     }
+}
+
+fn observer(monitor: &Arc<Monitor>, target: &Target, visitor: SocketAddr) -> Observer {
+    Observer::new(
+        monitor.clone(),
+        target.name.clone(),
+        target.local_name.clone(),
+        visitor,
+        target.metrics.clone(),
+    )
 }
 
 async fn reply(send: &mut SendStream, r: Reply) {

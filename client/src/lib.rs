@@ -16,6 +16,7 @@ pub mod config_file;
 mod connect;
 mod forward;
 pub mod inspector;
+pub mod liveness;
 pub mod metrics;
 pub mod observe;
 pub mod tui;
@@ -222,7 +223,10 @@ pub async fn run_with(
                 )
                 .await;
                 monitor.conn.store(None);
-                offline_since = Some(std::time::Instant::now());
+                // Offline since the server was last heard from: after a
+                // laptop's sleep, not since the loss was noticed on waking.
+                offline_since = Some(monitor.last_heard().unwrap_or_else(std::time::Instant::now));
+                monitor.set_heard(None);
                 match outcome {
                     Outcome::Shutdown => {
                         live.conn.close(
@@ -336,10 +340,25 @@ async fn serve(
     let mut source = connect::route_source(remote).await;
     let mut path_check = tokio::time::interval(PATH_CHECK);
     path_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let rx = || live.conn.stats().udp_rx.datagrams;
+    let mut liveness = liveness::Liveness::new(rx(), std::time::Instant::now(), PATH_CHECK);
+    monitor.set_heard(Some(liveness.heard_at()));
+    let mut said_silent = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
             _ = path_check.tick() => {
+                let silent = liveness.observe(rx(), std::time::Instant::now());
+                monitor.set_heard(Some(liveness.heard_at()));
+                if silent >= liveness::SILENT_NOTICE && !said_silent {
+                    warn!(
+                        "no reply from the server for {:.0} s: it may be down, or the network cut; \
+                         the connection is given up after {} s without a reply",
+                        silent.as_secs_f64(),
+                        tunnel_lib::limits::QUIC_IDLE_TIMEOUT.as_secs()
+                    );
+                }
+                said_silent = silent >= liveness::SILENT_NOTICE;
                 // Active migration: when the address this host would send
                 // from changes (the laptop changed networks), move to a new
                 // socket now instead of waiting for the peer to notice.

@@ -320,6 +320,17 @@ impl Observer {
         self.flow.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The local service could not be reached: the requests seen so far
+    /// are listed as answered by the server's `status` page (a 502 is an
+    /// exchange the person at the screen wants to see, not only a count).
+    pub(crate) fn answered_by_server(&self, status: u16) {
+        let mut f = self.lock();
+        while let Some(mut o) = f.open.pop_front() {
+            o.ex.status = status;
+            f.complete(o);
+        }
+    }
+
     /// The stream ended: a response running to the end is complete now; the
     /// others are recorded as they are (status 0: no response). Returns how
     /// many were still open.
@@ -550,6 +561,9 @@ pub struct Monitor {
     /// The client's own metrics (`--metrics`).
     pub metrics: Option<ClientMetrics>,
     pub started: Instant,
+    /// When the server was last heard from on the current connection
+    /// (`liveness`), `None` without one.
+    heard: Mutex<Option<Instant>>,
     /// The current connection's tunnels (their circuit breakers).
     pub(crate) targets: ArcSwapOption<std::collections::HashMap<u32, crate::forward::Target>>,
 }
@@ -617,8 +631,18 @@ impl Monitor {
             logs: Mutex::new(VecDeque::new()),
             metrics,
             started: Instant::now(),
+            heard: Mutex::new(None),
             targets: ArcSwapOption::empty(),
         }
+    }
+
+    /// When the server was last heard from (`None` without a connection).
+    pub fn last_heard(&self) -> Option<Instant> {
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn set_heard(&self, at: Option<Instant>) {
+        *self.heard.lock().unwrap_or_else(|p| p.into_inner()) = at;
     }
 
     /// Nothing observed (the library's default).

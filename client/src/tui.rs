@@ -106,8 +106,21 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
                 .collect()
         })
         .unwrap_or_default();
+    let silent = monitor
+        .last_heard()
+        .map(|t| t.elapsed())
+        .filter(|d| *d >= crate::liveness::SILENT_NOTICE);
     let session = match status {
         Status::Connecting => Line::from(vec![label("Session Status"), "connecting".yellow()]),
+        Status::Online { .. } if silent.is_some() => Line::from(vec![
+            label("Session Status"),
+            "not answering".yellow(),
+            Span::raw(format!(
+                ": no reply from the server for {:.0}s (down, or the network cut?)",
+                silent.unwrap_or_default().as_secs_f64()
+            ))
+            .yellow(),
+        ]),
         Status::Online { .. } if !circuits.is_empty() => Line::from(vec![
             label("Session Status"),
             "online".green(),
@@ -122,10 +135,12 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
         Status::Reconnecting {
             reason, retry_at, ..
         } => {
-            let next = retry_at
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .map(|d| format!(" (next try in {:.1}s)", d.as_secs_f64()))
-                .unwrap_or_default();
+            // Once its moment has come, the attempt is under way.
+            let next = match retry_at.map(|t| t.saturating_duration_since(Instant::now())) {
+                Some(d) if !d.is_zero() => format!(" (next try in {:.1}s)", d.as_secs_f64()),
+                Some(_) => " (trying now)".to_string(),
+                None => String::new(),
+            };
             Line::from(vec![
                 label("Session Status"),
                 "reconnecting".red(),
@@ -222,7 +237,11 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
     let recent = monitor.recent(12);
     let mut rows = Vec::new();
     if recent.is_empty() {
-        rows.push(Row::new(vec!["(none yet)".to_string()]).style(Style::new().fg(Color::DarkGray)));
+        // In the wide column: the first is as narrow as a method.
+        rows.push(
+            Row::new(vec![String::new(), "(none yet)".to_string()])
+                .style(Style::new().fg(Color::DarkGray)),
+        );
     }
     for e in &recent {
         let status_text = match e.status {

@@ -369,6 +369,11 @@ impl Worker {
             Ok(cert) => {
                 self.failures.remove(&key);
                 info!(?names, not_after = %httpdate(cert.not_after), "certificate issued");
+                let domain = self.registry.domain();
+                if cert.names.iter().any(|n| n.eq_ignore_ascii_case(domain)) {
+                    // Issued or renewed: what QUIC presents has changed.
+                    info!("{}", crate::certs::quic_note(&cert, domain));
+                }
                 self.store.add_acme(Arc::new(cert));
                 Ok(())
             }

@@ -342,6 +342,24 @@ impl ResolvesServerCert for QuicResolver {
     }
 }
 
+/// What a person connecting clients needs to know once QUIC presents a
+/// CA's certificate for the server's own name (ACME issued or renewed it):
+/// its fingerprint changed, and a client that pinned the self-signed one
+/// is refused.
+pub fn quic_note(cert: &Cert, domain: &str) -> String {
+    let fp = cert
+        .key
+        .cert
+        .first()
+        .map(|c| tunnel_lib::tls::fingerprint_string(&tunnel_lib::tls::fingerprint(c)))
+        .unwrap_or_default();
+    format!(
+        "QUIC now presents the CA's certificate to clients that dial {domain} (fingerprint {fp}): \
+         they verify it against the system's roots (a private CA: --server-cert with its root), \
+         so drop --server-fingerprint; a client that must pin uses {fp}, which changes at every renewal"
+    )
+}
+
 /// The operator's certificate files, and how to tell that they changed.
 #[derive(Debug, Clone)]
 pub struct CertFiles {

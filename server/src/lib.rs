@@ -192,6 +192,12 @@ pub struct Stats {
     pub udp_dropped: std::sync::atomic::AtomicU64,
     /// UDP flows alive.
     pub udp_flows: std::sync::atomic::AtomicUsize,
+    /// Kept-alive local connections the app closed (or spoke on unasked)
+    /// while idle between requests: the next request took a new stream.
+    pub local_idle_closed: prometheus_client::metrics::counter::Counter,
+    /// Requests sent again on a fresh stream because the reused local
+    /// connection closed before any byte of the response.
+    pub local_retries: prometheus_client::metrics::counter::Counter,
 }
 
 impl State {
@@ -351,7 +357,8 @@ impl Server {
             },
         };
         let mut prom = prometheus_client::registry::Registry::with_prefix("tunnel_server");
-        let metrics = Arc::new(metrics::Metrics::register(&mut prom));
+        let stats: Arc<Stats> = Arc::default();
+        let metrics = Arc::new(metrics::Metrics::register(&mut prom, &stats));
         let registry = Arc::new(
             Registry::new(
                 &config.domain,
@@ -396,7 +403,6 @@ impl Server {
         let fairness =
             fairness::Fairness::new(config.max_visitors_per_ip, config.visitor_rate_per_ip);
         let visitor_permits = Arc::new(Semaphore::new(config.max_visitors));
-        let stats: Arc<Stats> = Arc::default();
         let visitor_tasks = TaskTracker::new();
         let stopping = CancellationToken::new();
         prom.register_collector(Box::new(metrics::Scrape {
@@ -469,9 +475,23 @@ impl Server {
     pub fn state_dir(&self) -> &std::path::Path {
         &self.state_dir
     }
-    /// `sha256:…` of the certificate clients see.
+    /// `sha256:…` of the server's own certificate (self-signed or
+    /// `--cert`): what QUIC presents to clients that dial an address, and
+    /// the https default.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+    /// When QUIC presents a CA's certificate to clients that dial the
+    /// server's own name (ACME issued one, on this start or an earlier one):
+    /// what to tell the person connecting clients.
+    pub fn quic_ca_note(&self) -> Option<String> {
+        let store = &self.state.tls.as_ref()?.store;
+        let domain = self.state.registry.domain();
+        let cert = store.lookup(domain)?;
+        cert.names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(domain))
+            .then(|| certs::quic_note(&cert, domain))
     }
     /// The certificate file (the dev one, or `--cert`).
     pub fn cert_path(&self) -> Option<&std::path::Path> {

@@ -133,7 +133,7 @@ struct Cli {
     #[arg(long, conflicts_with = "acme_directory")]
     acme_staging: bool,
     /// Trust this root (PEM) for the CA's own https (a private or test CA such as pebble).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TUNNEL_ACME_ROOT")]
     acme_root: Option<PathBuf>,
     /// How the CA validates a name: tls-alpn-01 on the https port, or http-01 on the plain port
     /// [default: tls-alpn-01].
@@ -491,6 +491,9 @@ fn announce(server: &Server) {
         server.quic_addr().port(),
         server.fingerprint()
     );
+    if let Some(note) = server.quic_ca_note() {
+        tracing::info!("{note}");
+    }
 }
 
 /// SIGHUP: reload the certificate files. Ends with the runtime.

@@ -71,7 +71,7 @@ impl Drop for VisitorGuard {
 }
 
 impl Metrics {
-    pub(crate) fn register(prom: &mut Prom) -> Metrics {
+    pub(crate) fn register(prom: &mut Prom, stats: &crate::Stats) -> Metrics {
         let visitors_open = Family::<ListenerLabel, Gauge>::default();
         let visitors_total = Family::<ListenerLabel, Counter>::default();
         let m = Metrics {
@@ -112,6 +112,16 @@ impl Metrics {
             "stream_open_failures",
             "Data streams that could not be opened (client gone, or no free stream in time)",
             m.stream_failures.clone(),
+        );
+        prom.register(
+            "local_idle_closed",
+            "Kept-alive local connections that the app closed while idle (the next request used a new one)",
+            stats.local_idle_closed.clone(),
+        );
+        prom.register(
+            "local_retries",
+            "Requests sent again on a new local connection because the reused one closed before answering",
+            stats.local_retries.clone(),
         );
         prom.register(
             "access_log_dropped",

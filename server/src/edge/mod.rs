@@ -34,7 +34,7 @@ mod response;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -85,6 +85,14 @@ enum Pending {
     /// stream when `Some`, else the current one).
     Upstream {
         recv: Option<RecvStream>,
+        /// The forwarded head of a request that is safe to send again
+        /// (idempotent, no body): if the reused local connection turns out
+        /// closed before any byte of its response, it is retried once on a
+        /// fresh stream.
+        replay: Option<Bytes>,
+        /// The visitor spoke HTTP/1.0: no chunked re-framing, and keep-alive
+        /// must be said.
+        http10: bool,
         /// With a new stream: the send half of the stream it replaces, for
         /// the response side to retire once that stream's last response is in.
         old_send: Option<SendStream>,
@@ -166,7 +174,7 @@ pub(crate) async fn serve_stream<R, W>(
     W: AsyncWrite + Unpin + Send,
 {
     let (tx, rx) = mpsc::channel(MAX_PIPELINE);
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let link = Arc::new(Link::default());
     let requests = RequestSide {
         state: state.clone(),
         rd,
@@ -176,14 +184,30 @@ pub(crate) async fn serve_stream<R, W>(
         sni,
         tx: Queue(tx),
         up: None,
-        in_flight: in_flight.clone(),
+        link: link.clone(),
         mid_body: false,
     }
     .run(soft);
-    let responses = ResponseSide::new(state, wr, rx, in_flight, scheme, peer).run();
+    let responses = ResponseSide::new(state, wr, rx, link, scheme, peer).run();
     // The response side decides when the connection ends (close after a
     // response, an upgrade relay finished, a write failed).
     halves::run(requests, responses).await;
+}
+
+/// What the two halves of a visitor connection share besides the queue.
+#[derive(Default)]
+struct Link {
+    /// Exchanges forwarded upstream and not yet answered.
+    in_flight: AtomicUsize,
+    /// The current stream's local connection is done for (the app closed it
+    /// while idle, sent bytes nobody asked for, or said it closes): the next
+    /// request opens a new stream instead of reusing it. Set by the response
+    /// side, taken by the request side.
+    upstream_done: AtomicBool,
+    /// The request side is still sending a request's body: if the app
+    /// answers and closes meanwhile, the rest can only be cut, and the
+    /// visitor's connection with it (its next request cannot be found).
+    sending: AtomicBool,
 }
 
 /// The request side's end of the pending-exchange queue. Exchanges are boxed:

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -36,6 +36,9 @@ pub(super) struct Facts {
     keep_alive: bool,
     is_head: bool,
     upgrade_websocket: bool,
+    /// Safe to send again (RFC 9110 §9.2.2) and bodiless.
+    replayable: bool,
+    http10: bool,
 }
 
 enum Action {
@@ -79,9 +82,9 @@ pub(super) struct RequestSide<R> {
     pub(super) sni: Option<Box<str>>,
     pub(super) tx: Queue,
     pub(super) up: Option<Upstream>,
-    /// Exchanges forwarded upstream and not yet answered (shared with the
-    /// response side).
-    pub(super) in_flight: Arc<AtomicUsize>,
+    /// What it shares with the response side (exchanges in flight, whether
+    /// the current stream's local connection is done for).
+    pub(super) link: Arc<super::Link>,
     /// Set while a request's bytes (or an upgraded relay) are going out on
     /// `up`: if this side is dropped then (the response side ended first, or
     /// the hard shutdown), the stream is reset, never finished, so the local
@@ -172,7 +175,7 @@ impl<R: LeanRead> RequestSide<R> {
                 HeadRead::Head(h) => h,
                 HeadRead::Idle => break,
                 HeadRead::Gone => {
-                    if self.in_flight.load(Ordering::Relaxed) > 0 {
+                    if self.link.in_flight.load(Ordering::Relaxed) > 0 {
                         // The visitor left with responses pending: cancel the
                         // local requests instead of waiting for them.
                         if let Some(mut up) = self.up.take() {
@@ -234,6 +237,13 @@ impl<R: LeanRead> RequestSide<R> {
             keep_alive: head.keep_alive,
             is_head: head.is_head(),
             upgrade_websocket: head.upgrade_websocket,
+            replayable: head.body == BodyKind::None
+                && !head.upgrade_websocket
+                && matches!(
+                    head.method(),
+                    b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+                ),
+            http10: head.version() == tunnel_lib::http1::Version::Http10,
         };
         if self.scheme == Scheme::Http {
             if let Some(page) = self.plain_only(&head) {
@@ -460,10 +470,16 @@ impl<R: LeanRead> RequestSide<R> {
             return self.reject(page, head).await;
         }
         let mut out = fwd;
-        let reuse = self
-            .up
-            .as_ref()
-            .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
+        // Taken whatever the outcome: a new stream starts with a clean slate.
+        let done = self.link.upstream_done.swap(false, Ordering::Relaxed);
+        let reuse = !done
+            && self
+                .up
+                .as_ref()
+                .is_some_and(|u| Arc::ptr_eq(&u.rule, &rule));
+        // Only a reused stream's local connection can have been closed under
+        // the request (a fresh one failing is the app's answer: a 502).
+        let replay = (reuse && head.replayable).then(|| out.clone());
         let mut new_recv = None;
         let mut old_send = None;
         if !reuse {
@@ -492,6 +508,8 @@ impl<R: LeanRead> RequestSide<R> {
         let (abort_tx, abort_rx) = oneshot::channel();
         let pending = Pending::Upstream {
             recv: new_recv,
+            replay,
+            http10: head.http10,
             old_send,
             rule,
             head_request: head.is_head,
@@ -504,8 +522,9 @@ impl<R: LeanRead> RequestSide<R> {
         // Queued before the body is sent: the response side must be reading
         // for `Expect: 100-continue` to work.
         self.tx.push(pending).await.map_err(|_| Stop)?;
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.link.in_flight.fetch_add(1, Ordering::Relaxed);
         self.mid_body = true;
+        self.link.sending.store(true, Ordering::Relaxed);
         let sent = match self.up.as_mut() {
             Some(up) => match up.write_counted(out).await {
                 Ok(()) => match head.body {
@@ -526,6 +545,7 @@ impl<R: LeanRead> RequestSide<R> {
             return Err(Stop);
         }
         self.mid_body = false;
+        self.link.sending.store(false, Ordering::Relaxed);
         drop(abort_tx);
         if let Some(rx) = upgraded_rx {
             // No further request is read until the upgrade is decided; a

@@ -2,7 +2,7 @@
 //! order by their framing, and write the server's own pages in their turn.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -11,11 +11,14 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
-use tunnel_lib::http1::encode::{with_header_edits, CONNECTION_CLOSE};
-use tunnel_lib::http1::{ChunkedDecoder, ResponseBody, ResponseHead};
-use tunnel_lib::proto::reset;
+use tunnel_lib::http1::encode::{
+    chunk_size_line, with_header_edits, CHUNK_END, CONNECTION_CLOSE, LAST_CHUNK,
+};
+use tunnel_lib::http1::{relay_head, ChunkedDecoder, ResponseBody, ResponseHead};
+use tunnel_lib::limits::IO_CHUNK;
+use tunnel_lib::proto::{reset, StreamKind};
 
-use super::{Pending, Scheme};
+use super::{Link, Pending, Scheme};
 use crate::registry::Rule;
 use crate::respond::{self, ErrorPage};
 use crate::{upstream, State};
@@ -40,8 +43,11 @@ pub(super) struct ResponseSide<W> {
     /// Whether the current stream's local connection is at a clean HTTP
     /// boundary (last response complete and keep-alive): it can be reused.
     reusable: bool,
-    /// See `RequestSide::in_flight`.
-    in_flight: Arc<AtomicUsize>,
+    /// Whether the current stream has carried a whole response: a request
+    /// after that went over a reused local connection.
+    served: bool,
+    /// Shared with the request side (see [`Link`]).
+    link: Arc<Link>,
     peer: std::net::SocketAddr,
     /// The current exchange: its final status (0 until known), when its
     /// first byte reached the visitor, and the bytes sent.
@@ -55,7 +61,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         state: Arc<State>,
         wr: W,
         rx: mpsc::Receiver<Box<Pending>>,
-        in_flight: Arc<AtomicUsize>,
+        link: Arc<Link>,
         scheme: Scheme,
         peer: std::net::SocketAddr,
     ) -> Self {
@@ -77,7 +83,8 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             failed: None,
             sent_any: false,
             reusable: false,
-            in_flight,
+            served: false,
+            link,
             peer,
             status: 0,
             first_byte: None,
@@ -141,13 +148,16 @@ enum After {
 enum RelayError {
     /// Before anything reached the visitor: a 502 page can still be sent.
     NothingSent(String),
+    /// The local connection closed (or was cut) before any byte of the
+    /// response: on a reused one, the request may be sent again.
+    Closed(String),
     /// Mid-response: only closing is left.
     Broken,
 }
 
 impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
     pub(super) async fn run(mut self) {
-        while let Some(item) = self.rx.recv().await {
+        while let Some(item) = self.next_item().await {
             let after = match *item {
                 Pending::Local { page, close } => match self.wr.write_all(&page).await {
                     Err(_) => return,
@@ -160,6 +170,8 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                 }
                 Pending::Upstream {
                     recv,
+                    replay,
+                    http10,
                     old_send,
                     rule,
                     head_request,
@@ -176,6 +188,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                     if recv.is_some() {
                         self.retire(old_send);
                     }
+                    let reused = recv.is_none() && self.served;
                     let abort = async move {
                         match abort.await {
                             Ok(page) => page,
@@ -186,9 +199,32 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                     let outcome = tokio::select! {
                         biased;
                         page = abort => Err(page),
-                        r = self.exchange(recv, &rule, head_request, close, upgraded) => Ok(r),
+                        r = self.exchange(recv, &rule, head_request, close, http10, upgraded) => Ok(r),
                     };
-                    self.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let outcome = match outcome {
+                        // The app closed the reused connection under the
+                        // request (its keep-alive timer fired as the request
+                        // came): what nginx, HAProxy and Pingora do.
+                        Ok(Err(RelayError::Closed(_))) if reused => {
+                            self.pending.clear();
+                            self.reusable = false;
+                            self.link.upstream_done.store(true, Ordering::Relaxed);
+                            Ok(match replay {
+                                Some(head) => {
+                                    self.retry(&rule, head, head_request, close, http10).await
+                                }
+                                // Not safe to send again: close the visitor's
+                                // connection as the app closed ours, without
+                                // an answer, so the browser retries it itself.
+                                None => Err(RelayError::Broken),
+                            })
+                        }
+                        o => o,
+                    };
+                    if matches!(outcome, Ok(Ok(_))) {
+                        self.served = true;
+                    }
+                    self.link.in_flight.fetch_sub(1, Ordering::Relaxed);
                     let after = match outcome {
                         Err(page) => {
                             if let (Some(page), false) = (page, self.sent_any) {
@@ -205,7 +241,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                             After::Close
                         }
                         Ok(Ok(after)) => after,
-                        Ok(Err(RelayError::NothingSent(why))) => {
+                        Ok(Err(RelayError::NothingSent(why) | RelayError::Closed(why))) => {
                             info!(host = %rule.host, "502: {why}");
                             let page = respond::local_failed(&rule.host, &why);
                             self.write_page(&page, head_request).await;
@@ -232,11 +268,13 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         rule: &Rule,
         head_request: bool,
         close: bool,
+        http10: bool,
         upgraded: Option<oneshot::Sender<bool>>,
     ) -> Result<After, RelayError> {
         self.reusable = false;
         if let Some(r) = recv {
             self.recv = Some(r);
+            self.served = false;
             self.pending.clear();
             self.failed = self.read_reply(&rule.host).await;
         }
@@ -247,8 +285,78 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             return Ok(After::Close);
         }
         self.out.clear();
-        self.relay(head_request, close, upgraded, rule.policy.as_deref())
+        self.relay(
+            head_request,
+            close,
+            http10,
+            upgraded,
+            rule.policy.as_deref(),
+        )
+        .await
+    }
+
+    /// Waits for the next exchange. Meanwhile an idle local connection kept
+    /// for reuse is watched: if the app closes it (Node, uvicorn and
+    /// gunicorn close idle keep-alive connections after 2 to 5 s) or sends
+    /// bytes nobody asked for (a 408 before closing), it is done for, and
+    /// the next request opens a new stream instead of meeting a closed one.
+    async fn next_item(&mut self) -> Option<Box<Pending>> {
+        if let (true, true, Some(recv)) = (self.reusable, self.pending.is_empty(), &mut self.recv) {
+            tokio::select! {
+                biased;
+                item = self.rx.recv() => return item,
+                // Cancel-safe: a chunk is either returned or left in the stream.
+                _ = recv.read_chunk(IO_CHUNK, true) => {
+                    self.reusable = false;
+                    self.link.upstream_done.store(true, Ordering::Relaxed);
+                    self.state.stats.local_idle_closed.inc();
+                }
+            }
+        }
+        self.rx.recv().await
+    }
+
+    /// Sends a request again on a new stream (its local connection is a new
+    /// or a checked pooled one) after the reused one closed under it. The
+    /// stream is retired once the response is in; the dead one stays current
+    /// for any request queued on it behind this one.
+    async fn retry(
+        &mut self,
+        rule: &Rule,
+        head: Bytes,
+        head_request: bool,
+        close: bool,
+        http10: bool,
+    ) -> Result<After, RelayError> {
+        self.state.stats.local_retries.inc();
+        let gone = || RelayError::NothingSent("the tunnel's client is gone".into());
+        // Routed again: the client may have reconnected since.
+        let Some((rule, Some(session))) = self.state.registry.route(rule.host.as_bytes()) else {
+            return Err(gone());
+        };
+        let (mut send, recv) = upstream::open(&session.conn, &rule, &self.state.metrics)
             .await
+            .map_err(|_| gone())?;
+        let first = upstream::prefaced(StreamKind::Http1, &rule, self.peer, &head);
+        if send.write_chunk(first).await.is_err() {
+            return Err(gone());
+        }
+        let dead = self.recv.replace(recv);
+        let result = match self.read_reply(&rule.host).await {
+            Some(page) => {
+                self.write_page(&page, head_request).await;
+                Ok(After::Close)
+            }
+            None => {
+                self.out.clear();
+                self.relay(head_request, close, http10, None, rule.policy.as_deref())
+                    .await
+            }
+        };
+        self.retire(Some(send));
+        self.pending.clear();
+        self.recv = dead;
+        result
     }
 
     /// Reads the client's reply on a new stream: `None` if the local service
@@ -304,6 +412,15 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         }
     }
 
+    /// The stream ended or failed while a response head was awaited.
+    /// `partial`: part of a head had arrived.
+    fn closed(&self, why: String, partial: bool) -> RelayError {
+        match (self.sent_any, partial) {
+            (false, false) => RelayError::Closed(why),
+            _ => self.fail(why),
+        }
+    }
+
     /// Takes the next response head off `pending` (parsed in place when it
     /// arrived in one chunk, the common case).
     async fn next_head(&mut self, head_request: bool) -> Result<(ResponseHead, Bytes), RelayError> {
@@ -313,10 +430,10 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             match self.fill().await {
                 Ok(true) => {}
                 Ok(false) => {
-                    return Err(self
-                        .fail("the local service closed the connection without a response".into()))
+                    let why = "the local service closed the connection without a response";
+                    return Err(self.closed(why.into(), acc.is_some()));
                 }
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => return Err(self.closed(e, acc.is_some())),
             }
             let Some(chunk) = self.pending.pop_front() else {
                 continue;
@@ -348,28 +465,45 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         &mut self,
         head_request: bool,
         close: bool,
+        http10: bool,
         upgraded: Option<oneshot::Sender<bool>>,
         policy: Option<&crate::policy::EdgePolicy>,
     ) -> Result<After, RelayError> {
         loop {
             let (head, head_bytes) = self.next_head(head_request).await?;
+            // A body that runs to the close is re-framed as chunked for an
+            // HTTP/1.1 visitor, whose connection then outlives the local one.
+            // The app closes while the request's body is still going out:
+            // the visitor's connection closes too (see `Link::sending`).
+            let cut =
+                !head.keep_alive && !head.is_interim() && self.link.sending.load(Ordering::Relaxed);
+            let rechunk = head.body == ResponseBody::UntilClose && !http10 && !head.has_te && !cut;
             let out = {
-                let mut lines: smallvec::SmallVec<[&[u8]; 2]> = smallvec::SmallVec::new();
+                let last = !head.is_interim();
+                let mut lines: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
                 let mut remove: &[Box<str>] = &[];
-                if let (Some(p), false) = (policy, head.is_interim()) {
+                if let (Some(p), true) = (policy, last) {
                     lines.extend(p.response_add.iter().map(|l| &l[..]));
                     remove = &p.response_remove;
                 }
-                if close && head.keep_alive && !head.is_interim() {
-                    // The visitor asked to close and we will; the local
-                    // service keeps its connection (reusable), so say it
-                    // ourselves (RFC 9112 §9.6).
-                    lines.push(CONNECTION_CLOSE);
+                if last && head.status != 101 {
+                    // The visitor's connection is ours to describe (RFC 9112
+                    // §9.6): the local service's own `Connection` is dropped.
+                    if close || cut || (head.body == ResponseBody::UntilClose && !rechunk) {
+                        lines.push(CONNECTION_CLOSE);
+                    } else if http10 {
+                        lines.push(b"Connection: keep-alive\r\n");
+                    }
                 }
-                if let (Some(h), false) = (&self.hsts, head.is_interim()) {
+                if rechunk {
+                    lines.push(b"Transfer-Encoding: chunked\r\n");
+                }
+                if let (Some(h), true) = (&self.hsts, last) {
                     lines.push(&h[..]);
                 }
-                if lines.is_empty() && remove.is_empty() {
+                if head.own_hop {
+                    relay_head(&head_bytes, head.status, remove, &lines)
+                } else if lines.is_empty() && remove.is_empty() {
                     head_bytes
                 } else {
                     with_header_edits(&head_bytes, remove, &lines)
@@ -387,6 +521,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                 ResponseBody::None => self.flush().await,
                 ResponseBody::Length(n) => self.relay_length(n).await,
                 ResponseBody::Chunked => self.relay_chunked().await,
+                ResponseBody::UntilClose if rechunk => self.relay_to_end_chunked().await,
                 ResponseBody::UntilClose => {
                     self.relay_to_end().await?;
                     return Ok(After::Close);
@@ -405,11 +540,11 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             }
             result?;
             self.reusable = head.keep_alive;
-            return Ok(if head.keep_alive {
-                After::KeepAlive
-            } else {
-                After::Close
-            });
+            if !head.keep_alive {
+                // The local service closes its side; the visitor keeps its own.
+                self.link.upstream_done.store(true, Ordering::Relaxed);
+            }
+            return Ok(if cut { After::Close } else { After::KeepAlive });
         }
     }
 
@@ -463,6 +598,27 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             self.flush().await?;
             if !matches!(self.fill().await, Ok(true)) {
                 return Err(RelayError::Broken);
+            }
+        }
+    }
+
+    /// Relays a body that ends with the stream as chunks, one per piece
+    /// read, and the last chunk at the end.
+    async fn relay_to_end_chunked(&mut self) -> Result<(), RelayError> {
+        loop {
+            for chunk in self.pending.drain(..).filter(|c| !c.is_empty()) {
+                self.out.push(chunk_size_line(chunk.len()));
+                self.out.push(chunk);
+                self.out.push(Bytes::from_static(CHUNK_END));
+            }
+            self.flush().await?;
+            match self.fill().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.out.push(Bytes::from_static(LAST_CHUNK));
+                    return self.flush().await;
+                }
+                Err(_) => return Err(RelayError::Broken),
             }
         }
     }

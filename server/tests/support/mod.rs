@@ -570,6 +570,15 @@ fn script(head: &str) -> &'static [u8] {
         "/bad-cl" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
         "/early-close" => b"",
         "/closing" => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+        // Node's keep-alive fields, a field its Connection names, and others
+        // of the origin's hop.
+        "/hop" => {
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\n\
+              X-Hop: 1\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\
+              Content-Length: 2\r\n\r\nok"
+        }
+        // Python's http.server: HTTP/1.0, the body ends with the connection.
+        "/http10" => b"HTTP/1.0 200 OK\r\nServer: SimpleHTTP/0.6\r\n\r\nhello from HTTP/1.0",
         "/chunked" => {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         }
@@ -618,7 +627,9 @@ impl RawBackend {
                             if answer.is_empty() {
                                 return;
                             }
-                            if tcp.write_all(answer).await.is_err() {
+                            if tcp.write_all(answer).await.is_err()
+                                || answer.starts_with(b"HTTP/1.0")
+                            {
                                 return;
                             }
                         }

@@ -43,7 +43,7 @@ pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder, Progress};
 pub use host::normalise_host;
 pub use reader::RequestReader;
 pub use request::{BodyKind, Forwarded, HeadError, RequestHead};
-pub use response::{ResponseBody, ResponseError, ResponseHead};
+pub use response::{relay_head, ResponseBody, ResponseError, ResponseHead};
 pub use scan::HeadScanner;
 
 /// Limits of the HTTP/1 edge, with the documented defaults.

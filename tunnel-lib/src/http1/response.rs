@@ -36,6 +36,14 @@ pub struct ResponseHead {
     pub body: ResponseBody,
     /// Whether the local service keeps the connection open afterwards.
     pub keep_alive: bool,
+    /// The head carries something of the local service's own hop (RFC 9110
+    /// §7.6.1: `Connection` and what it lists, `Keep-Alive`,
+    /// `Proxy-Connection`, `TE`, `Trailer`, `Upgrade` outside a 101) or
+    /// another HTTP version: relayed through [`relay_head`], not as it is.
+    pub own_hop: bool,
+    /// A `Transfer-Encoding` header is present (an `UntilClose` body with
+    /// one is not re-framed).
+    pub has_te: bool,
 }
 
 impl ResponseHead {
@@ -86,7 +94,9 @@ impl ResponseHead {
         let mut has_te = false;
         let mut close = false;
         let mut keep_alive_token = false;
+        let mut own_hop = version != Version::Http11;
         for h in res.headers.iter() {
+            own_hop |= is_hop_by_hop(h.name.as_bytes(), status);
             let v = trim_ows(h.value);
             if h.name.eq_ignore_ascii_case("content-length") {
                 let n = std::str::from_utf8(v)
@@ -137,6 +147,72 @@ impl ResponseHead {
             head_len,
             body,
             keep_alive,
+            own_hop,
+            has_te,
         }))
     }
+}
+
+/// Header fields that belong to one hop (RFC 9110 §7.6.1), plus the
+/// obsolete `Proxy-Connection`. A 101 keeps `Connection` and `Upgrade`:
+/// they are the switch itself.
+fn is_hop_by_hop(name: &[u8], status: u16) -> bool {
+    const ALWAYS: [&[u8]; 4] = [b"keep-alive", b"proxy-connection", b"te", b"trailer"];
+    if ALWAYS.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    status != 101
+        && (name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"upgrade"))
+}
+
+/// The head a proxy sends for a response it relays: its own version
+/// (`HTTP/1.1`), none of the local service's hop-by-hop fields (nor the
+/// fields its `Connection` lists), none named in `remove`, and `lines` (each
+/// ending in CRLF) added at the end. `head` is a complete head that
+/// [`ResponseHead::parse`] accepted.
+pub fn relay_head(head: &[u8], status: u16, remove: &[Box<str>], lines: &[&[u8]]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let body = &head[..head.len().saturating_sub(2)];
+    let mut rows = body.split_inclusive(|b| *b == b'\n');
+    let start = rows.next().unwrap_or_default();
+    // `HTTP/1.x` is 8 bytes; the rest of the status line is kept.
+    let rest = start.get(8..).unwrap_or(b" 502 Bad Gateway\r\n");
+    let mut listed: smallvec::SmallVec<[&[u8]; 4]> = smallvec::SmallVec::new();
+    if status != 101 {
+        for line in rows.clone() {
+            if header_name(line).eq_ignore_ascii_case(b"connection") {
+                let value = line.splitn(2, |b| *b == b':').nth(1).unwrap_or_default();
+                let value = value.strip_suffix(b"\r\n").unwrap_or(value);
+                listed.extend(list_items(trim_ows(value)));
+            }
+        }
+    }
+    let extra: usize = lines.iter().map(|l| l.len()).sum();
+    let mut out = bytes::BytesMut::with_capacity(head.len() + extra);
+    out.put_slice(b"HTTP/1.1");
+    out.put_slice(rest);
+    for line in rows {
+        let name = header_name(line);
+        let drop = is_hop_by_hop(name, status)
+            || listed.iter().any(|l| l.eq_ignore_ascii_case(name))
+            || remove
+                .iter()
+                .any(|r| r.as_bytes().eq_ignore_ascii_case(name));
+        if !drop {
+            out.put_slice(line);
+        }
+    }
+    for l in lines {
+        out.put_slice(l);
+    }
+    out.put_slice(b"\r\n");
+    out.freeze()
+}
+
+/// The field name of a header line (`Name: value\r\n`).
+fn header_name(line: &[u8]) -> &[u8] {
+    line.split(|b| *b == b':')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
 }

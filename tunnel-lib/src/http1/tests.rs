@@ -486,3 +486,47 @@ fn the_visitor_address_is_written_as_std_displays_it() {
         assert!(out.contains(&format!("X-Forwarded-For: {ip}\r\n")), "{out}");
     }
 }
+
+/// RFC 9110 §7.6.1: a relayed response carries the proxy's version and none
+/// of the local service's hop-by-hop fields; heads with none of those are
+/// marked to go out as they are.
+#[test]
+fn relayed_heads_drop_the_local_hop() {
+    use super::relay_head;
+    let p = |s: &[u8]| ResponseHead::parse(s, false, 64 * 1024).unwrap().unwrap();
+    let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n";
+    assert!(!p(plain).own_hop);
+    let node = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: keep-alive, X-Hop\r\n\
+                 Keep-Alive: timeout=5\r\nX-Hop: secret\r\nProxy-Connection: x\r\nTE: trailers\r\n\
+                 Trailer: X-T\r\nUpgrade: h2c\r\nContent-Length: 2\r\n\r\n";
+    let h = p(node);
+    assert!(h.own_hop);
+    assert_eq!(
+        &relay_head(node, h.status, &[], &[b"Connection: close\r\n"])[..],
+        &b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"[..]
+    );
+    // An HTTP/1.0 answer goes out as HTTP/1.1, its reason phrase kept.
+    let old = b"HTTP/1.0 404 Not Found\r\nServer: SimpleHTTP/0.6\r\n\r\n";
+    let h = p(old);
+    assert!(h.own_hop && !h.keep_alive);
+    assert_eq!(
+        &relay_head(
+            old,
+            h.status,
+            &["server".into()],
+            &[b"Transfer-Encoding: chunked\r\n"]
+        )[..],
+        &b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n"[..]
+    );
+    // A 101 keeps the fields that make the switch.
+    let ws = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nKeep-Alive: 5\r\n\r\n";
+    let h = p(ws);
+    assert!(h.own_hop);
+    assert_eq!(
+        &relay_head(ws, h.status, &[], &[])[..],
+        &b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"[..]
+    );
+    // A body with a transfer coding other than chunked is known as such.
+    let gz = p(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert!(gz.has_te && gz.body == ResponseBody::UntilClose);
+}

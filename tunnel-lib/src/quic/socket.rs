@@ -18,7 +18,7 @@ use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
@@ -49,6 +49,7 @@ impl quinn::Runtime for Runtime {
             io: register(sock, Interest::READABLE)?,
             state,
             blocked: AtomicBool::new(false),
+            said_at: AtomicU64::new(0),
         }))
     }
 
@@ -63,6 +64,35 @@ struct Socket {
     state: UdpSocketState,
     /// The last send found the send buffer full: pollers wait for room.
     blocked: AtomicBool,
+    /// When a failed send was last reported (seconds on [`since_start`], 0:
+    /// never): once a minute at most, as quinn-udp does.
+    said_at: AtomicU64,
+}
+
+/// Seconds since the first call (a process-wide monotonic clock in seconds).
+fn since_start() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs() + 1
+}
+
+/// What a person reads when the network refuses a datagram: the cause and
+/// what to check, never quinn-udp's raw `Os { .. }, Transmit { .. }` dump.
+fn send_failure(e: &io::Error, to: &SocketAddr) -> String {
+    let what = match e.raw_os_error() {
+        Some(libc::ENETUNREACH) => {
+            "the network is unreachable: is this machine offline, or its route gone?"
+        }
+        Some(libc::EHOSTUNREACH) => "no route to the host: check the address and the network",
+        Some(libc::EADDRNOTAVAIL) => {
+            "the local address is gone (the network changed): reconnecting will pick a new one"
+        }
+        Some(libc::EPERM | libc::EACCES) => "a firewall on this machine refused it",
+        _ => "",
+    };
+    match what {
+        "" => format!("sending to {to} failed: {e}"),
+        _ => format!("sending to {to} failed: {what}"),
+    }
 }
 
 impl fmt::Debug for Socket {
@@ -84,11 +114,30 @@ impl AsyncUdpSocket for Socket {
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
         // No readiness to consult: a send is tried, and `WouldBlock` sends
         // quinn to the poller.
-        let r = self.state.send(self.io.get_ref().into(), transmit);
-        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
-            self.blocked.store(true, Ordering::Relaxed);
+        match self.state.try_send(self.io.get_ref().into(), transmit) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.blocked.store(true, Ordering::Relaxed);
+                Err(e)
+            }
+            // Expected for MTU probes larger than the path (quinn-udp's rule).
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => Ok(()),
+            // Anything else is a lost datagram to QUIC (it retransmits), and
+            // a line for the person at the screen.
+            Err(e) => {
+                let now = since_start();
+                let last = self.said_at.load(Ordering::Relaxed);
+                if (last == 0 || now >= last + 60)
+                    && self
+                        .said_at
+                        .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+                {
+                    tracing::warn!("{}", send_failure(&e, &transmit.destination));
+                }
+                Ok(())
+            }
         }
-        r
     }
 
     fn poll_recv(
@@ -260,6 +309,7 @@ mod tests {
             state: UdpSocketState::new((&sock).into()).unwrap(),
             io: register(sock, Interest::READABLE).unwrap(),
             blocked: AtomicBool::new(true),
+            said_at: AtomicU64::new(0),
         });
         let mut poller = Box::pin(WritablePoller {
             socket: socket.clone(),
@@ -272,5 +322,20 @@ mod tests {
             .expect("writable");
         assert!(poller.waiting.is_none(), "the registration is dropped");
         assert!(!socket.blocked.load(Ordering::Relaxed));
+    }
+
+    /// What a person reads when the network is gone: the cause and what to
+    /// check, never the raw `Os { code: 101, .. }` of quinn-udp's log line.
+    #[test]
+    fn send_failures_read_as_sentences() {
+        let to: SocketAddr = "192.0.2.1:4433".parse().unwrap();
+        let line = send_failure(&io::Error::from_raw_os_error(libc::ENETUNREACH), &to);
+        assert!(line.contains("network is unreachable"), "{line}");
+        assert!(!line.contains("Os {") && !line.contains("code"), "{line}");
+        let other = send_failure(&io::Error::from_raw_os_error(libc::ENOBUFS), &to);
+        assert!(
+            other.starts_with("sending to 192.0.2.1:4433 failed: "),
+            "{other}"
+        );
     }
 }
