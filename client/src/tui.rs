@@ -312,3 +312,60 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ScreenLog {
         self.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ratatui::backend::TestBackend;
+
+    fn frame(monitor: &Monitor, status: &Status) -> String {
+        let mut t = ratatui::Terminal::new(TestBackend::new(100, 30)).unwrap();
+        let facts = Facts {
+            server: "tunnel.example.com:4433".into(),
+            version: "test",
+            inspector: None,
+            metrics: None,
+        };
+        t.draw(|f| draw(f, monitor, status, &facts)).unwrap();
+        let buf = t.backend().buffer().clone();
+        (0..buf.area.height)
+            .map(|y| {
+                (0..buf.area.width)
+                    .map(|x| buf[(x, y)].symbol().to_string())
+                    .collect::<String>()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn an_attempt_under_way_says_so_not_next_try_in_zero() {
+        let m = Monitor::off();
+        let past = Instant::now() - Duration::from_secs(3);
+        let s = frame(
+            &m,
+            &Status::Reconnecting {
+                attempt: 2,
+                reason: "timed out".into(),
+                retry_at: Some(past),
+            },
+        );
+        assert!(s.contains("(trying now)"), "{s}");
+        assert!(!s.contains("0.0s"), "{s}");
+        assert!(s.contains("(none yet)"), "{s}");
+    }
+
+    #[test]
+    fn a_silent_server_reads_as_not_answering() {
+        let m = Monitor::off();
+        let online = Status::Online {
+            tunnels: Vec::new(),
+            generation: 1,
+        };
+        m.set_heard(Some(Instant::now()));
+        assert!(!frame(&m, &online).contains("not answering"));
+        m.set_heard(Some(Instant::now() - Duration::from_secs(4)));
+        let s = frame(&m, &online);
+        assert!(s.contains("not answering") && s.contains("for 4s"), "{s}");
+    }
+}

@@ -13,13 +13,6 @@ use support::bins::*;
 use support::*;
 use tokio::process::Command;
 
-fn field(line: &str, key: &str) -> String {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
-        .to_owned()
-}
-
 async fn signal(pid: u32, sig: &str) {
     let ok = Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -34,28 +27,9 @@ async fn signal(pid: u32, sig: &str) {
 async fn a_frozen_client_costs_a_visitor_at_most_five_seconds() {
     let home = tempfile::tempdir().unwrap();
     let backend = Backend::start("lid").await;
-    let mut server = Proc::spawn(
-        Command::new(server_bin())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--quic",
-                "127.0.0.1:0",
-                "--state-dir",
-            ])
-            .arg(home.path()),
-    );
-    let ready = server.line().await;
-    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    let (server, http, quic) = ready_server(&mut server_cmd(home.path())).await;
     let http: std::net::SocketAddr = http.parse().unwrap();
-    let mut client = Proc::spawn(
-        client_cmd()
-            .await
-            .args(["--server", &quic, "--expose", &backend.addr.to_string()])
-            .env("HOME", home.path())
-            .env("TUNNEL_STATE_DIR", home.path()),
-    );
-    let url = client.line().await;
+    let (mut client, url) = exposing_client(home.path(), &quic, &backend.addr.to_string()).await;
     let host = host_of(url.split(" -> ").next().unwrap());
     let request = format!("GET /hello HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     assert_eq!(raw_exchange(http, request.as_bytes()).await.status, 200);

@@ -181,21 +181,6 @@ async fn bad_https_settings_name_the_flag_and_the_fix() {
     );
 }
 
-/// `tunnel-server` on 127.0.0.1 port 0 with its state in `home`; callers
-/// add flags and environment.
-fn server_cmd(home: &std::path::Path) -> Command {
-    let mut c = Command::new(server_bin());
-    c.args([
-        "--http",
-        "127.0.0.1:0",
-        "--quic",
-        "127.0.0.1:0",
-        "--state-dir",
-    ])
-    .arg(home);
-    c
-}
-
 /// [`server_cmd`] with an https listener and `extra` arguments; returns it
 /// once its ready line is read.
 async fn https_server(home: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
@@ -206,14 +191,6 @@ async fn https_server(home: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Pr
     );
     let ready = server.line().await;
     (server, ready)
-}
-
-fn field(ready: &str, key: &str) -> String {
-    ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {ready}"))
-        .to_owned()
 }
 
 #[tokio::test]
@@ -726,20 +703,12 @@ fn open_fds(pid: u32) -> usize {
 async fn a_killed_client_leaves_nothing_behind_on_the_server() {
     let home = tempfile::tempdir().unwrap();
     let backend = Backend::start("doomed").await;
-    let mut server = Proc::spawn(&mut server_cmd(home.path()));
-    let ready = server.line().await;
-    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    let (server, http, quic) = ready_server(&mut server_cmd(home.path())).await;
     let pid = server.child.id().unwrap();
     let baseline = open_fds(pid);
 
-    let mut client = Proc::spawn(
-        client_cmd()
-            .await
-            .args(["--server", &quic, "--expose", &backend.addr.to_string()])
-            .env("HOME", home.path())
-            .env("TUNNEL_STATE_DIR", home.path()),
-    );
-    let url_line = client.line().await;
+    let (mut client, url_line) =
+        exposing_client(home.path(), &quic, &backend.addr.to_string()).await;
     let host = host_of(url_line.split(" -> ").next().unwrap());
     // Visitors with streams open and data in flight.
     let mut visitors = Vec::new();

@@ -154,10 +154,13 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
     );
     let tmux = Tmux::new(&command, 100, 30).await;
     let url = format!("http://screen.localhost:{}", server.http.port());
-    tmux.until("online session", |s| {
-        s.contains("Session Status") && s.contains("online") && s.contains(&url)
-    })
-    .await;
+    let first = tmux
+        .until("online session", |s| {
+            s.contains("Session Status") && s.contains("online") && s.contains(&url)
+        })
+        .await;
+    // Whole, in the wide column (it was cut to "(none ye").
+    assert!(first.contains("(none yet)"), "{first}");
     for path in ["/hello", "/hello", "/bytes/2048"] {
         assert_eq!(status_of(&server, "screen.localhost", path).await, 200);
     }
@@ -202,6 +205,13 @@ async fn the_status_screen_shows_the_tunnel_and_its_requests_and_q_quits() {
         open.contains(&format!("circuit open for localhost:{port}")),
         "{open}"
     );
+    // The refused requests are listed with the 502 the visitor got, not
+    // only counted.
+    let refused = open
+        .lines()
+        .filter(|l| l.contains("/hello") && l.contains("502"))
+        .count();
+    assert!(refused >= 1, "no refused request listed:\n{open}");
 
     tmux.run(&["send-keys", "-t", "main", "q"]).await;
     // The shell around the client writes its exit status (tmux's own

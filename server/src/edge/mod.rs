@@ -185,7 +185,6 @@ pub(crate) async fn serve_stream<R, W>(
         tx: Queue(tx),
         up: None,
         link: link.clone(),
-        mid_body: false,
     }
     .run(soft);
     let responses = ResponseSide::new(state, wr, rx, link, scheme, peer).run();
@@ -204,10 +203,14 @@ struct Link {
     /// request opens a new stream instead of reusing it. Set by the response
     /// side, taken by the request side.
     upstream_done: AtomicBool,
-    /// The request side is still sending a request's body: if the app
-    /// answers and closes meanwhile, the rest can only be cut, and the
-    /// visitor's connection with it (its next request cannot be found).
-    sending: AtomicBool,
+    /// Set while a request's bytes (or an upgraded relay) are going out on
+    /// the request side's stream. If that side is dropped then (the response
+    /// side ended first, or the hard shutdown), the stream is reset, never
+    /// finished, so the local service sees a cut request, not a
+    /// complete-looking one; and if the app answers and closes meanwhile,
+    /// the visitor's connection closes too (its next request could not be
+    /// found in the rest of the body).
+    mid_body: AtomicBool,
 }
 
 /// The request side's end of the pending-exchange queue. Exchanges are boxed:

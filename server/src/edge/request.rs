@@ -14,10 +14,8 @@ use tokio::time::{timeout, timeout_at, Duration, Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tracing::debug;
 
-use tunnel_lib::http1::encode::{chunk_size_line, CHUNK_END, LAST_CHUNK};
 use tunnel_lib::http1::{
-    normalise_host, BodyKind, ChunkStep, ChunkedDecoder, Forwarded, HeadError, RequestHead,
-    RequestReader,
+    normalise_host, BodyKind, ChunkedDecoder, Forwarded, HeadError, RequestHead, RequestReader,
 };
 use tunnel_lib::io::LeanRead;
 use tunnel_lib::limits::{FIRST_READ, IO_CHUNK};
@@ -25,6 +23,8 @@ use tunnel_lib::limits::{FIRST_REQUEST_GRACE, OWNER_HOLD};
 use tunnel_lib::proto::{reset, StreamKind, TunnelKind};
 
 use super::{Pending, Queue, Scheme, MAX_DISCARD};
+
+mod body;
 use crate::registry::{Offline, Rule, Session};
 use crate::respond::{self, ErrorPage};
 use crate::{upstream, State};
@@ -82,19 +82,20 @@ pub(super) struct RequestSide<R> {
     pub(super) sni: Option<Box<str>>,
     pub(super) tx: Queue,
     pub(super) up: Option<Upstream>,
-    /// What it shares with the response side (exchanges in flight, whether
-    /// the current stream's local connection is done for).
+    /// What it shares with the response side: exchanges in flight, whether
+    /// the current stream's local connection is done for, and `mid_body`.
     pub(super) link: Arc<super::Link>,
-    /// Set while a request's bytes (or an upgraded relay) are going out on
-    /// `up`: if this side is dropped then (the response side ended first, or
-    /// the hard shutdown), the stream is reset, never finished, so the local
-    /// service sees a cut request, not a complete-looking one.
-    pub(super) mid_body: bool,
+}
+
+impl<R> RequestSide<R> {
+    fn set_mid_body(&self, on: bool) {
+        self.link.mid_body.store(on, Ordering::Relaxed);
+    }
 }
 
 impl<R> Drop for RequestSide<R> {
     fn drop(&mut self) {
-        if self.mid_body {
+        if self.link.mid_body.load(Ordering::Relaxed) {
             if let Some(up) = self.up.as_mut() {
                 let _ = up.send.reset(VarInt::from_u32(reset::CANCELLED));
             }
@@ -523,8 +524,7 @@ impl<R: LeanRead> RequestSide<R> {
         // for `Expect: 100-continue` to work.
         self.tx.push(pending).await.map_err(|_| Stop)?;
         self.link.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.mid_body = true;
-        self.link.sending.store(true, Ordering::Relaxed);
+        self.set_mid_body(true);
         let sent = match self.up.as_mut() {
             Some(up) => match up.write_counted(out).await {
                 Ok(()) => match head.body {
@@ -544,8 +544,7 @@ impl<R: LeanRead> RequestSide<R> {
             }
             return Err(Stop);
         }
-        self.mid_body = false;
-        self.link.sending.store(false, Ordering::Relaxed);
+        self.set_mid_body(false);
         drop(abort_tx);
         if let Some(rx) = upgraded_rx {
             // No further request is read until the upgrade is decided; a
@@ -556,87 +555,6 @@ impl<R: LeanRead> RequestSide<R> {
             }
         }
         Ok(())
-    }
-
-    async fn write_upstream(&mut self, chunk: Bytes) -> Result<(), Option<ErrorPage>> {
-        let up = self.up.as_mut().ok_or(None)?;
-        up.write_counted(chunk).await.map_err(|_| None)
-    }
-
-    async fn forward_length(&mut self, mut n: u64) -> Result<(), Option<ErrorPage>> {
-        while n > 0 {
-            if self.buf.is_empty() {
-                self.read_more().await?;
-            }
-            let take = (self.buf.len() as u64).min(n) as usize;
-            let chunk = self.buf.split_to(take).freeze();
-            n -= take as u64;
-            self.write_upstream(chunk).await?;
-        }
-        Ok(())
-    }
-
-    /// Decodes the visitor's chunked body and re-encodes it canonically
-    /// (sizes in hex, no extensions, trailers dropped).
-    async fn forward_chunked(&mut self) -> Result<(), Option<ErrorPage>> {
-        let limits = &self.state.config.http_limits;
-        let max_body = self.state.config.max_body;
-        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
-        let mut total = 0u64;
-        loop {
-            if self.buf.is_empty() {
-                self.read_more().await?;
-            }
-            match dec.step(&self.buf) {
-                Ok(ChunkStep::Data(0)) | Ok(ChunkStep::Framing(0)) => self.read_more().await?,
-                Ok(ChunkStep::Data(n)) => {
-                    total += n as u64;
-                    if max_body.is_some_and(|m| total > m) {
-                        return Err(Some(too_large(max_body)));
-                    }
-                    let data = self.buf.split_to(n).freeze();
-                    let mut pieces = [chunk_size_line(n), data, Bytes::from_static(CHUNK_END)];
-                    let up = self.up.as_mut().ok_or(None)?;
-                    up.rule.metrics.bytes_in.inc_by(n as u64);
-                    up.send
-                        .write_all_chunks(&mut pieces)
-                        .await
-                        .map_err(|_| None)?;
-                }
-                Ok(ChunkStep::Framing(n)) => {
-                    let _ = self.buf.split_to(n);
-                }
-                Ok(ChunkStep::Done(n)) => {
-                    let _ = self.buf.split_to(n);
-                    return self.write_upstream(Bytes::from_static(LAST_CHUNK)).await;
-                }
-                Err(e) => {
-                    debug!(peer = %self.peer, "400: bad chunked body: {e}");
-                    return Err(Some(bad_body(e)));
-                }
-            }
-        }
-    }
-
-    /// After a 101: visitor bytes go upstream raw until either side closes.
-    async fn relay_upgraded(&mut self) {
-        let Some(up) = self.up.as_mut() else { return };
-        if !self.buf.is_empty()
-            && up
-                .order
-                .write(&mut up.send, self.buf.split().freeze())
-                .await
-                .is_err()
-        {
-            return;
-        }
-        self.mid_body = true;
-        let ended = tunnel_lib::io::tcp_to_quic(&mut self.rd, &mut up.send, &mut up.order).await;
-        // Raw mode: the FIN is the half-close; a failed relay is reset.
-        self.mid_body = ended.is_err();
-        if !self.mid_body {
-            self.up = None;
-        }
     }
 }
 

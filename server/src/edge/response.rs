@@ -9,16 +9,16 @@ use bytes::{Bytes, BytesMut};
 use quinn::{RecvStream, SendStream, VarInt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info};
+use tracing::info;
 
-use tunnel_lib::http1::encode::{
-    chunk_size_line, with_header_edits, CHUNK_END, CONNECTION_CLOSE, LAST_CHUNK,
-};
-use tunnel_lib::http1::{relay_head, ChunkedDecoder, ResponseBody, ResponseHead};
+use tunnel_lib::http1::encode::{with_header_edits, CONNECTION_CLOSE};
+use tunnel_lib::http1::{relay_head, ResponseBody, ResponseHead};
 use tunnel_lib::limits::IO_CHUNK;
 use tunnel_lib::proto::{reset, StreamKind};
 
 use super::{Link, Pending, Scheme};
+
+mod body;
 use crate::registry::Rule;
 use crate::respond::{self, ErrorPage};
 use crate::{upstream, State};
@@ -475,8 +475,9 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             // HTTP/1.1 visitor, whose connection then outlives the local one.
             // The app closes while the request's body is still going out:
             // the visitor's connection closes too (see `Link::sending`).
-            let cut =
-                !head.keep_alive && !head.is_interim() && self.link.sending.load(Ordering::Relaxed);
+            let cut = !head.keep_alive
+                && !head.is_interim()
+                && self.link.mid_body.load(Ordering::Relaxed);
             let rechunk = head.body == ResponseBody::UntilClose && !http10 && !head.has_te && !cut;
             let out = {
                 let last = !head.is_interim();
@@ -545,93 +546,6 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
                 self.link.upstream_done.store(true, Ordering::Relaxed);
             }
             return Ok(if cut { After::Close } else { After::KeepAlive });
-        }
-    }
-
-    async fn relay_length(&mut self, mut n: u64) -> Result<(), RelayError> {
-        loop {
-            while n > 0 {
-                let Some(mut chunk) = self.pending.pop_front() else {
-                    break;
-                };
-                if chunk.len() as u64 > n {
-                    self.pending.push_front(chunk.split_off(n as usize));
-                }
-                n -= chunk.len() as u64;
-                self.out.push(chunk);
-            }
-            self.flush().await?;
-            if n == 0 {
-                return Ok(());
-            }
-            if !matches!(self.fill().await, Ok(true)) {
-                return Err(RelayError::Broken);
-            }
-        }
-    }
-
-    /// Relays chunked bytes as they are, using the decoder only to find
-    /// where the body ends.
-    async fn relay_chunked(&mut self) -> Result<(), RelayError> {
-        let limits = &self.state.config.http_limits;
-        let mut dec = ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer);
-        loop {
-            while let Some(mut chunk) = self.pending.pop_front() {
-                let used = match dec.advance(&chunk) {
-                    Ok(p) => p.consumed,
-                    Err(e) => {
-                        debug!("local service sent bad chunked framing: {e}");
-                        return Err(RelayError::Broken);
-                    }
-                };
-                if dec.is_done() {
-                    if used < chunk.len() {
-                        self.pending.push_front(chunk.split_off(used));
-                    }
-                    self.out.push(chunk);
-                    return self.flush().await;
-                }
-                self.out.push(chunk);
-            }
-            // Everything received so far is relayed: an event reaches the
-            // visitor as soon as the app wrote it.
-            self.flush().await?;
-            if !matches!(self.fill().await, Ok(true)) {
-                return Err(RelayError::Broken);
-            }
-        }
-    }
-
-    /// Relays a body that ends with the stream as chunks, one per piece
-    /// read, and the last chunk at the end.
-    async fn relay_to_end_chunked(&mut self) -> Result<(), RelayError> {
-        loop {
-            for chunk in self.pending.drain(..).filter(|c| !c.is_empty()) {
-                self.out.push(chunk_size_line(chunk.len()));
-                self.out.push(chunk);
-                self.out.push(Bytes::from_static(CHUNK_END));
-            }
-            self.flush().await?;
-            match self.fill().await {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.out.push(Bytes::from_static(LAST_CHUNK));
-                    return self.flush().await;
-                }
-                Err(_) => return Err(RelayError::Broken),
-            }
-        }
-    }
-
-    async fn relay_to_end(&mut self) -> Result<(), RelayError> {
-        loop {
-            self.out.extend(self.pending.drain(..));
-            self.flush().await?;
-            match self.fill().await {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                Err(_) => return Err(RelayError::Broken),
-            }
         }
     }
 }

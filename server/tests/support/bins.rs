@@ -38,6 +38,52 @@ pub async fn client_cmd() -> Command {
     c
 }
 
+/// `tunnel-server` on 127.0.0.1 port 0 with its state in `home`; callers
+/// add flags and environment.
+pub fn server_cmd(home: &std::path::Path) -> Command {
+    let mut c = Command::new(server_bin());
+    c.args([
+        "--http",
+        "127.0.0.1:0",
+        "--quic",
+        "127.0.0.1:0",
+        "--state-dir",
+    ])
+    .arg(home);
+    c
+}
+
+/// The value of `key` (`http=`, `quic=`, ...) in the server's ready line.
+pub fn field(ready: &str, key: &str) -> String {
+    ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {ready}"))
+        .to_owned()
+}
+
+/// A server process with its ready line read: `(process, http, quic)`.
+pub async fn ready_server(cmd: &mut Command) -> (Proc, String, String) {
+    let mut server = Proc::spawn(cmd);
+    let ready = server.line().await;
+    let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    (server, http, quic)
+}
+
+/// `tunnel-client --server QUIC --expose LOCAL` with its home (and so its
+/// trust of the dev certificate) in `home`; its first URL line read.
+pub async fn exposing_client(home: &std::path::Path, quic: &str, local: &str) -> (Proc, String) {
+    let mut client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", quic, "--expose", local])
+            .env("HOME", home)
+            .env("TUNNEL_STATE_DIR", home),
+    );
+    let url = client.line().await;
+    (client, url)
+}
+
 pub struct Proc {
     pub child: Child,
     pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
