@@ -4,9 +4,10 @@
 //! local service.
 //!
 //! Everything it shows comes from the [`Monitor`]'s ring (bounded: the last
-//! `observe::RING` exchanges, `observe::BODY_CAP` per body). `Authorization`,
-//! `Cookie` and their kin are masked unless the page asks for them
-//! (`?secrets=1`); a replay sends the real values.
+//! `observe::RING` exchanges, `observe::BODY_CAP` per body). Headers whose
+//! names speak of tokens, secrets, keys, authorization or sessions, and
+//! cookies, are masked unless the page asks for them (`?secrets=1`); a
+//! replay sends the real values. Who may ask is [`access`]'s business.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -28,22 +29,41 @@ const MAX_EDIT: usize = 1024 * 1024;
 
 const PAGE: &str = include_str!("inspector.html");
 
-/// Header values masked unless asked for.
-const SECRET_HEADERS: [&str; 5] = [
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-];
+mod access;
+pub use access::{Access, CSRF_HEADER};
 
-/// Serves the inspector until `shutdown`.
+/// Serves the inspector until `shutdown`, to the requests `access` lets in.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    access: Access,
     monitor: Arc<Monitor>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    admin::serve(listener, shutdown, move |req| route(monitor.clone(), req)).await
+    let access = Arc::new(access);
+    admin::serve(listener, shutdown, move |req| {
+        let refused = access.check(req.method(), req.headers());
+        let monitor = monitor.clone();
+        async move {
+            let mut r = match refused {
+                Some(why) => {
+                    let mut r = json_response(why.status(), &json!({ "error": why.message() }));
+                    if why == access::Refusal::Credential {
+                        r.headers_mut().insert(
+                            hyper::header::WWW_AUTHENTICATE,
+                            hyper::header::HeaderValue::from_static(
+                                "Basic realm=\"tunnel-client inspector\", charset=\"UTF-8\"",
+                            ),
+                        );
+                    }
+                    r
+                }
+                None => route(monitor, req).await,
+            };
+            access::harden(r.headers_mut());
+            r
+        }
+    })
+    .await
 }
 
 fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
@@ -191,11 +211,7 @@ pub(crate) fn head_text(head: &[u8], secrets: bool) -> String {
         let masked = (!secrets)
             .then(|| line.split_once(':'))
             .flatten()
-            .filter(|(name, _)| {
-                SECRET_HEADERS
-                    .iter()
-                    .any(|s| name.trim().eq_ignore_ascii_case(s))
-            });
+            .filter(|(name, _)| access::is_secret_header(name));
         match masked {
             Some((name, _)) => {
                 out.push_str(name);

@@ -56,6 +56,19 @@ struct Cli {
     /// [default: 127.0.0.1:4040 when run from a terminal, off otherwise].
     #[arg(long, value_name = "ADDR|off", env = "TUNNEL_INSPECT", global = true)]
     inspect: Option<String>,
+    /// Let the inspector listen on an address other machines can reach (it shows captured
+    /// cookies and tokens): needs --inspect-auth.
+    #[arg(long, env = "TUNNEL_INSPECT_REMOTE", global = true)]
+    inspect_remote: bool,
+    /// USER:PASSWORD the browser must give to use a remote inspector (HTTP Basic).
+    #[arg(
+        long,
+        value_name = "USER:PASSWORD",
+        env = "TUNNEL_INSPECT_AUTH",
+        hide_env_values = true,
+        global = true
+    )]
+    inspect_auth: Option<String>,
     /// Serve the client's Prometheus metrics at /metrics (and /healthz, /readyz) on this address
     /// [default: off].
     #[arg(long, value_name = "ADDR", env = "TUNNEL_METRICS", global = true)]
@@ -191,6 +204,7 @@ fn local_target(expose: &str) -> Result<String, String> {
 struct Ui {
     screen: bool,
     inspect: Option<std::net::SocketAddr>,
+    inspect_access: Option<tunnel_client::inspector::Access>,
     metrics: Option<std::net::SocketAddr>,
     log_format: tunnel_lib::logging::LogFormat,
 }
@@ -208,6 +222,17 @@ impl Ui {
                 format!("--inspect {a}: {e}; give ADDR:PORT (127.0.0.1:4040) or off")
             })?),
         };
+        let inspect_access = match inspect {
+            Some(a) => Some(tunnel_client::inspector::Access::new(
+                a,
+                cli.inspect_remote,
+                cli.inspect_auth
+                    .clone()
+                    .map(tunnel_lib::auth::Secret::from)
+                    .as_ref(),
+            )?),
+            None => None,
+        };
         let log_format = match &cli.log_format {
             Some(f) => f.parse()?,
             None => Default::default(),
@@ -215,6 +240,7 @@ impl Ui {
         Ok(Ui {
             screen: !cli.no_screen && cli.log_format.is_none() && interactive,
             inspect,
+            inspect_access,
             metrics: cli.metrics,
             log_format,
         })
@@ -415,16 +441,19 @@ async fn run(config: Config, ui: Ui, monitor: Arc<Monitor>) -> ExitCode {
     let services_done = CancellationToken::new();
     let mut services = tokio::task::JoinSet::new();
     let mut inspector_url = None;
-    if let Some(addr) = ui.inspect {
+    if let (Some(addr), Some(access)) = (ui.inspect, ui.inspect_access.clone()) {
         match tunnel_lib::io::listen_tcp(addr) {
             Ok(l) => {
                 let bound = l.local_addr().unwrap_or(addr);
+                // Port 0: the rules are for the port the kernel chose.
+                let access = access.bound_to(bound);
                 inspector_url = Some(format!("http://{bound}"));
                 if !ui.screen {
                     eprintln!("inspector: http://{bound}");
                 }
                 services.spawn(tunnel_client::inspector::serve(
                     l,
+                    access,
                     monitor.clone(),
                     services_done.clone().cancelled_owned(),
                 ));

@@ -464,3 +464,119 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
     server.stop().await;
     backend.stop().await;
 }
+
+/// Issue 22, item 1: a web page from another origin (here the app's own
+/// loopback origin) cannot read the inspector's secrets through DNS
+/// rebinding, cannot make it replay a request, and cannot frame it. On the
+/// old inspector the `no-cors` POST below replayed the captured request
+/// (the app counted one more) and the rebinding request read the cookie.
+#[tokio::test]
+async fn another_site_cannot_use_the_inspector() {
+    let Some(mut browser) = support::cdp::Browser::launch(800, 600).await else {
+        skip("chromium (apt-get install chromium)");
+        return;
+    };
+    let (backend, server, mut client) = client_process("guarded").await;
+    let inspector = client.log_until("inspector: http://").await;
+    let inspector = inspector
+        .split("inspector: ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let addr: std::net::SocketAddr = inspector.trim_start_matches("http://").parse().unwrap();
+    client.line().await; // online
+    let r = raw_exchange(
+        server.http,
+        b"GET /headers HTTP/1.1\r\nHost: guarded.localhost\r\nCookie: session=victim-cookie\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let list = poll("the exchange in the inspector", || async {
+        let r = raw_exchange(
+            addr,
+            format!("GET /api/requests HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        match v[0]["id"].as_u64() {
+            Some(id) => Ok((id, r.head)),
+            None => Err(format!("{v}")),
+        }
+    })
+    .await;
+    let (id, head) = list;
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("x-frame-options: deny"), "{head}");
+    assert!(head.contains("frame-ancestors 'none'"), "{head}");
+
+    // DNS rebinding: the attacker's name resolves to 127.0.0.1.
+    let rebound = raw_exchange(
+        addr,
+        format!(
+            "GET /api/requests/{id}?secrets=1 HTTP/1.1\r\nHost: evil.example:{}\r\nConnection: close\r\n\r\n",
+            addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(rebound.status, 421, "{rebound:?}");
+    assert!(!String::from_utf8_lossy(&rebound.body).contains("victim-cookie"));
+
+    // A page of another loopback origin fires a simple cross-origin POST
+    // (text/plain, no-cors: no preflight) and an edited one with a preflight.
+    browser
+        .goto(&format!("http://{}/hello", backend.addr))
+        .await;
+    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
+    let sent = browser
+        .eval(&format!(
+            "(async () => {{ \
+               await fetch('{inspector}/api/requests/{id}/replay', {{method: 'POST', mode: 'no-cors', \
+                 headers: {{'Content-Type': 'text/plain'}}, body: ''}}); \
+               try {{ await fetch('{inspector}/api/requests/{id}/replay', {{method: 'POST', \
+                 headers: {{'X-Tunnel-Inspector': '1'}}, body: 'DELETE /x HTTP/1.1\\nHost: a\\n\\n'}}); \
+                 return 'read'; }} catch (e) {{ return 'blocked'; }} \
+             }})()"
+        ))
+        .await;
+    assert_eq!(sent, "blocked", "CORS must refuse the preflighted request");
+    // The inspector's own page still replays (and the app counts that one).
+    browser.goto(&inspector).await;
+    let own = browser
+        .eval(&format!(
+            "(async () => (await fetch('/api/requests/{id}/replay', {{method: 'POST', \
+               headers: {{'X-Tunnel-Inspector': '1'}}, body: ''}})).status)()"
+        ))
+        .await;
+    assert_eq!(own, 200);
+    assert_eq!(
+        backend.requests.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "only the inspector's own page replayed"
+    );
+    // Masked by pattern, not by a fixed list.
+    let detail = raw_exchange(
+        addr,
+        format!(
+            "GET /api/requests/{id} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: close\r\n\r\n",
+            addr.port()
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(detail.status, 200);
+    let detail: serde_json::Value = serde_json::from_slice(&detail.body).unwrap();
+    let head = detail["request_head"].as_str().unwrap();
+    assert!(
+        !head.contains("victim-cookie") && head.contains("Cookie: •••"),
+        "{head}"
+    );
+
+    browser.close().await;
+    let (status, log) = client.terminate().await;
+    assert!(status.success(), "{log}");
+    server.stop().await;
+    backend.stop().await;
+}
