@@ -114,6 +114,8 @@ pub struct Config {
     pub max_clients: usize,
     /// Tunnels one client connection may register.
     pub max_tunnels_per_client: usize,
+    /// What the clients of one token may hold together.
+    pub token_limits: crate::registry::TokenLimits,
     pub http_limits: Limits,
     pub timeouts: Timeouts,
     /// Largest request body accepted (413 beyond). `None`: no limit (bodies
@@ -232,6 +234,7 @@ impl Default for Config {
             visitor_rate_per_ip: 200,
             max_clients: 1024,
             max_tunnels_per_client: 32,
+            token_limits: Default::default(),
             http_limits: Limits::default(),
             timeouts: Timeouts::default(),
             max_body: None,

@@ -198,6 +198,9 @@ pub struct Stats {
     /// Requests sent again on a fresh stream because the reused local
     /// connection closed before any byte of the response.
     pub local_retries: prometheus_client::metrics::counter::Counter,
+    /// Client connections refused before their hello: over the pending
+    /// budget of their source address or of the server.
+    pub handshakes_refused: prometheus_client::metrics::counter::Counter,
 }
 
 impl State {
@@ -368,6 +371,7 @@ impl Server {
                 config.allow_domains.clone(),
             )
             .with_name_rules(config.token_names.clone())
+            .with_token_limits(config.token_limits)
             .with_metrics(metrics.tunnels.clone()),
         );
         let access_log = match &config.access_log {
@@ -603,7 +607,7 @@ impl Server {
             self.state.tokens.clone(),
             shutdown.clone(),
         ));
-        let quic_loop = accept_quic(
+        let quic_loop = session::accept(
             self.state.clone(),
             self.endpoint.clone(),
             clients,
@@ -818,31 +822,5 @@ async fn refuse_clients(endpoint: quinn::Endpoint, stop: CancellationToken) {
             },
             _ = stop.cancelled() => return,
         }
-    }
-}
-
-async fn accept_quic(
-    state: Arc<State>,
-    endpoint: quinn::Endpoint,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i { Some(i) => i, None => return },
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            warn!(remote = %incoming.remote_address(), "refusing client: at --max-clients");
-            incoming.refuse();
-            continue;
-        };
-        let state = state.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            session::serve(state, incoming, shutdown).await;
-            drop(permit);
-        });
     }
 }

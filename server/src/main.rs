@@ -79,9 +79,22 @@ struct Cli {
     /// [default: 200].
     #[arg(long)]
     visitor_rate_per_ip: Option<u32>,
-    /// Concurrent tunnel clients [default: 1024].
+    /// Concurrent tunnel clients, counted once their token is checked [default: 1024].
     #[arg(long)]
     max_clients: Option<usize>,
+    /// Client connections one token may hold at once (0: no limit) [default: 32].
+    #[arg(long)]
+    max_sessions_per_token: Option<usize>,
+    /// Tunnels the clients of one token may expose together (0: no limit) [default: 256].
+    #[arg(long)]
+    max_tunnels_per_token: Option<usize>,
+    /// Names one token may hold, in use or kept for its clients' return (0: no limit)
+    /// [default: 1024].
+    #[arg(long)]
+    max_names_per_token: Option<usize>,
+    /// Certificate orders (ACME) one token's names may start per hour (0: no limit) [default: 10].
+    #[arg(long)]
+    acme_orders_per_token_per_hour: Option<u32>,
     /// Public ports for TCP tunnels, FIRST-LAST (e.g. 40000-40999), opened on the --http address
     /// [default: no TCP tunnels].
     #[arg(long, env = "TUNNEL_TCP_PORTS", value_name = "FIRST-LAST")]
@@ -444,6 +457,24 @@ async fn configure(cli: Cli) -> Result<Config, String> {
             .or(f.visitor_rate_per_ip)
             .unwrap_or(d.visitor_rate_per_ip),
         max_clients: cli.max_clients.or(f.max_clients).unwrap_or(d.max_clients),
+        token_limits: tunnel_server::registry::TokenLimits {
+            sessions: cli
+                .max_sessions_per_token
+                .or(f.max_sessions_per_token)
+                .unwrap_or(d.token_limits.sessions),
+            tunnels: cli
+                .max_tunnels_per_token
+                .or(f.max_tunnels_per_token)
+                .unwrap_or(d.token_limits.tunnels),
+            names: cli
+                .max_names_per_token
+                .or(f.max_names_per_token)
+                .unwrap_or(d.token_limits.names),
+            acme_orders_per_hour: cli
+                .acme_orders_per_token_per_hour
+                .or(f.acme_orders_per_token_per_hour)
+                .unwrap_or(d.token_limits.acme_orders_per_hour),
+        },
         max_body: cli.max_body.or(f.max_body),
         https: cli.https.or(f.https),
         public_https_port: cli.public_https_port.or(f.public_https_port),

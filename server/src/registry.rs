@@ -35,6 +35,9 @@ use tunnel_lib::http1::normalise_host;
 use tunnel_lib::limits::MAX_SUBDOMAIN_LEN;
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
+mod quota;
+pub use quota::TokenLimits;
+
 /// A reserved host's client is away: it stopped, or it dropped and may be
 /// on its way back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +188,9 @@ pub struct Registry {
     next_session: AtomicU64,
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
+    limits: TokenLimits,
+    /// Names each token holds (claimed or reserved).
+    held: Arc<quota::Held>,
     /// Names under the domain kept for one token each (`[[token]] names`).
     name_rules: Vec<NameRule>,
     metrics: Option<Arc<tunnel_lib::metrics::Tunnels>>,
@@ -340,6 +346,8 @@ impl Registry {
         max_tunnels_per_session: usize,
         grants: Vec<DomainGrant>,
     ) -> Registry {
+        let held = Arc::new(quota::Held::default());
+        let release = held.clone();
         Registry {
             domain: domain.to_ascii_lowercase(),
             urls,
@@ -349,6 +357,13 @@ impl Registry {
             reserved: Cache::builder()
                 .time_to_live(name_grace)
                 .max_capacity(1_000_000)
+                // A reservation that lapses, is evicted or is taken back
+                // stops counting for its token (a claim counted it again).
+                .eviction_listener(move |_, owner, cause| {
+                    if cause != moka::notification::RemovalCause::Replaced {
+                        release.sub(owner);
+                    }
+                })
                 .build(),
             left: Cache::builder()
                 .time_to_live(name_grace)
@@ -361,9 +376,22 @@ impl Registry {
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
+            limits: TokenLimits::default(),
+            held,
             name_rules: Vec::new(),
             metrics: None,
         }
+    }
+
+    /// What each token may hold (the defaults otherwise).
+    pub fn with_token_limits(mut self, limits: TokenLimits) -> Registry {
+        self.limits = limits;
+        self
+    }
+
+    /// The token limits in force.
+    pub fn token_limits(&self) -> TokenLimits {
+        self.limits
     }
 
     /// Where the tunnels' counters are registered (none: detached).
@@ -461,7 +489,20 @@ impl Registry {
         owner: Owner,
         client_id: [u8; 16],
         remote: SocketAddr,
-    ) -> (Arc<Session>, Option<Arc<Session>>) {
+    ) -> Result<(Arc<Session>, Option<Arc<Session>>), usize> {
+        let max = self.limits.sessions;
+        if max > 0 && owner != Owner::Anonymous {
+            // Its own earlier connection is about to be replaced: not counted.
+            let others = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.owner == owner && s.client_id != client_id)
+                .take(max)
+                .count();
+            if others >= max {
+                return Err(max);
+            }
+        }
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Arc::new(Session {
             id,
@@ -482,7 +523,7 @@ impl Registry {
         if let Some(old) = &stale {
             self.end_session(old);
         }
-        (session, stale)
+        Ok((session, stale))
     }
 
     /// Which host a request names: a label under the domain, or a granted
@@ -523,6 +564,24 @@ impl Registry {
                     self.max_tunnels_per_session
                 ),
             });
+        }
+        let max = self.limits.tunnels;
+        if max > 0 && session.owner != Owner::Anonymous {
+            let tunnels: usize = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.owner == session.owner)
+                .map(|(_, s)| lock(&s.hosts).len())
+                .sum();
+            if tunnels >= max {
+                return Err(Refusal {
+                    code: ErrorCode::LimitReached,
+                    message: format!(
+                        "this token's clients expose {max} tunnels together, the most the server \
+                         allows (max_tunnels_per_token): close some, or ask the operator"
+                    ),
+                });
+            }
         }
         Ok(())
     }
@@ -624,8 +683,13 @@ impl Registry {
         self.claim(&key, session)
             .map_err(|_| refused("is taken by another connected tunnel"))?;
         bind(port).map_err(|e| {
-            self.names
-                .remove_if(key.as_str(), |_, c| c.session_id == session.id);
+            if self
+                .names
+                .remove_if(key.as_str(), |_, c| c.session_id == session.id)
+                .is_some()
+            {
+                self.held.sub(session.owner);
+            }
             refused(&format!("cannot be opened on this server ({e})"))
         })
     }
@@ -729,6 +793,27 @@ impl Registry {
         })
     }
 
+    /// Whether `owner` may hold one more name.
+    fn within_names(&self, owner: Owner) -> Result<(), Refusal> {
+        let max = self.limits.names;
+        if max == 0 || self.held.count(owner) < max {
+            return Ok(());
+        }
+        // Lapsed reservations are counted off lazily: settle them first.
+        self.reserved.run_pending_tasks();
+        if self.held.count(owner) < max {
+            return Ok(());
+        }
+        Err(Refusal {
+            code: ErrorCode::LimitReached,
+            message: format!(
+                "this token holds {max} names (in use, or kept for its clients' return), the most \
+                 the server allows (max_names_per_token): reuse a --subdomain, or wait for names \
+                 to lapse"
+            ),
+        })
+    }
+
     fn claim(&self, host: &str, session: &Session) -> Result<(), Refusal> {
         use dashmap::mapref::entry::Entry;
         match self.names.entry(host.into()) {
@@ -744,7 +829,11 @@ impl Registry {
                 ),
             }),
             Entry::Vacant(e) => {
-                if let Some(owner) = self.reserved.get(host) {
+                let reserved = self.reserved.get(host);
+                if reserved.is_none() {
+                    self.within_names(session.owner)?;
+                }
+                if let Some(owner) = reserved {
                     if owner != session.owner {
                         return Err(Refusal {
                             code: ErrorCode::NameTaken,
@@ -758,6 +847,9 @@ impl Registry {
                 e.insert(Claim {
                     session_id: session.id,
                 });
+                // Counted as a claim; its reservation (if any) stops
+                // counting as it is invalidated.
+                self.held.add(session.owner);
                 self.reserved.invalidate(host);
                 Ok(())
             }
@@ -822,7 +914,9 @@ impl Registry {
     /// restart, from the state file). A live claim is left alone.
     pub fn restore_names(&self, names: Vec<(String, Owner)>) {
         for (host, owner) in names {
-            if !self.names.contains_key(host.as_str()) {
+            if !self.names.contains_key(host.as_str()) && !self.reserved.contains_key(host.as_str())
+            {
+                self.held.add(owner);
                 self.reserved.insert(host.into(), owner);
             }
         }

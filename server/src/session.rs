@@ -13,13 +13,83 @@ use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
 use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION};
 use tunnel_lib::quic::explain;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::fairness::{Fairness, Slot};
 use crate::registry::{self, Owner, Session};
 use crate::State;
 
+/// Connections between their first packet and a valid hello, at most, from
+/// all sources. They hold no `--max-clients` slot: a client is counted only
+/// once its token is checked, so strangers cannot lock clients out.
+pub const MAX_PENDING: usize = 256;
+/// Pending connections from one source address (an IPv6 /64 counts as one).
+pub const PENDING_PER_IP: usize = 8;
+/// With this many pending, a new address must first prove it can receive
+/// (a QUIC Retry), so spoofed sources cannot fill the budget.
+pub const RETRY_ABOVE: usize = 16;
+
+/// What a pending connection holds until its hello is checked.
+struct Pending {
+    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
+}
+
+/// Accepts client connections until `shutdown`: each gets a task (on
+/// `tracker`) within the pending budgets, and a `clients` permit only
+/// after a valid hello.
+pub(crate) async fn accept(
+    state: Arc<State>,
+    endpoint: quinn::Endpoint,
+    clients: Arc<Semaphore>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING));
+    let per_source = Fairness::new(PENDING_PER_IP, 0);
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        let remote = incoming.remote_address();
+        let busy = MAX_PENDING - pending.available_permits();
+        if busy >= RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+            // Costs one small packet; the real client answers it at once.
+            let _ = incoming.retry();
+            continue;
+        }
+        let admitted = per_source
+            .admit(remote.ip())
+            .ok()
+            .zip(pending.clone().try_acquire_owned().ok());
+        let Some((slot, permit)) = admitted else {
+            state.stats.handshakes_refused.inc();
+            debug!(%remote, "refusing a connection: too many handshakes pending");
+            incoming.refuse();
+            continue;
+        };
+        let pending = Pending {
+            _permit: permit,
+            _slot: slot,
+        };
+        tracker.spawn(serve(
+            state.clone(),
+            incoming,
+            pending,
+            clients.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
 /// Runs one client connection to its end.
-pub(crate) async fn serve(
+async fn serve(
     state: Arc<State>,
     incoming: quinn::Incoming,
+    pending: Pending,
+    clients: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
     let remote = incoming.remote_address();
@@ -34,7 +104,12 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let hello = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_hello(&conn)).await;
+    // DATAGRAMs sent before the hello are read and dropped: nothing
+    // readable stays unread.
+    let hello = tokio::select! {
+        h = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_hello(&conn)) => h,
+        () = drop_datagrams(&conn) => return,
+    };
     let (mut send, mut recv, mut buf, token, client_id, version) = match hello {
         Ok(Ok(h)) => h,
         Ok(Err(why)) => {
@@ -88,9 +163,30 @@ pub(crate) async fn serve(
         }
     };
 
-    let (session, stale) = state
+    // Counted now: the token is good; its connection gets the full window.
+    drop(pending);
+    conn.set_receive_window(tunnel_lib::quic::connection_receive_window());
+    let Ok(_client) = clients.try_acquire_owned() else {
+        warn!(%remote, "refusing client: at --max-clients");
+        let msg = "the server has as many clients as --max-clients allows; retrying";
+        refuse(&conn, &mut send, ErrorCode::Busy, close::BUSY, msg).await;
+        return;
+    };
+    let (session, stale) = match state
         .registry
-        .add_session(conn.clone(), owner, client_id, remote);
+        .add_session(conn.clone(), owner, client_id, remote)
+    {
+        Ok(s) => s,
+        Err(max) => {
+            warn!(%remote, "refusing client: its token has {max} sessions (max_sessions_per_token)");
+            let msg = format!(
+                "this token already has {max} clients connected, the most the server allows \
+                 (max_sessions_per_token): stop one, or ask the operator for a higher limit; retrying"
+            );
+            refuse(&conn, &mut send, ErrorCode::Busy, close::BUSY, &msg).await;
+            return;
+        }
+    };
     if let Some(old) = stale {
         debug!(
             session = old.id,
@@ -142,6 +238,11 @@ pub(crate) async fn serve(
         .unwrap_or_else(|| "control stream ended".into());
     info!(%remote, session = session.id, "client disconnected: {why}");
     conn.close(VarInt::from_u32(close::NORMAL), b"session ended");
+}
+
+/// Reads DATAGRAMs and drops them until the connection ends.
+async fn drop_datagrams(conn: &quinn::Connection) {
+    while conn.read_datagram().await.is_ok() {}
 }
 
 type Hello = (
@@ -205,10 +306,21 @@ async fn control_loop(
     shutdown: &CancellationToken,
 ) -> bool {
     loop {
+        // Without a UDP tunnel nobody else reads DATAGRAMs: they are
+        // dropped here, so none stays buffered.
+        let udp = !session
+            .datagrams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
         let msg = tokio::select! {
             // read_chunk (inside read_message) is cancel-safe and `buf`
             // keeps any partial frame, so losing this race loses nothing.
             m = read_message(recv, buf, Control::decode) => m,
+            d = session.conn.read_datagram(), if !udp => match d {
+                Ok(_) => continue,
+                Err(_) => return false,
+            },
             _ = session.conn.closed() => return false,
             _ = shutdown.cancelled() => return true,
         };

@@ -36,9 +36,7 @@ pub fn transport(side: Side) -> TransportConfig {
     ));
     t.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
-    t.receive_window(VarInt::from_u32(
-        env_mib("TUNNEL_RECEIVE_WINDOW_MIB").unwrap_or(CONNECTION_RECEIVE_WINDOW),
-    ));
+    t.receive_window(connection_receive_window());
     t.send_window(env_mib("TUNNEL_SEND_WINDOW_MIB").map_or(SEND_WINDOW, u64::from));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
     // Benchmark levers (BENCHMARKS.md), off by default.
@@ -78,11 +76,35 @@ pub fn transport(side: Side) -> TransportConfig {
         ack.ack_eliciting_threshold(VarInt::from_u32(n));
         t.ack_frequency_config(Some(ack));
     }
-    t.max_concurrent_bidi_streams(VarInt::from_u32(match side {
-        Side::Server => 4,
-        Side::Client => MAX_STREAMS_PER_CLIENT,
-    }));
+    match side {
+        // A client opens exactly one stream (control) and no other: a
+        // second one would be a buffer nobody reads. Until its hello is
+        // checked the connection's window is small ([`PRE_HELLO_WINDOW`]),
+        // and DATAGRAMs get a small buffer that the server drains.
+        Side::Server => {
+            t.max_concurrent_bidi_streams(VarInt::from_u32(1));
+            t.receive_window(VarInt::from_u32(PRE_HELLO_WINDOW));
+            t.datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
+        }
+        Side::Client => {
+            t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CLIENT));
+        }
+    }
     t
+}
+
+/// The server's connection receive window until the client's hello is
+/// checked: a stranger can make it buffer this much stream data at most.
+pub const PRE_HELLO_WINDOW: u32 = 64 * 1024;
+
+/// The server's DATAGRAM receive buffer: what arrives faster than a UDP
+/// tunnel relays it, or with no UDP tunnel at all, before it is read and
+/// dropped. quinn drops the oldest beyond it.
+pub const DATAGRAM_BUFFER: usize = 256 * 1024;
+
+/// The connection receive window once a client is authenticated.
+pub fn connection_receive_window() -> VarInt {
+    VarInt::from_u32(env_mib("TUNNEL_RECEIVE_WINDOW_MIB").unwrap_or(CONNECTION_RECEIVE_WINDOW))
 }
 
 /// A window lever in MiB (benchmarks only; off by default).

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     ProtocolError,
     /// Anything else went wrong on the server.
     Internal,
+    /// The server (or this token) has as many clients as it takes: retry
+    /// later. Older clients read it as `Other(8)` and retry too.
+    Busy,
     Other(u16),
 }
 
@@ -39,6 +42,7 @@ impl ErrorCode {
             Self::LimitReached => 5,
             Self::ProtocolError => 6,
             Self::Internal => 7,
+            Self::Busy => 8,
             Self::Other(c) => c,
         }
     }
@@ -51,6 +55,7 @@ impl ErrorCode {
             5 => Self::LimitReached,
             6 => Self::ProtocolError,
             7 => Self::Internal,
+            8 => Self::Busy,
             c => Self::Other(c),
         }
     }

@@ -53,6 +53,8 @@ pub mod close {
     pub const DISCONNECTED: u32 = 4;
     /// Protocol versions differ; do not retry.
     pub const VERSION_MISMATCH: u32 = 5;
+    /// The server (or the token) is at its client limit; retry later.
+    pub const BUSY: u32 = 6;
 }
 
 /// Stream reset / stop codes on data streams.
