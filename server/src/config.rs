@@ -51,6 +51,9 @@ pub enum ConfigError {
 /// Timeouts at the HTTP edge.
 #[derive(Debug, Clone)]
 pub struct Timeouts {
+    /// A new visitor connection must send its first byte within this (a
+    /// connection that says nothing holds a slot and a descriptor).
+    pub first_byte: Duration,
     /// The whole request head must arrive within this from its first byte
     /// (one deadline, not a timeout per read) or the visitor gets 408.
     pub head: Duration,
@@ -66,6 +69,7 @@ pub struct Timeouts {
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
+            first_byte: Duration::from_secs(10),
             head: Duration::from_secs(15),
             keep_alive_idle: Duration::from_secs(60),
             body_idle: Duration::from_secs(30),

@@ -69,8 +69,11 @@ impl Fairness {
         }
     }
 
-    /// Admits a new connection from `ip`, or says why not.
+    /// Admits a new connection from `ip`, or says why not. An IPv6
+    /// address counts as its /64 (one subscriber's prefix: a host picks
+    /// any of its 2⁶⁴ addresses at will), an IPv4-mapped one as IPv4.
     pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refused> {
+        let ip = source_key(ip);
         if self.rate > 0 {
             let rate = f64::from(self.rate);
             let bucket = self.buckets.get_with(ip, || {
@@ -106,6 +109,20 @@ impl Fairness {
     /// IPs with connections open (for tests and metrics).
     pub fn ips_open(&self) -> usize {
         self.open.len()
+    }
+}
+
+/// The address a limit counts: IPv4 as is, IPv6 by its /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -151,6 +168,30 @@ mod tests {
         );
         drop(a);
         assert!(f.admit(ip).is_ok());
+    }
+
+    /// Issue 22, item 8: 600 addresses of one /64 passed a cap of 512.
+    #[test]
+    fn an_ipv6_prefix_counts_as_one_source() {
+        let f = Fairness::new(512, 0);
+        let slots: Vec<_> = (0..600u32)
+            .map_while(|i| {
+                f.admit(
+                    format!("2001:db8:1:2::{:x}:{:x}", i >> 8, i & 0xff)
+                        .parse()
+                        .unwrap(),
+                )
+                .ok()
+            })
+            .collect();
+        assert_eq!(slots.len(), 512);
+        assert!(
+            f.admit("2001:db8:1:3::1".parse().unwrap()).is_ok(),
+            "another /64"
+        );
+        let v4: IpAddr = "192.0.2.9".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().unwrap();
+        assert_eq!(source_key(mapped), v4);
     }
 
     #[test]

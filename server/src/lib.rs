@@ -47,7 +47,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use tunnel_lib::limits::SHUTDOWN_GRACE;
 use tunnel_lib::proto::close;
@@ -737,6 +737,7 @@ async fn accept_tcp<S, F>(
             drop(permit);
         });
     };
+    let mut backoff = tunnel_lib::runtime::AcceptBackoff::default();
     loop {
         // A permit first: past the limit, new connections wait in the backlog.
         let permit = tokio::select! {
@@ -745,12 +746,11 @@ async fn accept_tcp<S, F>(
         };
         let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => { backoff.accepted(); x }
                 Err(e) => {
-                    // EMFILE and friends: back off briefly rather than spin.
-                    error!("accept failed: {e}");
+                    let wait = backoff.failed("visitors", &e);
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        _ = tokio::time::sleep(wait) => continue,
                         _ = shutdown.cancelled() => break,
                     }
                 }

@@ -51,6 +51,7 @@ async fn accept_loop(
     rule: Arc<Rule>,
     soft: CancellationToken,
 ) {
+    let mut backoff = tunnel_lib::runtime::AcceptBackoff::default();
     loop {
         let permit = tokio::select! {
             p = state.visitor_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -59,11 +60,11 @@ async fn accept_loop(
         };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => { backoff.accepted(); x }
                 Err(e) => {
-                    debug!(host = %rule.host, "accept failed: {e}");
+                    let wait = backoff.failed(&rule.host, &e);
                     tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => continue,
+                        _ = tokio::time::sleep(wait) => continue,
                         _ = session.ended.cancelled() => return,
                         _ = soft.cancelled() => return,
                     }

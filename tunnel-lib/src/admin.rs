@@ -62,6 +62,7 @@ where
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
+    let mut backoff = crate::runtime::AcceptBackoff::default();
     loop {
         let permit = tokio::select! {
             _ = &mut shutdown => break,
@@ -74,10 +75,9 @@ where
         let tcp = tokio::select! {
             _ = &mut shutdown => break,
             a = listener.accept() => match a {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => { backoff.accepted(); tcp }
                 Err(e) => {
-                    tracing::debug!("admin accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(backoff.failed("admin listener", &e)).await;
                     continue;
                 }
             },

@@ -125,7 +125,7 @@ pub(crate) async fn serve_tcp(
     let _ = tcp.set_nodelay(true);
     // A connected visitor that has sent nothing yet costs only this small
     // future: the halves, queue and buffers are allocated once it speaks.
-    let idle = state.config.timeouts.keep_alive_idle;
+    let idle = state.config.timeouts.first_byte;
     // `peek`, not `readable()`: readiness may be reported before any byte
     // arrives (it is, right after accept).
     let mut probe = [0u8; 1];

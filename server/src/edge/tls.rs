@@ -60,7 +60,7 @@ pub(crate) async fn serve(
     // then one deadline for the whole handshake.
     let mut buf = BytesMut::new();
     let first = tokio::select! {
-        r = tokio::time::timeout(state.config.timeouts.keep_alive_idle, tcp.read_lean(&mut buf, 2048)) => Some(r),
+        r = tokio::time::timeout(state.config.timeouts.first_byte, tcp.read_lean(&mut buf, 2048)) => Some(r),
         _ = soft.cancelled() => None,
     };
     // Stopping before it spoke: it may have been accepted a moment ago.
