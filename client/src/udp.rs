@@ -2,7 +2,10 @@
 //! the local service from one local socket per flow (so its replies come
 //! back to the right visitor), and what the service answers goes back as a
 //! datagram of the same flow. One dispatcher task per connection and one
-//! task per flow (bounded by `MAX_FLOWS`); never one per datagram.
+//! task per flow (bounded by `MAX_FLOWS`); never one per datagram. Past
+//! `MAX_FLOWS` the idlest flow's socket is closed for the new one, so a
+//! flood of visitor ports never takes the descriptors the client's other
+//! tunnels need.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +21,8 @@ use tracing::debug;
 
 use tunnel_lib::proto::datagram::{self, HEADER};
 
-/// Flows per connection at once; datagrams of more are dropped.
-const MAX_FLOWS: usize = 4096;
+/// Flows (each a local socket) per connection at once.
+pub const MAX_FLOWS: usize = 1024;
 /// By default a flow silent both ways for this long is closed.
 pub(crate) const FLOW_IDLE: Duration = Duration::from_secs(60);
 const BLOCK: usize = 64 * 1024;
@@ -30,6 +33,17 @@ struct Flow {
     sock: Arc<UdpSocket>,
     /// Milliseconds since `epoch` of the last datagram either way.
     last: Arc<AtomicU64>,
+    /// Its task (what the service answers): aborted when the flow is
+    /// given up, so the socket closes then.
+    task: tokio::task::AbortHandle,
+}
+
+/// The flow that has been silent longest.
+fn idlest<K: Copy>(flows: &HashMap<K, Flow>) -> Option<K> {
+    flows
+        .iter()
+        .min_by_key(|(_, f)| f.last.load(Ordering::Relaxed))
+        .map(|(k, _)| *k)
 }
 
 /// Relays the UDP tunnels of `conn` (tunnel id → local address) until the
@@ -56,8 +70,12 @@ pub(crate) async fn dispatch(
                 let key = (tunnel, flow);
                 if !flows.contains_key(&key) {
                     if flows.len() >= MAX_FLOWS {
-                        debug!("udp: {MAX_FLOWS} flows open, datagram dropped");
-                        continue;
+                        if let Some(old) = idlest(&flows) {
+                            debug!("udp: {MAX_FLOWS} flows open; the idlest gives way");
+                            if let Some(f) = flows.remove(&old) {
+                                f.task.abort();
+                            }
+                        }
                     }
                     let sock = match open(local).await {
                         Ok(s) => Arc::new(s),
@@ -67,8 +85,8 @@ pub(crate) async fn dispatch(
                         }
                     };
                     let last = Arc::new(AtomicU64::new(now_ms()));
-                    tasks.spawn(back(conn.clone(), sock.clone(), tunnel, flow, last.clone(), epoch, idle));
-                    flows.insert(key, Flow { sock, last });
+                    let task = tasks.spawn(back(conn.clone(), sock.clone(), tunnel, flow, last.clone(), epoch, idle));
+                    flows.insert(key, Flow { sock, last, task });
                 }
                 if let Some(f) = flows.get(&key) {
                     f.last.store(now_ms(), Ordering::Relaxed);

@@ -192,6 +192,9 @@ pub struct Stats {
     pub udp_dropped: std::sync::atomic::AtomicU64,
     /// UDP flows alive.
     pub udp_flows: std::sync::atomic::AtomicUsize,
+    /// UDP flows given up for a newer one (the source's share, or the
+    /// tunnel's table, was full).
+    pub udp_evicted: std::sync::atomic::AtomicU64,
     /// Kept-alive local connections the app closed (or spoke on unasked)
     /// while idle between requests: the next request took a new stream.
     pub local_idle_closed: prometheus_client::metrics::counter::Counter,

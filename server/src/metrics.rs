@@ -313,8 +313,14 @@ impl prometheus_client::collector::Collector for Scrape {
         counter(
             &mut enc,
             "udp_dropped",
-            "UDP datagrams dropped (flow limit, full queue)",
+            "UDP datagrams dropped (full queue or buffer)",
             self.stats.udp_dropped.load(Relaxed),
+        )?;
+        counter(
+            &mut enc,
+            "udp_flows_evicted",
+            "UDP flows given up for a newer one (the source's share or the tunnel's table was full)",
+            self.stats.udp_evicted.load(Relaxed),
         )?;
         gauge(
             &mut enc,

@@ -112,6 +112,30 @@ struct Flow {
     last: Instant,
 }
 
+/// Flows one visitor source (an IP, an IPv6 /64) may hold in one tunnel;
+/// a new one past it replaces that source's idlest flow, so one source
+/// rotating its ports churns only its own flows.
+pub const FLOWS_PER_SOURCE: usize = 64;
+
+/// The flow to give up for a new one from `source`: that source's idlest
+/// when it holds its share, else the idlest of all when the table is full.
+fn evictee(
+    flows: &HashMap<u32, Flow>,
+    per_source: &HashMap<std::net::IpAddr, usize>,
+    source: std::net::IpAddr,
+    max_flows: usize,
+) -> Option<u32> {
+    let own = per_source.get(&source).copied().unwrap_or(0) >= FLOWS_PER_SOURCE;
+    if !own && flows.len() < max_flows {
+        return None;
+    }
+    flows
+        .iter()
+        .filter(|(_, f)| !own || crate::fairness::source_key(f.addr.ip()) == source)
+        .min_by_key(|(_, f)| f.last)
+        .map(|(id, _)| *id)
+}
+
 /// One UDP tunnel: visitors' datagrams to the client, the client's back to
 /// the visitor of their flow; idle flows expire.
 async fn relay(
@@ -127,6 +151,23 @@ async fn relay(
     let stats = &state.stats;
     let mut by_addr: HashMap<SocketAddr, u32> = HashMap::new();
     let mut flows: HashMap<u32, Flow> = HashMap::new();
+    let mut per_source: HashMap<std::net::IpAddr, usize> = HashMap::new();
+    let forget = |flows: &mut HashMap<u32, Flow>,
+                  by_addr: &mut HashMap<SocketAddr, u32>,
+                  per_source: &mut HashMap<std::net::IpAddr, usize>,
+                  id: u32| {
+        if let Some(f) = flows.remove(&id) {
+            by_addr.remove(&f.addr);
+            let key = crate::fairness::source_key(f.addr.ip());
+            if let Some(n) = per_source.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    per_source.remove(&key);
+                }
+            }
+            stats.udp_flows.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
     let mut next_flow = 1u32;
     let mut sweep = tokio::time::interval((idle / 4).max(std::time::Duration::from_millis(100)));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,15 +194,17 @@ async fn relay(
                 let now = Instant::now();
                 let flow = match by_addr.get(&from) {
                     Some(f) => *f,
-                    None if flows.len() >= max_flows => {
-                        stats.udp_dropped.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
                     None => {
+                        let source = crate::fairness::source_key(from.ip());
+                        if let Some(old) = evictee(&flows, &per_source, source, max_flows) {
+                            forget(&mut flows, &mut by_addr, &mut per_source, old);
+                            stats.udp_evicted.fetch_add(1, Ordering::Relaxed);
+                        }
                         let f = next_flow;
                         next_flow = next_flow.checked_add(1).unwrap_or(1);
                         by_addr.insert(from, f);
                         flows.insert(f, Flow { addr: from, last: now });
+                        *per_source.entry(source).or_insert(0) += 1;
                         stats.udp_flows.fetch_add(1, Ordering::Relaxed);
                         f
                     }
@@ -193,10 +236,14 @@ async fn relay(
             }
             _ = sweep.tick() => {
                 let now = Instant::now();
-                let before = flows.len();
-                flows.retain(|_, f| now.duration_since(f.last) < idle);
-                by_addr.retain(|_, id| flows.contains_key(id));
-                stats.udp_flows.fetch_sub(before - flows.len(), Ordering::Relaxed);
+                let expired: Vec<u32> = flows
+                    .iter()
+                    .filter(|(_, f)| now.duration_since(f.last) >= idle)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in expired {
+                    forget(&mut flows, &mut by_addr, &mut per_source, id);
+                }
             }
             _ = session.ended.cancelled() => break,
             _ = soft.cancelled() => break,

@@ -150,3 +150,76 @@ async fn a_server_without_udp_ports_says_so() {
     assert!(format!("{res:?}").contains("--udp-ports"), "{res:?}");
     server.stop().await;
 }
+
+/// Issue 22, item 4: one visitor IP sending from 1 100 source ports used to
+/// fill the tunnel's 1 024-flow table (a new legitimate flow got no answer)
+/// and the client's descriptors (one socket per flow), so the same client's
+/// HTTP tunnel answered 502 "Too many open files". Now a source holds 64
+/// flows (its idlest gives way), and the client at most 1 024 sockets.
+#[tokio::test]
+async fn a_port_flood_from_one_ip_leaves_other_flows_and_tunnels_served() {
+    // As the binaries do at start.
+    tunnel_lib::runtime::raise_fd_limit();
+    let (local, _echo) = echo().await;
+    let web = Backend::start("web").await;
+    let p = support::tls::free_port();
+    let server = TestServer::start_with(tunnel_server::Config {
+        udp_ports: Some(p..=p.saturating_add(3)),
+        ..Default::default()
+    })
+    .await;
+    let mut cfg = server.client_config(local, None);
+    cfg.tunnels[0].kind = TunnelKind::Udp;
+    cfg.tunnels.push(tunnel_client::TunnelSpec {
+        local: web.addr.to_string(),
+        subdomain: Some("web".into()),
+        ..Default::default()
+    });
+    let mut client = TestClient::start(cfg);
+    let tunnels = client.online(1).await;
+    let port: u16 = tunnels
+        .iter()
+        .find_map(|t| t.url.strip_prefix("udp://localhost:"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let public: SocketAddr = ([127, 0, 0, 1], port).into();
+    let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = fds();
+
+    let flood = 1100;
+    for _ in 0..flood {
+        let s = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        s.send_to(b"flood", public).await.unwrap();
+    }
+    // A new visitor from elsewhere is answered, as is the flooder's latest.
+    let legit = visitor_socket(public).await;
+    let mut answered = None;
+    for _ in 0..50 {
+        legit.send(b"legit").await.unwrap();
+        if let Some(r) = recv_within(&legit, Duration::from_millis(200)).await {
+            answered = Some(r);
+            break;
+        }
+    }
+    assert_eq!(answered.as_deref(), Some(&b"legit"[..]));
+    assert!(
+        server.stats.udp_evicted.load(Ordering::Relaxed) >= flood / 2,
+        "the flooder's own flows gave way: {}",
+        server.stats.udp_evicted.load(Ordering::Relaxed)
+    );
+    let grown = fds().saturating_sub(before);
+    assert!(
+        grown <= 1024 + 16,
+        "the client holds {grown} more descriptors"
+    );
+    let r = raw_exchange(
+        server.http,
+        b"GET /hello HTTP/1.1\r\nHost: web.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    client.stop().await;
+    server.stop().await;
+    web.stop().await;
+}
