@@ -326,6 +326,19 @@ async fn control_loop(
         };
         let reply = match msg {
             Ok(Some(Control::Register {
+                request_id, local, ..
+            })) if !valid_local(&local) => answer(
+                session,
+                request_id,
+                Err(registry::Refusal {
+                    code: ErrorCode::InvalidName,
+                    message: format!(
+                        "the local address {local:?} is not HOST:PORT (a name or an IP address, \
+                         and a port): pass one such as 127.0.0.1:8080 or localhost:3000"
+                    ),
+                }),
+            ),
+            Ok(Some(Control::Register {
                 request_id,
                 local,
                 kind: kind @ (TunnelKind::Tcp | TunnelKind::Udp),
@@ -337,7 +350,7 @@ async fn control_loop(
                 crate::udp::register(state, session, remote_port, shutdown)
             } {
                 Ok(r) => {
-                    info!(session = session.id, url = %r.url, %local, "port tunnel registered");
+                    info!(session = session.id, url = %r.url, ?local, "port tunnel registered");
                     answer(session, request_id, Ok(r))
                 }
                 Err(refusal) => answer(session, request_id, Err(refusal)),
@@ -362,7 +375,7 @@ async fn control_loop(
                 )
             }) {
                 Ok(r) => {
-                    info!(session = session.id, host = %r.hostname, %local, "tunnel registered");
+                    info!(session = session.id, host = %r.hostname, ?local, "tunnel registered");
                     if kind == TunnelKind::Http {
                         // The URL line appears once its certificate is ready.
                         if !certificate(state, session, &r.hostname, shutdown).await {
@@ -429,6 +442,25 @@ fn answer(
 }
 
 /// A tunnel's visitor policy, checked (HTTP tunnels only).
+/// A client's local address as it must be to reach a log line or a `Host`
+/// header: `HOST:PORT`, a DNS name or an IP address (IPv6 in brackets),
+/// printable ASCII only, at most 261 bytes.
+pub(crate) fn valid_local(local: &str) -> bool {
+    let Some((host, port)) = local.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+        }
+    };
+    local.len() <= 261 && host_ok && port.parse::<u16>().is_ok()
+}
+
 fn edge_policy(
     kind: TunnelKind,
     policy: &tunnel_lib::proto::Policy,
@@ -504,5 +536,32 @@ async fn certificate(
         }
         _ = session.conn.closed() => false,
         _ = shutdown.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 22, item 9: a forged log line and a clear-screen escape.
+    #[test]
+    fn a_local_address_is_host_and_port_only() {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:3000",
+            "[::1]:80",
+            "my-app.internal:443",
+        ] {
+            assert!(super::valid_local(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:8080\n2026-12-07T00:00:00Z INFO forged line",
+            "\x1b[2Jlocalhost:80",
+            "localhost",
+            "localhost:99999",
+            "evil host:80",
+            "[nonsense]:80",
+            &format!("{}:80", "a".repeat(300)),
+        ] {
+            assert!(!super::valid_local(bad), "{bad:?}");
+        }
     }
 }

@@ -38,12 +38,17 @@ fn open_files_limit(pid: u32) -> (String, String) {
     (w.next().unwrap().into(), w.next().unwrap().into())
 }
 
+/// Also item 13: the state directory it creates is 0700.
 #[tokio::test]
 async fn the_soft_open_file_limit_is_raised_at_start() {
     let home = tempfile::tempdir().unwrap();
-    let (server, _, _) = ready_server(&mut limited_server(home.path(), "-S -n 256")).await;
+    let state = home.path().join("new/state");
+    let (server, _, _) = ready_server(&mut limited_server(&state, "-S -n 256")).await;
     let (soft, hard) = open_files_limit(server.child.id().unwrap());
     assert_eq!(soft, hard, "soft {soft}, hard {hard}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
     let (status, log) = server.terminate().await;
     assert!(status.success(), "{log}");
 }

@@ -42,13 +42,24 @@ pub fn default_state_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".local/state/tunnel-server"))
 }
 
+/// Creates `dir` and its missing parents readable by this user only
+/// (0700: the state directory holds keys, tokens' names and account keys).
+/// A directory that exists keeps its mode.
+pub async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = tokio::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    b.mode(0o700);
+    b.create(dir).await
+}
+
 /// Writes `data` to `path` through a temporary file and a rename (a reader
 /// never sees half a file), with `mode` (0o600 for secrets), creating the
 /// parent directory if needed.
 pub async fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        tokio::fs::create_dir_all(dir).await?;
+        create_private_dir(dir).await?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = tokio::fs::OpenOptions::new()

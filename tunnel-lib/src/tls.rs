@@ -171,7 +171,7 @@ pub async fn load_or_generate_dev(
         .map_err(|e| TlsError::Generate(e.to_string()))?;
     let cert_pem = generated.cert.pem();
     let key_pem = generated.signing_key.serialize_pem();
-    tokio::fs::create_dir_all(dir)
+    crate::paths::create_private_dir(dir)
         .await
         .map_err(|source| TlsError::Write {
             path: dir.to_owned(),

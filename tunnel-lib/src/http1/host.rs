@@ -41,7 +41,14 @@ pub fn split_host(v: &[u8]) -> Option<(&[u8], &[u8])> {
     }
     match port {
         [] => Some((host, port)),
-        [b':', digits @ ..] if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => {
+        [b':', digits @ ..]
+            if digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, d| n * 10 + u32::from(d - b'0'))
+                    <= 65_535 =>
+        {
             Some((host, digits))
         }
         _ => None,
@@ -110,6 +117,14 @@ mod tests {
         }
         assert_eq!(split_host(b"h:8080"), Some((&b"h"[..], &b"8080"[..])));
         assert_eq!(split_host(b"h"), Some((&b"h"[..], &b""[..])));
+    }
+
+    /// Issue 22, item 13.
+    #[test]
+    fn a_port_above_65535_is_not_a_host() {
+        assert!(split_host(b"name:65535").is_some());
+        assert!(split_host(b"name:99999").is_none());
+        assert!(split_host(b"[::1]:70000").is_none());
     }
 
     #[test]

@@ -121,7 +121,9 @@ fn eq_ic(a: &[u8], b: &str) -> bool {
 
 /// Field names dropped when forwarding: hop-by-hop (RFC 9110 §7.6.1), framing
 /// (re-written from `body`), Host (written first, once) and the
-/// `X-Forwarded-*` we write ourselves (`X-Forwarded-For` is appended to).
+/// `X-Forwarded-*` we write ourselves (`X-Forwarded-For` is appended to),
+/// and the visitor's own `X-Real-IP` and `Forwarded`: an app that trusts
+/// its proxy would take them for the truth.
 const DROPPED: &[&str] = &[
     "connection",
     "keep-alive",
@@ -135,6 +137,8 @@ const DROPPED: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-host",
     "x-forwarded-proto",
+    "x-real-ip",
+    "forwarded",
 ];
 
 /// 505 only for a well-formed request line naming another HTTP version

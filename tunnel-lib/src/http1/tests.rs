@@ -67,6 +67,18 @@ fn forwarded_head_drops_hop_by_hop_and_appends_xff() {
     assert_eq!(out.matches("\r\nHost:").count(), 1);
 }
 
+/// Issue 22, item 10: the visitor's own X-Real-IP and Forwarded never reach
+/// the app.
+#[test]
+fn visitor_sent_real_ip_and_forwarded_are_dropped() {
+    let out = forwarded(
+        b"GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Real-IP: 10.0.0.1\r\n\
+          Forwarded: for=10.0.0.1;proto=https\r\nAccept: */*\r\n\r\n",
+    );
+    assert!(!out.contains("10.0.0.1"), "{out}");
+    assert!(out.contains("Accept: */*\r\n"), "{out}");
+}
+
 #[test]
 fn framing_and_connection_semantics() {
     let (h, _) =
