@@ -157,6 +157,9 @@ pub struct Config {
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None`: off.
     /// Bound by `Listeners::with_admin`.
     pub metrics: Option<SocketAddr>,
+    /// `/metrics` answers only with `Authorization: Bearer <this>`
+    /// (`/healthz` and `/readyz` stay open: they tell nothing).
+    pub metrics_token: Option<tunnel_lib::auth::Secret>,
     /// One line per forwarded request to this file (`-`: stdout); `None`: off.
     pub access_log: Option<PathBuf>,
     /// How access log lines (and log lines) are written.
@@ -253,6 +256,7 @@ impl Default for Config {
             token_ports: Vec::new(),
             token_names: Vec::new(),
             metrics: None,
+            metrics_token: None,
             access_log: None,
             log_format: Default::default(),
             hsts: None,

@@ -54,6 +54,8 @@ pub struct FileConfig {
     pub udp_ports: Option<Spanned<String>>,
     pub udp_idle: Option<u64>,
     pub metrics: Option<SocketAddr>,
+    /// Better kept out of the file: `TUNNEL_METRICS_TOKEN`.
+    pub metrics_token: Option<String>,
     pub access_log: Option<PathBuf>,
     pub log_format: Option<Spanned<String>>,
     /// `[[token]]` tables: a token and what it may claim.

@@ -528,8 +528,23 @@ impl Server {
         let admin = self.admin.take().map(|l| {
             let prom = self.prom.clone();
             let stopping = self.stopping.clone();
+            let token = self
+                .state
+                .config
+                .metrics_token
+                .as_ref()
+                .map(|t| tunnel_lib::auth::token_digest(&format!("Bearer {}", t.expose())));
+            if let Ok(a) = l.local_addr() {
+                if !a.ip().is_loopback() && token.is_none() {
+                    warn!(
+                        "--metrics {a} is reachable from other machines and /metrics lists every \
+                         tunnel name (random ones too) and each client's address: bind it to \
+                         127.0.0.1, firewall it, or set --metrics-token (TUNNEL_METRICS_TOKEN)"
+                    );
+                }
+            }
             tunnel_lib::admin::serve(l, admin_done.clone().cancelled_owned(), move |req| {
-                metrics::route(prom.clone(), stopping.clone(), req)
+                metrics::route(prom.clone(), stopping.clone(), token, req)
             })
         });
         let admin = async {

@@ -172,6 +172,15 @@ struct Cli {
     /// 127.0.0.1:9090 [default: off].
     #[arg(long, value_name = "ADDR", env = "TUNNEL_METRICS")]
     metrics: Option<SocketAddr>,
+    /// A bearer token that scrapers of /metrics must send (it lists tunnel names and client
+    /// addresses); /healthz and /readyz stay open.
+    #[arg(
+        long,
+        env = "TUNNEL_METRICS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    metrics_token: Option<String>,
     /// Write one line per forwarded request to this file (`-`: stdout) [default: off]. Lines are
     /// dropped (and counted) rather than slow a visitor down.
     #[arg(long, value_name = "FILE", env = "TUNNEL_ACCESS_LOG")]
@@ -489,6 +498,12 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         token_names,
         udp_idle: cli.udp_idle.or(f.udp_idle).map_or(d.udp_idle, secs),
         metrics: cli.metrics.or(f.metrics),
+        metrics_token: cli
+            .metrics_token
+            .clone()
+            .or(f.metrics_token.clone())
+            .filter(|t| !t.is_empty())
+            .map(tunnel_lib::auth::Secret::from),
         access_log: cli.access_log.or_else(|| f.access_log.clone()),
         log_format,
         ..d

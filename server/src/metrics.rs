@@ -366,12 +366,28 @@ impl prometheus_client::collector::Collector for Scrape {
 pub(crate) async fn route(
     prom: Arc<Prom>,
     stopping: CancellationToken,
+    token: Option<[u8; 32]>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<admin::Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return admin::text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
+    let authorized = || {
+        token.is_none_or(|want| {
+            let given = req
+                .headers()
+                .get(hyper::header::AUTHORIZATION)
+                .map_or(&[][..], |v| v.as_bytes());
+            use subtle::ConstantTimeEq;
+            bool::from(tunnel_lib::auth::token_digest_bytes(given).ct_eq(&want))
+        })
+    };
     match req.uri().path() {
+        "/metrics" if !authorized() => admin::text(
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs the bearer token given to --metrics-token \
+             (Authorization: Bearer TOKEN; Prometheus: authorization.credentials)\n",
+        ),
         "/metrics" => {
             let body = tunnel_lib::metrics::encode(&prom);
             admin::full(StatusCode::OK, admin::METRICS_CONTENT_TYPE, body)

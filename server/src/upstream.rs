@@ -74,10 +74,22 @@ pub(crate) async fn read_reply(recv: &mut RecvStream, host: &str) -> Result<Byte
     match reply {
         Ok(Ok(Some(Reply::Connected))) => Ok(buf.freeze()),
         Ok(Ok(Some(Reply::Failed { code, message }))) => {
-            info!(%host, "502: {message}");
+            // The client's words (its local address, the OS error) stay in
+            // its log, its inspector and ours: a public visitor reads what
+            // happened, not where.
+            debug!(%host, reason = ?message, "502 from the client");
             Err(match code {
-                ReplyCode::Refused => respond::local_refused(host, &message),
-                _ => respond::local_failed(host, &message),
+                ReplyCode::Refused => respond::local_refused(
+                    host,
+                    "nothing is listening at the address the client forwards to",
+                ),
+                ReplyCode::TimedOut => respond::local_failed(
+                    host,
+                    "the local service did not accept the connection in time",
+                ),
+                _ => {
+                    respond::local_failed(host, "the client could not connect to the local service")
+                }
             })
         }
         Ok(Ok(None)) | Ok(Err(StreamError::Truncated)) => {

@@ -219,6 +219,11 @@ async fn app_down_gets_502_saying_it_refused() {
     );
     let body = String::from_utf8_lossy(&raw.body);
     assert!(body.contains("refused the connection"), "{body}");
+    // Issue 22, item 12: the client's local address and OS error are not
+    // shown to public visitors.
+    let port = closed.port().to_string();
+    assert!(!body.contains(&port), "{body}");
+    assert!(!body.to_ascii_lowercase().contains("os error"), "{body}");
     client.stop().await;
     server.stop().await;
 }

@@ -141,3 +141,28 @@ async fn metrics_health_readiness_and_the_access_log() {
     assert!(lines[4].ends_with("ms"), "{}", lines[4]);
     backend.stop().await;
 }
+
+/// Issue 22, item 11: with --metrics-token, /metrics (tunnel names, client
+/// addresses) needs the bearer token; health and readiness stay open.
+#[tokio::test]
+async fn metrics_can_require_a_bearer_token() {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let listeners = TestServer::listeners(false).with_admin(Some(any)).unwrap();
+    let config = tunnel_server::Config {
+        metrics_token: Some("scrape-me-0123456789".into()),
+        ..Default::default()
+    };
+    let server = TestServer::start_on(config, listeners).await;
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(admin_get(admin, "/metrics").await.status, 401);
+    assert_eq!(admin_get(admin, "/healthz").await.status, 200);
+    let m = raw_exchange(
+        admin,
+        b"GET /metrics HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer scrape-me-0123456789\r\n\
+          Connection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(m.status, 200);
+    assert!(String::from_utf8_lossy(&m.body).contains("tunnel_server_"));
+    server.stop().await;
+}
