@@ -110,11 +110,13 @@ impl RouteTable {
         };
     }
 
-    fn get(&self, host: &str) -> Option<&Arc<Rule>> {
+    /// The rule for `host`: its exact rule, else the nearest wildcard rule
+    /// above it unless `wild_ok` says the name is not a wildcard's to take.
+    fn get(&self, host: &str, wild_ok: impl FnOnce() -> bool) -> Option<&Arc<Rule>> {
         if let Some(r) = self.exact.get(host) {
             return Some(r);
         }
-        if self.wild.is_empty() {
+        if self.wild.is_empty() || !wild_ok() {
             return None;
         }
         wildcard_parents(host).find_map(|p| self.wild.get(p))
@@ -463,7 +465,7 @@ impl Registry {
     /// an SNI name).
     pub fn route(&self, host: &[u8]) -> Option<(Arc<Rule>, Option<Arc<Session>>)> {
         let host = normalise_host(host)?;
-        let rule = self.routes.load().get(host.as_ref())?.clone();
+        let rule = self.lookup(host.as_ref())?;
         let session = self.sessions.get(&rule.session_id);
         Some((rule, session))
     }
@@ -471,7 +473,25 @@ impl Registry {
     /// Whether some tunnel serves `host` (normalised): ACME orders only for
     /// names that pass this.
     pub fn serves(&self, host: &str) -> bool {
-        self.routes.load().get(host).is_some()
+        self.lookup(host).is_some()
+    }
+
+    /// The rule for a normalised host. A wildcard rule (a granted
+    /// `*.example.com`) never takes a name under the server's domain (those
+    /// are claimed by label, kept by name rules, or free), nor a name
+    /// reserved for a reconnecting client: visitors of those are not
+    /// another token's to receive.
+    fn lookup(&self, host: &str) -> Option<Arc<Rule>> {
+        let wild_ok = || !self.under_domain(host) && !self.reserved.contains_key(host);
+        self.routes.load().get(host, wild_ok).cloned()
+    }
+
+    /// `host` is the domain or a name below it.
+    fn under_domain(&self, host: &str) -> bool {
+        host == self.domain
+            || host
+                .strip_suffix(self.domain.as_str())
+                .is_some_and(|r| r.ends_with('.'))
     }
 
     /// The server's domain.
@@ -540,6 +560,19 @@ impl Registry {
                 self.may_claim_label(session.owner, label)?;
                 return Ok(host);
             }
+        }
+        // The domain, wildcards and deeper names under it are the server's:
+        // no grant reaches them (a grant of *.example.com with --domain
+        // tunnel.example.com would otherwise take every unclaimed name).
+        if self.under_domain(host.strip_prefix("*.").unwrap_or(&host)) {
+            return Err(Refusal {
+                code: ErrorCode::InvalidName,
+                message: format!(
+                    "{host:?} is the server's own domain or under it: claim one label with \
+                     --subdomain NAME (it becomes NAME.{})",
+                    self.domain
+                ),
+            });
         }
         if self.grants.iter().any(|g| g.allows(session.owner, &host)) {
             Ok(host)
@@ -930,7 +963,7 @@ impl Registry {
 
     /// Why a host without a route has none, if it is reserved for its owner.
     pub fn offline(&self, host: &str) -> Option<Offline> {
-        if self.routes.load().get(host).is_some() || !self.reserved.contains_key(host) {
+        if self.lookup(host).is_some() || !self.reserved.contains_key(host) {
             return None;
         }
         Some(if self.left.contains_key(host) {
@@ -1107,11 +1140,22 @@ mod tests {
         t.insert(rule("*.preview.example.com", 1));
         t.insert(rule("a.preview.example.com", 2));
         t.insert(rule("*.example.com", 3));
-        assert_eq!(t.get("a.preview.example.com").unwrap().session_id, 2);
-        assert_eq!(t.get("b.preview.example.com").unwrap().session_id, 1);
-        assert_eq!(t.get("x.y.preview.example.com").unwrap().session_id, 1);
-        assert_eq!(t.get("other.example.com").unwrap().session_id, 3);
-        assert!(t.get("example.com").is_none());
-        assert!(t.get("example.org").is_none());
+        assert_eq!(
+            t.get("a.preview.example.com", || true).unwrap().session_id,
+            2
+        );
+        assert_eq!(
+            t.get("b.preview.example.com", || true).unwrap().session_id,
+            1
+        );
+        assert_eq!(
+            t.get("x.y.preview.example.com", || true)
+                .unwrap()
+                .session_id,
+            1
+        );
+        assert_eq!(t.get("other.example.com", || true).unwrap().session_id, 3);
+        assert!(t.get("example.com", || true).is_none());
+        assert!(t.get("example.org", || true).is_none());
     }
 }
