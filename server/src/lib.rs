@@ -154,7 +154,7 @@ pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
     /// SHA-256 digests of the accepted tokens.
-    pub(crate) tokens: Vec<[u8; 32]>,
+    pub(crate) tokens: Arc<[[u8; 32]]>,
     /// With an https listener: its certificates and TLS configuration.
     pub(crate) tls: Option<Arc<EdgeTls>>,
     /// The https port written in redirects (`None`: no https listener).
@@ -392,7 +392,7 @@ impl Server {
             ),
             None => None,
         };
-        let tokens: Vec<[u8; 32]> = config
+        let tokens: Arc<[[u8; 32]]> = config
             .tokens
             .iter()
             .map(|t| tunnel_lib::auth::token_digest(t.expose()))

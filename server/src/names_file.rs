@@ -23,12 +23,16 @@ fn hex(b: &[u8]) -> String {
 
 /// The file's contents for `names`.
 pub(crate) fn encode(names: &[(String, Owner)], tokens: &[[u8; 32]]) -> Vec<u8> {
+    let owners: Vec<String> = tokens
+        .iter()
+        .map(|t| format!("token-sha256:{}", hex(t)))
+        .collect();
     let list: Vec<serde_json::Value> = names
         .iter()
         .filter_map(|(host, owner)| {
             let owner = match owner {
-                Owner::Anonymous => "anonymous".to_owned(),
-                Owner::Token(i) => format!("token-sha256:{}", hex(tokens.get(*i)?)),
+                Owner::Anonymous => "anonymous",
+                Owner::Token(i) => owners.get(*i)?.as_str(),
             };
             Some(serde_json::json!({ "host": host, "owner": owner }))
         })
@@ -74,17 +78,25 @@ pub(crate) async fn restore(dir: &Path, registry: &Registry, tokens: &[[u8; 32]]
     }
 }
 
-/// Rewrites the file on every change until `shutdown`, then once more.
+/// Changes within this long of the first are written together: a burst of
+/// registrations costs one write, not one each.
+pub(crate) const COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rewrites the file after changes (at most once per [`COALESCE`]) until
+/// `shutdown`, then once more.
 pub(crate) async fn keep(
     registry: Arc<Registry>,
     path: PathBuf,
-    tokens: Vec<[u8; 32]>,
+    tokens: Arc<[[u8; 32]]>,
     shutdown: CancellationToken,
 ) {
     let changes = registry.changes();
     loop {
         let last = tokio::select! {
-            _ = changes.notified() => false,
+            _ = changes.notified() => tokio::select! {
+                _ = tokio::time::sleep(COALESCE) => false,
+                _ = shutdown.cancelled() => true,
+            },
             _ = shutdown.cancelled() => true,
         };
         write(&registry, &path, &tokens).await;
@@ -94,9 +106,19 @@ pub(crate) async fn keep(
     }
 }
 
-pub(crate) async fn write(registry: &Registry, path: &Path, tokens: &[[u8; 32]]) {
-    let data = encode(&registry.held_names(), tokens);
-    if let Err(e) = tunnel_lib::paths::write_atomic(path, &data, 0o600).await {
+/// Writes the file now. The snapshot and its encoding (megabytes for tens
+/// of thousands of names) run on a blocking thread, off the runtime's.
+pub(crate) async fn write(registry: &Arc<Registry>, path: &Path, tokens: &Arc<[[u8; 32]]>) {
+    let (registry, tokens) = (registry.clone(), tokens.clone());
+    let encoded = tokio::task::spawn_blocking(move || encode(&registry.held_names(), &tokens));
+    let Ok(data) = encoded.await else {
+        return;
+    };
+    save(path, &data).await;
+}
+
+async fn save(path: &Path, data: &[u8]) {
+    if let Err(e) = tunnel_lib::paths::write_atomic(path, data, 0o600).await {
         warn!(
             "cannot save {}: {e}; names will not survive a restart",
             path.display()

@@ -815,8 +815,10 @@ impl Registry {
     fn claim_random(&self, session: &Session) -> Result<String, Refusal> {
         for _ in 0..8 {
             let host = format!("{}.{}", random_label(), self.domain);
-            if self.claim(&host, session).is_ok() {
-                return Ok(host);
+            match self.claim(&host, session) {
+                Ok(()) => return Ok(host),
+                Err(r) if r.code == ErrorCode::LimitReached => return Err(r),
+                Err(_) => {}
             }
         }
         Err(Refusal {

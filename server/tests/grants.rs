@@ -89,3 +89,66 @@ async fn a_grant_never_reaches_the_servers_own_names() {
     alice.stop().await;
     mallory.stop().await;
 }
+
+/// Issue 22, item 6: one token reserved 80 000 names by reconnecting with
+/// random ones. Now a token holds `max_names_per_token` names (in use or
+/// reserved); its own reserved names stay its to take back.
+#[tokio::test]
+async fn a_token_holds_a_bounded_number_of_names() {
+    let mut config = tunnel_server::Config {
+        tokens: vec![A.into(), B.into()],
+        ..Default::default()
+    };
+    config.token_limits.names = 3;
+    let server = TestServer::start_with(config).await;
+    let app = Backend::start("app").await;
+    let random = |token: &str| {
+        let mut cfg = server.client_config(app.addr, None);
+        cfg.token = Some(token.into());
+        TestClient::start(cfg)
+    };
+    let mut kept = client(&server, app.addr, "kept", A);
+    kept.online(1).await;
+    kept.stop().await;
+    for _ in 0..2 {
+        let mut c = random(A);
+        c.online(1).await;
+        c.stop().await;
+    }
+    let err = random(A).finished().await.unwrap_err();
+    assert!(err.to_string().contains("max_names_per_token"), "{err}");
+    // Its own reservation comes back; another token is not affected.
+    let mut again = client(&server, app.addr, "kept", A);
+    again.online(1).await;
+    let mut other = random(B);
+    other.online(1).await;
+    again.stop().await;
+    other.stop().await;
+    server.stop().await;
+    app.stop().await;
+}
+
+/// Issue 22, item 6: the tunnels of one token's clients, together.
+#[tokio::test]
+async fn a_token_exposes_a_bounded_number_of_tunnels() {
+    let mut config = tunnel_server::Config {
+        tokens: vec![A.into()],
+        ..Default::default()
+    };
+    config.token_limits.tunnels = 2;
+    let server = TestServer::start_with(config).await;
+    let app = Backend::start("app").await;
+    let mut one = client(&server, app.addr, "one", A);
+    one.online(1).await;
+    let mut two = client(&server, app.addr, "two", A);
+    two.online(1).await;
+    let err = client(&server, app.addr, "three", A)
+        .finished()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("max_tunnels_per_token"), "{err}");
+    one.stop().await;
+    two.stop().await;
+    server.stop().await;
+    app.stop().await;
+}
