@@ -22,7 +22,7 @@
 //! State on disk (the state directory, `acme/`): `account.json` (0600) and
 //! per name `NAME.crt` and `NAME.key` (0600), so a restart orders nothing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,14 +41,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::certs::{Cert, CertStore};
-use crate::registry::Registry;
+use crate::registry::{Owner, Registry};
+
+mod budget;
+use budget::Budget;
+pub use budget::ORDERS_PER_HOUR;
 
 /// Let's Encrypt's production and staging directories.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
-/// New orders per rolling hour (Let's Encrypt allows 300 per 3 hours).
-pub const ORDERS_PER_HOUR: usize = 60;
 /// Registrations waiting for the worker.
 const QUEUE: usize = 64;
 /// How long a registration waits for its certificate.
@@ -83,6 +85,8 @@ pub struct AcmeConfig {
     /// Renew a certificate once it is this old, whatever its lifetime
     /// (default: at two thirds of its lifetime).
     pub renew_after: Option<Duration>,
+    /// The window of the order budgets (default: an hour).
+    pub order_window: Option<Duration>,
 }
 
 #[derive(Debug, Error, Clone)]
@@ -99,8 +103,10 @@ pub enum AcmeError {
         secs: u64,
         last: String,
     },
-    #[error("at most {ORDERS_PER_HOUR} certificate orders per hour: retry in {0} s")]
+    #[error("at most {ORDERS_PER_HOUR} certificate orders per hour: the tunnel serves the default certificate and gets its own in about {0} s, by itself")]
     RateLimited(u64),
+    #[error("this token's names have started as many certificate orders this hour as it may (acme_orders_per_token_per_hour): the tunnel serves the default certificate and gets its own in about {0} s, by itself")]
+    TokenRateLimited(u64),
     #[error("too many certificate requests are waiting; retry shortly")]
     Busy,
     #[error("the certificate for {0} did not arrive within {ENSURE_TIMEOUT:?}")]
@@ -111,6 +117,7 @@ pub enum AcmeError {
 
 struct Job {
     host: String,
+    owner: Owner,
     done: oneshot::Sender<Result<(), AcmeError>>,
 }
 
@@ -133,8 +140,8 @@ pub struct Worker {
     account: Option<Account>,
     /// Name → (not before, attempts, last error).
     failures: HashMap<String, (Instant, u32, String)>,
-    /// Start times of recent orders (rate limit).
-    recent: VecDeque<Instant>,
+    /// The order budgets, and the names waiting for an order.
+    budget: Budget,
     /// Certificates whose renewal is due, by first name, with jitter fixed
     /// once per certificate.
     due: HashMap<String, SystemTime>,
@@ -150,6 +157,10 @@ impl Acme {
     ) -> (Acme, Worker) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let orders = Arc::new(AtomicU64::new(0));
+        let budget = Budget::new(
+            cfg.order_window.unwrap_or(Duration::from_secs(3600)),
+            registry.token_limits().acme_orders_per_hour,
+        );
         let worker = Worker {
             cfg,
             dir: state_dir.join("acme"),
@@ -159,7 +170,7 @@ impl Acme {
             orders: orders.clone(),
             account: None,
             failures: HashMap::new(),
-            recent: VecDeque::new(),
+            budget,
             due: HashMap::new(),
         };
         (Acme { tx, orders }, worker)
@@ -172,11 +183,12 @@ impl Acme {
 
     /// Makes sure a certificate covers `host`: at once when one does,
     /// otherwise after an order (bounded by [`ENSURE_TIMEOUT`]).
-    pub async fn ensure(&self, host: &str) -> Result<(), AcmeError> {
+    pub async fn ensure(&self, host: &str, owner: Owner) -> Result<(), AcmeError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .try_send(Job {
                 host: host.to_owned(),
+                owner,
                 done,
             })
             .map_err(|e| match e {
@@ -220,10 +232,10 @@ impl Worker {
                 startup_done = true;
                 if self.cfg.dns_hook.is_some() {
                     let names = vec![format!("*.{domain}"), domain.clone()];
-                    if let Err(e) = self.obtain(&names).await {
+                    if let Err(e) = self.obtain(&names, None).await {
                         warn!("{e}; new tunnels get a certificate each until the wildcard works");
                     }
-                } else if let Err(e) = self.obtain(std::slice::from_ref(&domain)).await {
+                } else if let Err(e) = self.obtain(std::slice::from_ref(&domain), None).await {
                     warn!("{e}; clients need --server-fingerprint until the server has a certificate for {domain}");
                 }
             }
@@ -231,12 +243,15 @@ impl Worker {
             tokio::select! {
                 job = self.rx.recv() => match job {
                     Some(job) => {
-                        let r = self.for_host(&job.host).await;
+                        let r = self.for_host(&job.host, job.owner).await;
                         let _ = job.done.send(r);
                     }
                     None => return,
                 },
-                _ = tokio::time::sleep_until(wake) => self.renew_due().await,
+                _ = tokio::time::sleep_until(wake) => {
+                    self.renew_due().await;
+                    self.retry_pending().await;
+                }
             }
         }
     }
@@ -254,7 +269,38 @@ impl Worker {
             let d = at.duration_since(now_sys).unwrap_or_default();
             wake = wake.min(now + d);
         }
+        let failures = &self.failures;
+        if let Some(at) = self.budget.next_retry(|h| failures.get(h).map(|f| f.0)) {
+            wake = wake.min(at.max(now));
+        }
         wake
+    }
+
+    /// Orders again, one at a time, the names that got the default
+    /// certificate, as their budgets and backoff allow; forgets those no
+    /// tunnel serves any more.
+    async fn retry_pending(&mut self) {
+        let now = Instant::now();
+        let pending: Vec<(String, Owner)> = self
+            .budget
+            .pending
+            .iter()
+            .map(|(h, o)| (h.clone(), *o))
+            .collect();
+        for (host, owner) in pending {
+            if !self.registry.serves(&host) || self.store.covers(&host) {
+                self.budget.pending.remove(&host);
+                continue;
+            }
+            let backoff = self.failures.get(&host).is_some_and(|f| f.0 > now);
+            if backoff || self.budget.free_at(Some(owner), now) > now {
+                continue;
+            }
+            match self.for_host(&host, owner).await {
+                Ok(()) => info!(%host, "the certificate that was refused earlier is issued"),
+                Err(e) => debug!(%host, "still no certificate: {e}"),
+            }
+        }
     }
 
     fn due_at(&mut self, c: &Cert) -> SystemTime {
@@ -287,7 +333,7 @@ impl Worker {
                 continue;
             }
             let key = c.names.first().cloned().unwrap_or_default();
-            match self.order(&c.names).await {
+            match self.order(&c.names, None).await {
                 Ok(()) => {
                     self.due.remove(&key);
                     info!(names = ?c.names, "certificate renewed");
@@ -311,9 +357,11 @@ impl Worker {
         }
     }
 
-    /// A registration's certificate.
-    async fn for_host(&mut self, host: &str) -> Result<(), AcmeError> {
+    /// A registration's certificate. A name that cannot have one now
+    /// (budget, backoff, a failed order) is kept to be ordered again.
+    async fn for_host(&mut self, host: &str, owner: Owner) -> Result<(), AcmeError> {
         if self.store.covers(host) {
+            self.budget.pending.remove(host);
             return Ok(());
         }
         if host.starts_with("*.") && self.cfg.dns_hook.is_none() {
@@ -324,11 +372,16 @@ impl Worker {
                         .into(),
             });
         }
-        self.obtain(&[host.to_owned()]).await
+        let r = self.obtain(&[host.to_owned()], Some(owner)).await;
+        match &r {
+            Ok(()) => self.budget.pending.remove(host),
+            Err(_) => self.budget.pending.insert(host.to_owned(), owner),
+        };
+        r
     }
 
-    /// Orders `names` unless backoff or the rate limit says no.
-    async fn obtain(&mut self, names: &[String]) -> Result<(), AcmeError> {
+    /// Orders `names` unless backoff or a budget says no.
+    async fn obtain(&mut self, names: &[String], owner: Option<Owner>) -> Result<(), AcmeError> {
         if names.iter().all(|n| self.store.covers(n)) {
             return Ok(());
         }
@@ -343,25 +396,23 @@ impl Worker {
                 });
             }
         }
-        self.order(names).await
+        self.order(names, owner).await
     }
 
-    /// One order, with its bookkeeping (rate limit, backoff on failure).
-    async fn order(&mut self, names: &[String]) -> Result<(), AcmeError> {
+    /// One order, with its bookkeeping (budgets, backoff on failure).
+    /// `owner`: whose names (`None`: the server's own, or a renewal).
+    async fn order(&mut self, names: &[String], owner: Option<Owner>) -> Result<(), AcmeError> {
         let now = Instant::now();
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(3600))
-        {
-            self.recent.pop_front();
+        let free = self.budget.free_at(owner, now);
+        if free > now {
+            let secs = (free - now).as_secs().max(1);
+            return Err(if self.budget.token_bound(owner, now) {
+                AcmeError::TokenRateLimited(secs)
+            } else {
+                AcmeError::RateLimited(secs)
+            });
         }
-        if self.recent.len() >= ORDERS_PER_HOUR {
-            let oldest = self.recent.front().copied().unwrap_or(now);
-            let wait = Duration::from_secs(3600).saturating_sub(now.duration_since(oldest));
-            return Err(AcmeError::RateLimited(wait.as_secs().max(1)));
-        }
-        self.recent.push_back(now);
+        self.budget.spend(owner, now);
         self.orders.fetch_add(1, Ordering::Relaxed);
         let key = names[0].clone();
         info!(?names, "ordering a certificate");

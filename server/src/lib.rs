@@ -400,6 +400,17 @@ impl Server {
         names_file::restore(&state_dir, &registry, &tokens).await;
         let (acme, acme_worker) = match (&config.acme, &tls) {
             (Some(cfg), Some(t)) => {
+                if cfg.dns_hook.is_none() && !t.store.covers(&format!("any-name.{}", config.domain))
+                {
+                    warn!(
+                        "--acme without --acme-dns-hook orders one certificate per tunnel name: \
+                         every name, random ones too, is published in public certificate \
+                         transparency logs, and Let's Encrypt issues at most 50 certificates per \
+                         domain a week. For a team, give a wildcard for *.{}: --acme-dns-hook \
+                         PROGRAM (DNS-01), or --edge-cert/--edge-key (deploy/VPS.md)",
+                        config.domain
+                    );
+                }
                 let (a, mut w) =
                     Acme::new(cfg.clone(), &state_dir, t.store.clone(), registry.clone());
                 w.load_cache().await;

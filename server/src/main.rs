@@ -432,6 +432,7 @@ async fn configure(cli: Cli) -> Result<Config, String> {
         },
         dns_hook: acme_dns_hook,
         renew_after: None,
+        order_window: None,
     });
     let log_format = match (&cli.log_format, &f.log_format) {
         (Some(v), _) => v.parse()?,

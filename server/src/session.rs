@@ -528,7 +528,7 @@ async fn certificate(
 ) -> bool {
     let Some(acme) = &state.acme else { return true };
     tokio::select! {
-        r = acme.ensure(host) => {
+        r = acme.ensure(host, session.owner) => {
             if let Err(e) = r {
                 warn!(session = session.id, %host, "no certificate yet: {e}");
             }

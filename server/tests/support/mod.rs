@@ -726,6 +726,7 @@ pub fn statuses(text: &str) -> Vec<&str> {
         .collect()
 }
 
+pub mod acme;
 pub mod bins;
 pub mod cdp;
 pub mod fault;
