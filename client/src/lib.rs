@@ -93,7 +93,10 @@ impl Default for Config {
             dev_state_dir: None,
             local: LocalPolicy::default(),
             backoff_base: Duration::from_millis(250),
-            backoff_cap: Duration::from_secs(30),
+            // After a long outage a client still tries every 5 s on
+            // average: back soon after the server is, at one small
+            // packet per attempt.
+            backoff_cap: Duration::from_secs(10),
             udp_idle: udp::FLOW_IDLE,
         }
     }

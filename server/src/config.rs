@@ -25,6 +25,17 @@ pub enum ConfigError {
     },
     #[error("--token: tokens must not be empty")]
     EmptyToken,
+    #[error(
+        "refusing to listen on {addr} ({field}) with a weak token (the {nth} one: {why}): anyone \
+         could guess it. Make one with `openssl rand -hex 32` (at least 16 characters, not an \
+         example's placeholder)"
+    )]
+    WeakToken {
+        field: &'static str,
+        addr: SocketAddr,
+        nth: String,
+        why: &'static str,
+    },
     #[error("--cert and --key go together: pass both (PEM files) or neither for a self-signed certificate")]
     CertKeyPair,
     #[error("no state directory: set --state-dir (or HOME / XDG_STATE_HOME / TUNNEL_STATE_DIR)")]
@@ -64,6 +75,37 @@ pub struct Timeouts {
     /// The whole TLS handshake (from the ClientHello's first byte) of an
     /// https visitor.
     pub tls_handshake: Duration,
+}
+
+/// Why a token is too weak for a public listener, if it is.
+pub fn weak_token(t: &str) -> Option<&'static str> {
+    const PLACEHOLDERS: [&str; 6] = [
+        "change-me",
+        "changeme",
+        "replace-me",
+        "secret",
+        "example",
+        "your-token",
+    ];
+    let lower = t.to_ascii_lowercase();
+    if PLACEHOLDERS.iter().any(|p| lower.contains(p)) {
+        Some("it is an example's placeholder")
+    } else if t.len() < 16 {
+        Some("shorter than 16 characters")
+    } else {
+        None
+    }
+}
+
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (1, 11) | (2, 12) | (3, 13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 impl Default for Timeouts {
@@ -326,14 +368,25 @@ impl Config {
         if self.tokens.iter().any(|t| t.is_empty()) {
             return Err(ConfigError::EmptyToken);
         }
-        if self.tokens.is_empty() {
-            for (field, addr) in [
-                ("--quic", Some(quic)),
-                ("--http", Some(http)),
-                ("--https", https),
-            ] {
-                if let Some(addr) = addr.filter(|a| !a.ip().is_loopback()) {
-                    return Err(ConfigError::TokenRequired { field, addr });
+        let public = [
+            ("--quic", Some(quic)),
+            ("--http", Some(http)),
+            ("--https", https),
+        ]
+        .into_iter()
+        .find_map(|(field, addr)| Some((field, addr.filter(|a| !a.ip().is_loopback())?)));
+        if let Some((field, addr)) = public {
+            if self.tokens.is_empty() {
+                return Err(ConfigError::TokenRequired { field, addr });
+            }
+            for (i, t) in self.tokens.iter().enumerate() {
+                if let Some(why) = weak_token(t.expose()) {
+                    return Err(ConfigError::WeakToken {
+                        field,
+                        addr,
+                        nth: ordinal(i + 1),
+                        why,
+                    });
                 }
             }
         }

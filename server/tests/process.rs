@@ -125,6 +125,27 @@ async fn public_listener_without_token_refuses_to_start() {
     );
 }
 
+/// Issue 22, deploy files: the example's placeholder, or a short token, on
+/// a public listener is refused with how to make a good one.
+#[tokio::test]
+async fn public_listener_with_a_weak_token_refuses_to_start() {
+    for token in ["change-me-to-a-long-random-string", "short"] {
+        let out = Command::new(server_bin())
+            .args(["--http", "0.0.0.0:0", "--quic", "127.0.0.1:0"])
+            .env("TUNNEL_TOKENS", token)
+            .env("HOME", tempfile::tempdir().unwrap().path())
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success(), "{token}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("weak token") && stderr.contains("openssl rand -hex 32"),
+            "{token}: {stderr}"
+        );
+    }
+}
+
 /// What `tunnel-server` prints for a configuration it refuses.
 async fn refused(args: &[&str]) -> String {
     let home = tempfile::tempdir().unwrap();
