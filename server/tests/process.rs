@@ -1024,3 +1024,42 @@ async fn start_runs_every_tunnel_of_the_config_file_and_login_saves_the_server()
     web.stop().await;
     api.stop().await;
 }
+
+/// The systemd unit of deploy/ as an operator installs it: `systemd-analyze
+/// verify` accepts it (ExecStart pointed at the binary under test), and it
+/// loads the tokens file the guide creates, never a token from the example.
+#[tokio::test]
+async fn the_deploy_unit_verifies() {
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    let unit = tokio::fs::read_to_string(deploy.join("tunnel-server.service"))
+        .await
+        .unwrap();
+    assert!(unit.contains("LoadCredential=tokens:/etc/tunnel-server/tokens"));
+    let guide = tokio::fs::read_to_string(deploy.join("VPS.md"))
+        .await
+        .unwrap();
+    assert!(guide.contains("openssl rand -hex 32 > /etc/tunnel-server/tokens"));
+    let example = tokio::fs::read_to_string(deploy.join("tunnel-server.env.example"))
+        .await
+        .unwrap();
+    assert!(
+        !example.lines().any(|l| l.starts_with("TUNNEL_TOKENS=")),
+        "the example ships no token"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tunnel-server.service");
+    let unit = unit.replace(
+        "ExecStart=/usr/local/bin/tunnel-server",
+        &format!("ExecStart={}", server_bin().display()),
+    );
+    tokio::fs::write(&path, unit).await.unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .await
+        .expect("systemd-analyze (apt-get install systemd)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("tunnel-server.service:"), "{stderr}");
+}
