@@ -95,23 +95,12 @@ fn send_failure(e: &io::Error, to: &SocketAddr) -> String {
     }
 }
 
-impl fmt::Debug for Socket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Socket")
-            .field("local", &self.io.get_ref().local_addr().ok())
-            .finish_non_exhaustive()
-    }
-}
+/// The most one UDP send may carry (IPv4's limit, the lower of the two).
+const MAX_UDP_SEND: usize = 65_507;
 
-impl AsyncUdpSocket for Socket {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
-        Box::pin(WritablePoller {
-            socket: self,
-            waiting: None,
-        })
-    }
-
-    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+impl Socket {
+    /// One send as quinn-udp makes it, with our handling of its errors.
+    fn send_one(&self, transmit: &Transmit) -> io::Result<()> {
         // No readiness to consult: a send is tried, and `WouldBlock` sends
         // quinn to the poller.
         match self.state.try_send(self.io.get_ref().into(), transmit) {
@@ -138,6 +127,54 @@ impl AsyncUdpSocket for Socket {
                 Ok(())
             }
         }
+    }
+}
+
+impl fmt::Debug for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Socket")
+            .field("local", &self.io.get_ref().local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AsyncUdpSocket for Socket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        Box::pin(WritablePoller {
+            socket: self,
+            waiting: None,
+        })
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        // A GSO batch larger than one UDP send may carry (10 × 8 952 bytes
+        // with jumbo MTUs) would fail whole with EMSGSIZE: it goes out in
+        // sends that fit, each a whole number of segments.
+        let Some(seg) = transmit
+            .segment_size
+            .filter(|_| transmit.contents.len() > MAX_UDP_SEND)
+        else {
+            return self.send_one(transmit);
+        };
+        let per_send = (MAX_UDP_SEND / seg).max(1) * seg;
+        for (i, part) in transmit.contents.chunks(per_send).enumerate() {
+            let piece = Transmit {
+                destination: transmit.destination,
+                ecn: transmit.ecn,
+                contents: part,
+                segment_size: (part.len() > seg).then_some(seg),
+                src_ip: transmit.src_ip,
+            };
+            match self.send_one(&piece) {
+                Ok(()) => {}
+                // Nothing sent yet: quinn retries the whole batch later.
+                Err(e) if i == 0 => return Err(e),
+                // Part of it went: the rest is lost to QUIC, which resends
+                // it; the poller waits for room before the next batch.
+                Err(_) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 
     fn poll_recv(
@@ -322,6 +359,44 @@ mod tests {
             .expect("writable");
         assert!(poller.waiting.is_none(), "the registration is dropped");
         assert!(!socket.blocked.load(Ordering::Relaxed));
+    }
+
+    /// Issue 22: a GSO batch over 65 507 bytes (10 × 8 952 with jumbo
+    /// MTUs) used to fail whole with EMSGSIZE and count as sent; it now
+    /// arrives, every segment, in sends that fit.
+    #[tokio::test]
+    async fn a_batch_larger_than_one_send_is_split() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let to = rx.local_addr().unwrap();
+        let s = Runtime
+            .wrap_udp_socket(UdpSocket::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        let segments = s.max_transmit_segments().min(10);
+        if segments < 8 {
+            eprintln!("SKIPPED: no UDP GSO here ({segments} segments)");
+            return;
+        }
+        let seg = 8952;
+        let contents: Vec<u8> = (0..segments * seg).map(|i| (i / seg) as u8).collect();
+        assert!(contents.len() > MAX_UDP_SEND);
+        let t = Transmit {
+            destination: to,
+            ecn: None,
+            contents: &contents,
+            segment_size: Some(seg),
+            src_ip: None,
+        };
+        s.try_send(&t).unwrap();
+        let mut buf = vec![0u8; 65536];
+        for i in 0..segments {
+            let n = rx.recv(&mut buf).expect("every segment arrives");
+            assert_eq!(n, seg);
+            assert!(
+                buf[..n].iter().all(|b| *b == i as u8),
+                "segment {i} in order"
+            );
+        }
     }
 
     /// What a person reads when the network is gone: the cause and what to
