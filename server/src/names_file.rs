@@ -27,18 +27,29 @@ pub(crate) fn encode(names: &[(String, Owner)], tokens: &[[u8; 32]]) -> Vec<u8> 
         .iter()
         .map(|t| format!("token-sha256:{}", hex(t)))
         .collect();
-    let list: Vec<serde_json::Value> = names
+    // Borrowed entries, serialised straight to bytes: no JSON tree of
+    // tens of thousands of small maps on the way.
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        host: &'a str,
+        owner: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct File<'a> {
+        version: u32,
+        names: Vec<Entry<'a>>,
+    }
+    let names = names
         .iter()
         .filter_map(|(host, owner)| {
             let owner = match owner {
                 Owner::Anonymous => "anonymous",
                 Owner::Token(i) => owners.get(*i)?.as_str(),
             };
-            Some(serde_json::json!({ "host": host, "owner": owner }))
+            Some(Entry { host, owner })
         })
         .collect();
-    serde_json::to_vec_pretty(&serde_json::json!({ "version": 1, "names": list }))
-        .unwrap_or_default()
+    serde_json::to_vec_pretty(&File { version: 1, names }).unwrap_or_default()
 }
 
 /// The names in a file's contents, their owners matched against today's
