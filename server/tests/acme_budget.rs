@@ -63,3 +63,21 @@ async fn a_tokens_order_budget_is_its_own_and_refused_names_are_retried() {
     server.stop().await;
     app.stop().await;
 }
+
+/// `--acme` without a DNS hook says at start what per-name certificates
+/// cost: every name in the public CT logs, and the CA's weekly limit.
+#[tokio::test]
+async fn acme_without_a_wildcard_warns_at_start() {
+    let home = tempfile::tempdir().unwrap();
+    let (mut server, _, _) = support::bins::ready_server(
+        support::bins::server_cmd(home.path())
+            .args(["--https", "127.0.0.1:0", "--acme"])
+            // Nothing answers there: the account waits, the server runs.
+            .args(["--acme-directory", "https://127.0.0.1:9/directory"]),
+    )
+    .await;
+    let line = server.log_until("certificate transparency").await;
+    assert!(line.contains("--acme-dns-hook"), "{line}");
+    let (status, log) = server.terminate().await;
+    assert!(status.success(), "{log}");
+}

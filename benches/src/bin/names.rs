@@ -64,7 +64,12 @@ fn main() {
 }
 
 /// A child's stdout lines; the child dies with its handle.
-fn spawn(cmd: &mut Command) -> (Child, tokio::io::Lines<BufReader<tokio::process::ChildStdout>>) {
+fn spawn(
+    cmd: &mut Command,
+) -> (
+    Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -199,10 +204,16 @@ async fn run(o: Opts) {
     tokio::spawn(tunnel_benches::backend(backend, stop.clone()));
 
     let mut cmd = Command::new(o.bin.join("tunnel-server"));
-    cmd.args(["--http", "127.0.0.1:0", "--quic", "127.0.0.1:0", "--state-dir"])
-        .arg(dir.path())
-        .env("TUNNEL_TOKENS", format!("{ATTACKER},{VICTIM}"))
-        .env("RUST_LOG", "error");
+    cmd.args([
+        "--http",
+        "127.0.0.1:0",
+        "--quic",
+        "127.0.0.1:0",
+        "--state-dir",
+    ])
+    .arg(dir.path())
+    .env("TUNNEL_TOKENS", format!("{ATTACKER},{VICTIM}"))
+    .env("RUST_LOG", "error");
     if o.uncapped {
         cmd.args([
             "--max-names-per-token",
@@ -231,7 +242,12 @@ async fn run(o: Opts) {
         Command::new(o.bin.join("tunnel-client"))
             .args(["--server", &quic.to_string(), "--server-fingerprint"])
             .arg(field("fingerprint="))
-            .args(["--expose", &backend_addr.to_string(), "--subdomain", "victim"])
+            .args([
+                "--expose",
+                &backend_addr.to_string(),
+                "--subdomain",
+                "victim",
+            ])
             .env("TUNNEL_TOKEN", VICTIM)
             .env("TUNNEL_INSPECT", "off")
             .env("HOME", dir.path())
