@@ -251,7 +251,7 @@ pub(crate) async fn handle(
         reply(
             &mut send,
             Reply::Failed {
-                code: ReplyCode::Unreachable,
+                code: ReplyCode::CircuitOpen,
                 message,
             },
         )

@@ -89,12 +89,13 @@ pub(crate) async fn restore(dir: &Path, registry: &Registry, tokens: &[[u8; 32]]
     }
 }
 
-/// Changes within this long of the first are written together: a burst of
-/// registrations costs one write, not one each.
+/// At most one write per this long: the first change is written at once
+/// (a redeploy that copies the state right after sees it), the changes of
+/// a burst after it together at the end of the interval.
 pub(crate) const COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Rewrites the file after changes (at most once per [`COALESCE`]) until
-/// `shutdown`, then once more.
+/// Rewrites the file after changes (at once, then at most once per
+/// [`COALESCE`]) until `shutdown`, then once more.
 pub(crate) async fn keep(
     registry: Arc<Registry>,
     path: PathBuf,
@@ -103,18 +104,19 @@ pub(crate) async fn keep(
 ) {
     let changes = registry.changes();
     loop {
-        let last = tokio::select! {
-            _ = changes.notified() => tokio::select! {
-                _ = tokio::time::sleep(COALESCE) => false,
-                _ = shutdown.cancelled() => true,
-            },
-            _ = shutdown.cancelled() => true,
-        };
+        tokio::select! {
+            _ = changes.notified() => {}
+            _ = shutdown.cancelled() => break,
+        }
         write(&registry, &path, &tokens).await;
-        if last {
-            return;
+        // Changes meanwhile leave a permit in `changes`: the next turn
+        // writes them, a second after this write at the earliest.
+        tokio::select! {
+            _ = tokio::time::sleep(COALESCE) => {}
+            _ = shutdown.cancelled() => break,
         }
     }
+    write(&registry, &path, &tokens).await;
 }
 
 /// Writes the file now. The snapshot and its encoding (megabytes for tens

@@ -87,6 +87,11 @@ pub(crate) async fn read_reply(recv: &mut RecvStream, host: &str) -> Result<Byte
                     host,
                     "the local service did not accept the connection in time",
                 ),
+                ReplyCode::CircuitOpen => respond::local_failed(
+                    host,
+                    "the local service failed its last connection attempts, so the tunnel \
+                     answers at once for a few seconds (circuit open); retry shortly",
+                ),
                 _ => {
                     respond::local_failed(host, "the client could not connect to the local service")
                 }

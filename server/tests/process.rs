@@ -597,7 +597,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
                 &format!("{}.1:0", ns.net),
             ])
             // Not loopback: a token is required.
-            .env("TUNNEL_TOKENS", "migration-token")
+            .env("TUNNEL_TOKENS", "migration-token-0123456789")
             .arg("--state-dir")
             .arg(home.path()),
     );
@@ -643,7 +643,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
                 "--server-fingerprint",
                 &fingerprint,
                 "--token",
-                "migration-token",
+                "migration-token-0123456789",
                 "--expose",
                 &format!("127.0.0.1:{port}"),
             ]),

@@ -719,7 +719,7 @@ impl Tunnel {
         let token: &[&str] = if link.wrap.is_empty() {
             &[]
         } else {
-            &["--token", "bench-token"]
+            &["--token", "bench-token-0123456789abcdef"]
         };
         let (server, server_lines) = spawn_lines(
             Command::new(server_bin)

@@ -114,6 +114,8 @@ pub enum ReplyCode {
     UnknownTunnel,
     /// Any other dial error.
     Unreachable,
+    /// Recent dials failed: the client answers at once for a while.
+    CircuitOpen,
     Other(u16),
 }
 
@@ -124,6 +126,7 @@ impl ReplyCode {
             Self::TimedOut => 2,
             Self::UnknownTunnel => 3,
             Self::Unreachable => 4,
+            Self::CircuitOpen => 5,
             Self::Other(c) => c,
         }
     }
@@ -133,6 +136,7 @@ impl ReplyCode {
             2 => Self::TimedOut,
             3 => Self::UnknownTunnel,
             4 => Self::Unreachable,
+            5 => Self::CircuitOpen,
             c => Self::Other(c),
         }
     }
