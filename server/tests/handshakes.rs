@@ -122,6 +122,21 @@ type Raw = (quinn::Connection, quinn::SendStream, quinn::RecvStream);
 
 /// The hello a client sends, and the welcome.
 async fn hello(ep: &quinn::Endpoint, quic: SocketAddr, pin: [u8; 32], token: &str) -> Raw {
+    let (raw, welcome) = try_hello(ep, quic, pin, token).await;
+    assert!(
+        matches!(welcome, Some(Control::Welcome { .. })),
+        "{welcome:?}"
+    );
+    raw
+}
+
+/// A connection, its hello, and the server's answer.
+async fn try_hello(
+    ep: &quinn::Endpoint,
+    quic: SocketAddr,
+    pin: [u8; 32],
+    token: &str,
+) -> (Raw, Option<Control>) {
     let conn = ep
         .connect_with(quic_config(pin), quic, "localhost")
         .unwrap()
@@ -138,12 +153,10 @@ async fn hello(ep: &quinn::Endpoint, quic: SocketAddr, pin: [u8; 32], token: &st
     .encode(&mut out);
     send.write_all(&out).await.unwrap();
     let mut buf = BytesMut::new();
-    let welcome = read_message(&mut recv, &mut buf, Control::decode).await;
-    assert!(
-        matches!(welcome, Ok(Some(Control::Welcome { .. }))),
-        "{welcome:?}"
-    );
-    (conn, send, recv)
+    let answer = read_message(&mut recv, &mut buf, Control::decode)
+        .await
+        .unwrap();
+    ((conn, send, recv), answer)
 }
 
 fn rand_id() -> [u8; 16] {
@@ -225,25 +238,9 @@ async fn sessions_cannot_pin_server_memory() {
     assert!(grown < 40, "the server grew by {grown} MiB");
     // Item 6: the 53rd session of the token is told to wait (another
     // token's clients are not affected by this one's count).
-    let conn = ep
-        .connect_with(quic_config(pin), quic, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let mut out = BytesMut::new();
-    Control::Hello {
-        version: PROTOCOL_VERSION,
-        token: TOKEN.into(),
-        client_id: rand_id(),
-        agent: "one too many".into(),
-    }
-    .encode(&mut out);
-    send.write_all(&out).await.unwrap();
-    let mut buf = BytesMut::new();
-    let refused = read_message(&mut recv, &mut buf, Control::decode).await;
+    let (_refused_conn, refused) = try_hello(&ep, quic, pin, TOKEN).await;
     assert!(
-        matches!(&refused, Ok(Some(Control::Error { code: tunnel_lib::proto::ErrorCode::Busy, message, .. }))
+        matches!(&refused, Some(Control::Error { code: tunnel_lib::proto::ErrorCode::Busy, message, .. })
             if message.contains("max_sessions_per_token")),
         "{refused:?}"
     );

@@ -318,6 +318,12 @@ async fn client_process(name: &'static str) -> (Backend, TestServer, Proc) {
     (backend, server, client)
 }
 
+/// The inspector's URL, from the client's log.
+async fn inspector_url(client: &mut Proc) -> String {
+    let line = client.log_until("inspector: http://").await;
+    line.split("inspector: ").nth(1).unwrap().trim().to_owned()
+}
+
 /// `document.querySelector(sel).innerText`, or "" while it is absent.
 fn text_of(sel: &str) -> String {
     format!("(document.querySelector({sel:?}) || {{innerText: ''}}).innerText")
@@ -330,13 +336,7 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
         return;
     };
     let (backend, server, mut client) = client_process("inspected").await;
-    let inspector = client.log_until("inspector: http://").await;
-    let inspector = inspector
-        .split("inspector: ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let inspector = inspector_url(&mut client).await;
     client.line().await; // online
 
     browser.goto(&inspector).await;
@@ -469,7 +469,7 @@ async fn the_inspector_in_a_browser_lists_requests_live_and_replays_them() {
 /// loopback origin) cannot read the inspector's secrets through DNS
 /// rebinding, cannot make it replay a request, and cannot frame it. On the
 /// old inspector the `no-cors` POST below replayed the captured request
-/// (the app counted one more) and the rebinding request read the cookie.
+/// (a second replay in the list) and the rebinding request read the cookie.
 #[tokio::test]
 async fn another_site_cannot_use_the_inspector() {
     let Some(mut browser) = support::cdp::Browser::launch(800, 600).await else {
@@ -477,13 +477,7 @@ async fn another_site_cannot_use_the_inspector() {
         return;
     };
     let (backend, server, mut client) = client_process("guarded").await;
-    let inspector = client.log_until("inspector: http://").await;
-    let inspector = inspector
-        .split("inspector: ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .to_owned();
+    let inspector = inspector_url(&mut client).await;
     let addr: std::net::SocketAddr = inspector.trim_start_matches("http://").parse().unwrap();
     client.line().await; // online
     let r = raw_exchange(
@@ -529,7 +523,6 @@ async fn another_site_cannot_use_the_inspector() {
     browser
         .goto(&format!("http://{}/hello", backend.addr))
         .await;
-    let before = backend.requests.load(std::sync::atomic::Ordering::SeqCst);
     let sent = browser
         .eval(&format!(
             "(async () => {{ \
