@@ -36,7 +36,9 @@ use tunnel_lib::limits::MAX_SUBDOMAIN_LEN;
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
 mod quota;
+mod rights;
 pub use quota::TokenLimits;
+pub use rights::{DomainGrant, NameRule};
 
 /// A reserved host's client is away: it stopped, or it dropped and may be
 /// on its way back.
@@ -123,37 +125,6 @@ impl RouteTable {
     }
 }
 
-/// A token's right to claim host names outside the server's domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DomainGrant {
-    /// The token (its position in the configured list); `None`: every token.
-    pub token: Option<usize>,
-    /// `app.example.com` (that name), or `*.example.com` (every name below
-    /// it, wildcard rules included).
-    pub pattern: String,
-}
-
-impl DomainGrant {
-    fn allows(&self, owner: Owner, host: &str) -> bool {
-        let who = match (self.token, owner) {
-            (None, _) => true,
-            (Some(t), Owner::Token(o)) => t == o,
-            (Some(_), Owner::Anonymous) => false,
-        };
-        let what = match self.pattern.strip_prefix("*.") {
-            // Every name below the parent, and wildcard rules below it (or
-            // the very wildcard the grant names).
-            Some(parent) => {
-                let h = host.strip_prefix("*.").unwrap_or(host);
-                host == self.pattern || h.strip_suffix(parent).is_some_and(|r| r.ends_with('.'))
-            }
-            // That name only.
-            None => self.pattern == host,
-        };
-        who && what
-    }
-}
-
 /// How URLs are written: scheme and public port of each listener.
 #[derive(Debug, Clone)]
 pub struct Urls {
@@ -196,24 +167,6 @@ pub struct Registry {
     /// Names under the domain kept for one token each (`[[token]] names`).
     name_rules: Vec<NameRule>,
     metrics: Option<Arc<tunnel_lib::metrics::Tunnels>>,
-}
-
-/// `pattern` (a label, or a prefix ending in `*`) under the domain belongs
-/// to token `token`: only it may claim matching names, and a token with
-/// rules claims only names that match one of its own.
-#[derive(Debug, Clone)]
-pub struct NameRule {
-    pub token: usize,
-    pub pattern: String,
-}
-
-impl NameRule {
-    fn matches(&self, label: &str) -> bool {
-        match self.pattern.strip_suffix('*') {
-            Some(prefix) => label.starts_with(prefix),
-            None => label == self.pattern,
-        }
-    }
 }
 
 /// A registration that failed, with the code and message the client sees.
@@ -422,45 +375,6 @@ impl Registry {
         self
     }
 
-    /// Whether `owner` may claim `label` under the domain, by the name rules.
-    fn may_claim_label(&self, owner: Owner, label: &str) -> Result<(), Refusal> {
-        if self.name_rules.is_empty() {
-            return Ok(());
-        }
-        let token = match owner {
-            Owner::Token(i) => Some(i),
-            Owner::Anonymous => None,
-        };
-        if let Some(r) = self.name_rules.iter().find(|r| r.matches(label)) {
-            if Some(r.token) != token {
-                return Err(Refusal {
-                    code: ErrorCode::NameTaken,
-                    message: format!(
-                        "{label:?} is kept for another token by the server's configuration; pick another --subdomain"
-                    ),
-                });
-            }
-            return Ok(());
-        }
-        let own: Vec<&str> = self
-            .name_rules
-            .iter()
-            .filter(|r| Some(r.token) == token)
-            .map(|r| r.pattern.as_str())
-            .collect();
-        if own.is_empty() {
-            Ok(())
-        } else {
-            Err(Refusal {
-                code: ErrorCode::InvalidName,
-                message: format!(
-                    "this token may claim only these names: {}; pass one with --subdomain",
-                    own.join(", ")
-                ),
-            })
-        }
-    }
-
     /// The hot path: the rule and live session for a Host header value (or
     /// an SNI name).
     pub fn route(&self, host: &[u8]) -> Option<(Arc<Rule>, Option<Arc<Session>>)> {
@@ -484,14 +398,6 @@ impl Registry {
     fn lookup(&self, host: &str) -> Option<Arc<Rule>> {
         let wild_ok = || !self.under_domain(host) && !self.reserved.contains_key(host);
         self.routes.load().get(host, wild_ok).cloned()
-    }
-
-    /// `host` is the domain or a name below it.
-    fn under_domain(&self, host: &str) -> bool {
-        host == self.domain
-            || host
-                .strip_suffix(self.domain.as_str())
-                .is_some_and(|r| r.ends_with('.'))
     }
 
     /// The server's domain.
@@ -544,48 +450,6 @@ impl Registry {
             self.end_session(old);
         }
         Ok((session, stale))
-    }
-
-    /// Which host a request names: a label under the domain, or a granted
-    /// full host name.
-    fn requested_host(&self, session: &Session, name: &str) -> Result<String, Refusal> {
-        if !name.contains('.') {
-            let label = normalise_label(name)?;
-            self.may_claim_label(session.owner, &label)?;
-            return Ok(format!("{label}.{}", self.domain));
-        }
-        let host = normalise_hostname(name)?;
-        if let Some(label) = host.strip_suffix(&format!(".{}", self.domain)) {
-            if !label.contains('.') && !label.starts_with('*') {
-                self.may_claim_label(session.owner, label)?;
-                return Ok(host);
-            }
-        }
-        // The domain, wildcards and deeper names under it are the server's:
-        // no grant reaches them (a grant of *.example.com with --domain
-        // tunnel.example.com would otherwise take every unclaimed name).
-        if self.under_domain(host.strip_prefix("*.").unwrap_or(&host)) {
-            return Err(Refusal {
-                code: ErrorCode::InvalidName,
-                message: format!(
-                    "{host:?} is the server's own domain or under it: claim one label with \
-                     --subdomain NAME (it becomes NAME.{})",
-                    self.domain
-                ),
-            });
-        }
-        if self.grants.iter().any(|g| g.allows(session.owner, &host)) {
-            Ok(host)
-        } else {
-            Err(Refusal {
-                code: ErrorCode::InvalidName,
-                message: format!(
-                    "this token may not claim {host:?}: the server's operator grants custom domains \
-                     with tunnel-server --allow-domain (names under {} need no grant)",
-                    self.domain
-                ),
-            })
-        }
     }
 
     fn check_tunnel_count(&self, session: &Session) -> Result<(), Refusal> {
@@ -825,27 +689,6 @@ impl Registry {
             code: ErrorCode::LimitReached,
             message: "could not pick a free random name; retry, or ask for one with --subdomain"
                 .into(),
-        })
-    }
-
-    /// Whether `owner` may hold one more name.
-    fn within_names(&self, owner: Owner) -> Result<(), Refusal> {
-        let max = self.limits.names;
-        if max == 0 || self.held.count(owner) < max {
-            return Ok(());
-        }
-        // Lapsed reservations are counted off lazily: settle them first.
-        self.reserved.run_pending_tasks();
-        if self.held.count(owner) < max {
-            return Ok(());
-        }
-        Err(Refusal {
-            code: ErrorCode::LimitReached,
-            message: format!(
-                "this token holds {max} names (in use, or kept for its clients' return), the most \
-                 the server allows (max_names_per_token): reuse a --subdomain, or wait for names \
-                 to lapse"
-            ),
         })
     }
 

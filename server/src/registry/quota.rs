@@ -5,7 +5,9 @@
 
 use dashmap::DashMap;
 
-use super::Owner;
+use tunnel_lib::proto::ErrorCode;
+
+use super::{Owner, Refusal, Registry};
 
 /// The limits of each token (0: no limit). Config keys
 /// `max_sessions_per_token`, `max_tunnels_per_token`,
@@ -61,5 +63,28 @@ impl Held {
             Owner::Token(t) => self.0.get(&t).map_or(0, |n| *n),
             Owner::Anonymous => 0,
         }
+    }
+}
+
+impl Registry {
+    /// Whether `owner` may hold one more name.
+    pub(super) fn within_names(&self, owner: Owner) -> Result<(), Refusal> {
+        let max = self.limits.names;
+        if max == 0 || self.held.count(owner) < max {
+            return Ok(());
+        }
+        // Lapsed reservations are counted off lazily: settle them first.
+        self.reserved.run_pending_tasks();
+        if self.held.count(owner) < max {
+            return Ok(());
+        }
+        Err(Refusal {
+            code: ErrorCode::LimitReached,
+            message: format!(
+                "this token holds {max} names (in use, or kept for its clients' return), the most \
+                 the server allows (max_names_per_token): reuse a --subdomain, or wait for names \
+                 to lapse"
+            ),
+        })
     }
 }
