@@ -110,7 +110,8 @@ pub fn parse_fingerprint(s: &str) -> Result<[u8; 32], TlsError> {
 
 /// Parses PEM certificates.
 pub fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
@@ -141,12 +142,10 @@ pub async fn load_pair(cert: &Path, key: &Path) -> Result<CertPair, TlsError> {
             path: key.to_owned(),
             source,
         })?;
-    let key = rustls_pemfile::private_key(&mut &pem[..])
-        .ok()
-        .flatten()
-        .ok_or_else(|| TlsError::NoKey {
-            path: key.to_owned(),
-        })?;
+    use rustls::pki_types::pem::PemObject;
+    let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::NoKey {
+        path: key.to_owned(),
+    })?;
     Ok(CertPair { chain, key })
 }
 

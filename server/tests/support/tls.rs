@@ -46,9 +46,8 @@ impl Made {
     }
 
     pub fn key(&self) -> PrivateKeyDer<'static> {
-        rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
-            .unwrap()
-            .unwrap()
+        use rustls::pki_types::pem::PemObject;
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
     }
 
     /// Writes `name.crt` and `name.key` into `dir`.
@@ -71,7 +70,8 @@ impl Made {
 pub fn visitor(pems: &[&str]) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for pem in pems {
-        for c in rustls_pemfile::certs(&mut pem.as_bytes()) {
+        use rustls::pki_types::pem::PemObject;
+        for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             roots.add(c.unwrap()).unwrap();
         }
     }
