@@ -4,9 +4,9 @@
 //! The server parses HTTP and the client only splices, so the client reads
 //! a *copy* of what it splices ([`Observer`], a `tunnel_lib::io::Tap`): each
 //! chunk is shown to the observer as a `Bytes` reference before it is
-//! written, and the observer follows the exchanges with the same sans-IO
-//! parsers the server uses (`RequestReader`, `ResponseHead`,
-//! `ChunkedDecoder`). Nothing waits on it: it never awaits, never fails a
+//! written, and the observer follows the exchanges with a light request-head
+//! reader of its own over httparse ([`parse_request`]: the facts, no
+//! validation) and the server's sans-IO `ResponseHead` and `ChunkedDecoder`. Nothing waits on it: it never awaits, never fails a
 //! stream, and a stream it cannot follow (bad framing from the app) is
 //! simply no longer observed. ARCHITECTURE.md says why the facts are taken
 //! here rather than sent by the server.

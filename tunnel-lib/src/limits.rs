@@ -1,5 +1,8 @@
-//! Every limit of the system in one place, with its reason. Config fields
-//! default to these values.
+//! The limits both sides share, each with its reason; config fields default
+//! to these values. A limit that belongs to one room lives beside the code
+//! it bounds (the edge's timeouts in the server's `config::Timeouts`, the
+//! handshake budgets in `session`, the UDP flow caps in each side's `udp`):
+//! ARCHITECTURE.md lists where.
 
 use std::time::Duration;
 
