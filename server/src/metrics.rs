@@ -24,7 +24,7 @@ use tunnel_lib::metrics::{const_counter as counter, const_gauge as gauge};
 
 use crate::certs::CertStore;
 use crate::registry::Registry;
-use crate::Stats;
+use crate::state::Stats;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -71,7 +71,7 @@ impl Drop for VisitorGuard {
 }
 
 impl Metrics {
-    pub(crate) fn register(prom: &mut Prom, stats: &crate::Stats) -> Metrics {
+    pub(crate) fn register(prom: &mut Prom, stats: &crate::state::Stats) -> Metrics {
         let visitors_open = Family::<ListenerLabel, Gauge>::default();
         let visitors_total = Family::<ListenerLabel, Counter>::default();
         let m = Metrics {

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::fairness::{Fairness, Slot};
 use crate::registry::{self, Owner, Session};
-use crate::State;
+use crate::state::State;
 
 /// Connections between their first packet and a valid hello, at most, from
 /// all sources. They hold no `--max-clients` slot: a client is counted only

@@ -12,7 +12,8 @@ use tracing::debug;
 use tunnel_lib::proto::{StreamKind, TunnelKind};
 
 use crate::registry::{Rule, Session};
-use crate::{upstream, State};
+use crate::state::State;
+use crate::upstream;
 
 /// Opens `port` on the public address (called by the registry once the
 /// port is claimed). Synchronous: a bind does not wait.

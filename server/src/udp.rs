@@ -19,7 +19,7 @@ use tunnel_lib::proto::datagram::{self, HEADER};
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
 use crate::registry::{Refusal, Registered, Session};
-use crate::State;
+use crate::state::State;
 
 /// Datagrams from the client waiting for a tunnel's task; past it they are
 /// dropped (and counted), as a router would.

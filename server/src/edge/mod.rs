@@ -50,7 +50,7 @@ use tunnel_lib::limits::FIRST_REQUEST_GRACE;
 
 use crate::registry::Rule;
 use crate::respond::ErrorPage;
-use crate::State;
+use crate::state::State;
 
 use request::RequestSide;
 use response::ResponseSide;

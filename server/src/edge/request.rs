@@ -27,7 +27,8 @@ use super::{Pending, Queue, Scheme, MAX_DISCARD};
 mod body;
 use crate::registry::{Offline, Rule, Session};
 use crate::respond::{self, ErrorPage};
-use crate::{upstream, State};
+use crate::state::State;
+use crate::upstream;
 
 /// What the request side keeps of a routed head.
 #[derive(Clone, Copy)]

@@ -21,7 +21,8 @@ use super::{Link, Pending, Scheme};
 mod body;
 use crate::registry::Rule;
 use crate::respond::{self, ErrorPage};
-use crate::{upstream, State};
+use crate::state::State;
+use crate::upstream;
 
 pub(super) struct ResponseSide<W> {
     state: Arc<State>,

@@ -30,7 +30,8 @@ use tunnel_lib::proto::{StreamKind, TunnelKind};
 
 use super::{serve_stream, Scheme};
 use crate::certs::ACME_TLS_ALPN;
-use crate::{upstream, State};
+use crate::state::State;
+use crate::upstream;
 
 /// Largest ClientHello we wait for (post-quantum key shares make them a
 /// few KiB; a record is at most 16 KiB).
@@ -78,7 +79,7 @@ pub(crate) async fn serve(
 
 async fn handshake(
     state: Arc<State>,
-    tls: Arc<crate::EdgeTls>,
+    tls: Arc<crate::state::EdgeTls>,
     mut tcp: TcpStream,
     mut buf: BytesMut,
     peer: SocketAddr,

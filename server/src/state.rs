@@ -1,0 +1,102 @@
+//! What the data path shares: the state every visitor connection, client
+//! session and tunnel reads (routing, certificates, limits, counters).
+//! Built once by [`crate::Server::bind`]; nothing here starts a task.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::acme::Acme;
+use crate::certs::CertStore;
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::{access_log, fairness, metrics};
+
+/// What the https listener needs: the certificates and its TLS settings.
+pub(crate) struct EdgeTls {
+    pub(crate) store: Arc<CertStore>,
+    pub(crate) edge: Arc<rustls::ServerConfig>,
+}
+
+/// Shared by every task of the server.
+pub(crate) struct State {
+    pub(crate) config: Config,
+    pub(crate) registry: Arc<Registry>,
+    /// SHA-256 digests of the accepted tokens.
+    pub(crate) tokens: Arc<[[u8; 32]]>,
+    /// With an https listener: its certificates and TLS configuration.
+    pub(crate) tls: Option<Arc<EdgeTls>>,
+    /// The https port written in redirects (`None`: no https listener).
+    pub(crate) https_port: Option<u16>,
+    /// Certificates on demand for registered hosts.
+    pub(crate) acme: Option<Acme>,
+    /// Per-IP limits on visitor connections.
+    pub(crate) fairness: fairness::Fairness,
+    /// Cancelled once visitor connections have drained at shutdown: the
+    /// client sessions close then, not before.
+    pub(crate) drained: CancellationToken,
+    /// Every visitor connection (HTTP, HTTPS, TCP tunnels) and each TCP
+    /// tunnel's accept loop: the drain waits for these.
+    pub(crate) visitor_tasks: TaskTracker,
+    /// Cuts visitor connections at the end of the drain.
+    pub(crate) hard: CancellationToken,
+    /// `--max-visitors`, shared by every listener.
+    pub(crate) visitor_permits: Arc<Semaphore>,
+    /// Where TCP tunnels' public ports are opened: the `--http` address.
+    pub(crate) public_ip: std::net::IpAddr,
+    /// Counters (for metrics and tests).
+    pub(crate) stats: Arc<Stats>,
+    /// What the edge counts (Prometheus).
+    pub(crate) metrics: Arc<metrics::Metrics>,
+    /// `--access-log`.
+    pub(crate) access_log: Option<access_log::AccessLog>,
+}
+
+/// What the server counts.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// UDP datagrams larger than the client connection takes (dropped).
+    pub udp_oversize: std::sync::atomic::AtomicU64,
+    /// UDP datagrams dropped otherwise (flow limit, full queue or buffer).
+    pub udp_dropped: std::sync::atomic::AtomicU64,
+    /// UDP flows alive.
+    pub udp_flows: std::sync::atomic::AtomicUsize,
+    /// UDP flows given up for a newer one (the source's share, or the
+    /// tunnel's table, was full).
+    pub udp_evicted: std::sync::atomic::AtomicU64,
+    /// Kept-alive local connections the app closed (or spoke on unasked)
+    /// while idle between requests: the next request took a new stream.
+    pub local_idle_closed: prometheus_client::metrics::counter::Counter,
+    /// Requests sent again on a fresh stream because the reused local
+    /// connection closed before any byte of the response.
+    pub local_retries: prometheus_client::metrics::counter::Counter,
+    /// Client connections refused before their hello: over the pending
+    /// budget of their source address or of the server.
+    pub handshakes_refused: prometheus_client::metrics::counter::Counter,
+}
+
+impl State {
+    /// The https URL of a plain request (for the 308).
+    pub(crate) fn https_url(&self, head: &tunnel_lib::http1::RequestHead) -> String {
+        let host = tunnel_lib::http1::normalise_host(head.host()).unwrap_or_default();
+        let port = match self.https_port {
+            Some(443) | None => String::new(),
+            Some(p) => format!(":{p}"),
+        };
+        let target = head.target();
+        let path = if target.starts_with(b"/") {
+            String::from_utf8_lossy(target).into_owned()
+        } else {
+            // Absolute form (already checked against Host): keep its path.
+            let s = String::from_utf8_lossy(target);
+            let after_scheme = s.split_once("://").map_or("", |(_, r)| r);
+            match after_scheme.find('/') {
+                Some(i) => after_scheme[i..].to_owned(),
+                None => "/".to_owned(),
+            }
+        };
+        format!("https://{host}{port}{path}")
+    }
+}
