@@ -17,7 +17,7 @@ use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION}
 use tunnel_lib::quic::{explain, is_version_mismatch};
 use tunnel_lib::tls::{fingerprint, parse_fingerprint, read_certs, ServerTrust};
 
-use crate::forward::{Target, Targets};
+use crate::target::{Target, Targets};
 use crate::{ClientError, Config, Outcome, TunnelInfo};
 
 /// A registered connection.
@@ -397,8 +397,11 @@ async fn session(
                 let http = spec.kind == TunnelKind::Http;
                 targets.insert(
                     tunnel_id,
-                    Target::new(spec.local.clone(), addrs, config.local)
-                        .named(&name, http, monitor),
+                    Target::new(spec.local.clone(), addrs, config.local).named(
+                        &name,
+                        http,
+                        monitor.metrics.as_ref().map(|m| &m.tunnels),
+                    ),
                 );
             }
             Ok(Some(Control::Error { code, message, .. })) => {

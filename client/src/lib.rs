@@ -12,6 +12,7 @@
 
 #![forbid(unsafe_code)]
 
+mod breaker;
 pub mod config_file;
 mod connect;
 mod forward;
@@ -19,10 +20,11 @@ pub mod inspector;
 pub mod liveness;
 pub mod metrics;
 pub mod observe;
+mod target;
 pub mod tui;
 mod udp;
 
-pub use forward::LocalPolicy;
+pub use target::LocalPolicy;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -403,7 +405,7 @@ async fn serve(
 fn spawn_stream(
     tracker: &TaskTracker,
     conn: &quinn::Connection,
-    (targets, monitor): (forward::Targets, Arc<observe::Monitor>),
+    (targets, monitor): (target::Targets, Arc<observe::Monitor>),
     stop: &CancellationToken,
     send: quinn::SendStream,
     recv: quinn::RecvStream,

@@ -30,7 +30,7 @@ pub struct Monitor {
     /// (`liveness`), `None` without one.
     heard: Mutex<Option<Instant>>,
     /// The current connection's tunnels (their circuit breakers).
-    pub(crate) targets: ArcSwapOption<std::collections::HashMap<u32, crate::forward::Target>>,
+    pub(crate) targets: ArcSwapOption<std::collections::HashMap<u32, crate::target::Target>>,
 }
 
 #[derive(Debug, Default)]

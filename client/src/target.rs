@@ -1,0 +1,148 @@
+//! Where a tunnel forwards to: the local service's addresses, its pool of
+//! idle connections, and its circuit breaker. Shared by the forwarder (which
+//! dials through it) and the monitor (which shows its circuits); it depends
+//! on neither.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, LOCAL_POOL_IDLE, LOCAL_POOL_MAX};
+
+use crate::breaker::Breaker;
+pub(crate) use crate::breaker::Gate;
+
+/// Where one tunnel forwards to: the addresses `local` resolved to when the
+/// tunnel was registered (so no DNS per connection), tried in order.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) local: String,
+    pub(crate) addrs: Vec<SocketAddr>,
+    /// Index of the address that answered last: tried first next time
+    /// (`localhost` resolves to `::1` first, while many apps listen on
+    /// 127.0.0.1 only).
+    pub(crate) preferred: AtomicUsize,
+    /// Idle local connections handed back at a clean HTTP boundary (the
+    /// server said `REUSE`), newest last. Touched only in synchronous code.
+    pub(crate) idle: Mutex<Vec<(TcpStream, Instant)>>,
+    /// Fails fast while the local service keeps failing (synchronous only).
+    breaker: Mutex<Breaker>,
+    pub(crate) policy: LocalPolicy,
+    /// The tunnel's public name (what the status screen and metrics show).
+    pub(crate) name: Arc<str>,
+    pub(crate) local_name: Arc<str>,
+    /// HTTP tunnels are observed (`observe`); others are spliced only.
+    pub(crate) http: bool,
+    pub(crate) metrics: Option<Arc<tunnel_lib::metrics::TunnelMetrics>>,
+}
+
+/// How the client treats a local service that does not answer.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalPolicy {
+    /// How long one dial of the local service may take.
+    pub connect_timeout: Duration,
+    /// Consecutive failed dials that open the circuit (0: never).
+    pub breaker_after: u32,
+    /// How long an open circuit answers 502 at once before one visitor's
+    /// dial probes the service again (doubling while it keeps failing, up
+    /// to 16 times this).
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for LocalPolicy {
+    fn default() -> Self {
+        LocalPolicy {
+            connect_timeout: LOCAL_CONNECT_TIMEOUT,
+            breaker_after: 3,
+            breaker_cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Target {
+    pub(crate) fn new(local: String, addrs: Vec<SocketAddr>, policy: LocalPolicy) -> Target {
+        Target {
+            local,
+            addrs,
+            preferred: AtomicUsize::new(0),
+            idle: Mutex::new(Vec::new()),
+            breaker: Mutex::new(Breaker::default()),
+            policy,
+            name: Arc::from(""),
+            local_name: Arc::from(""),
+            http: false,
+            metrics: None,
+        }
+    }
+
+    /// Names the tunnel and gives it its counters (when metrics are on).
+    pub(crate) fn named(
+        mut self,
+        name: &str,
+        http: bool,
+        tunnels: Option<&Arc<tunnel_lib::metrics::Tunnels>>,
+    ) -> Target {
+        self.name = name.into();
+        self.local_name = self.local.as_str().into();
+        self.http = http;
+        self.metrics = tunnels.map(|t| Arc::new(t.tunnel(name)));
+        self
+    }
+
+    /// While the circuit is open: how long until the next probe.
+    pub(crate) fn circuit_open(&self) -> Option<Duration> {
+        self.breaker().open_for(Instant::now())
+    }
+
+    /// Whether a visitor's stream may dial now.
+    pub(crate) fn gate(&self) -> Gate {
+        self.breaker().gate(Instant::now())
+    }
+
+    /// Records a dial's outcome; returns the cool-down if the circuit opened.
+    pub(crate) fn record(&self, ok: bool) -> Option<Duration> {
+        let policy = self.policy;
+        self.breaker().record(
+            ok,
+            policy.breaker_after,
+            policy.breaker_cooldown,
+            Instant::now(),
+        )
+    }
+
+    fn breaker(&self) -> std::sync::MutexGuard<'_, Breaker> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A recently idle connection that is still open, if any.
+    pub(crate) fn take_idle(&self) -> Option<TcpStream> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((tcp, since)) = idle.pop() {
+            if since.elapsed() > LOCAL_POOL_IDLE {
+                // Older ones are older still.
+                idle.clear();
+                return None;
+            }
+            // Closed by the app while idle (EOF), or sending unasked: drop it.
+            let mut probe = [0u8; 1];
+            if let Err(e) = tcp.try_read(&mut probe) {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    return Some(tcp);
+                }
+            }
+        }
+        None
+    }
+
+    pub(crate) fn put_idle(&self, tcp: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < LOCAL_POOL_MAX {
+            idle.push((tcp, Instant::now()));
+        }
+    }
+}
+
+pub(crate) type Targets = Arc<HashMap<u32, Target>>;
