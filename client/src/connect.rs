@@ -281,15 +281,41 @@ async fn session(
     names: &[Option<String>],
     monitor: &crate::observe::Monitor,
 ) -> Result<Live, AttemptError> {
-    let lost = |e: &ConnectionError| match classify_lost(e) {
+    let control = hello(config, &conn, client_id).await?;
+    register(config, conn, control, names, monitor).await
+}
+
+/// How a failure on the control stream reads: the connection's close
+/// reason if it has one, else the stream's own error (retried).
+fn stream_err(conn: &quinn::Connection, e: String) -> AttemptError {
+    match conn.close_reason() {
+        Some(c) => lost(&c),
+        None => AttemptError::Retry(e),
+    }
+}
+
+fn lost(e: &ConnectionError) -> AttemptError {
+    match classify_lost(e) {
         Outcome::Fatal(e) => AttemptError::Fatal(e),
         Outcome::Lost(m) | Outcome::GoingAway(m) => AttemptError::Retry(m),
         Outcome::Shutdown => AttemptError::Retry("shut down".into()),
-    };
-    let stream_err = |conn: &quinn::Connection, e: String| match conn.close_reason() {
-        Some(c) => lost(&c),
-        None => AttemptError::Retry(e),
-    };
+    }
+}
+
+/// The control stream once the server has welcomed us.
+struct ControlStream {
+    send: SendStream,
+    recv: RecvStream,
+    buf: BytesMut,
+}
+
+/// Opens the control stream and says hello (bounded by
+/// `HANDSHAKE_TIMEOUT`): the token and the protocol version are checked.
+async fn hello(
+    config: &Config,
+    conn: &quinn::Connection,
+    client_id: [u8; 16],
+) -> Result<ControlStream, AttemptError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| lost(&e))?;
     let mut out = BytesMut::new();
     Control::Hello {
@@ -301,7 +327,7 @@ async fn session(
     .encode(&mut out);
     send.write_all(&out)
         .await
-        .map_err(|e| stream_err(&conn, e.to_string()))?;
+        .map_err(|e| stream_err(conn, e.to_string()))?;
     let mut buf = BytesMut::new();
     let welcome = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -319,13 +345,29 @@ async fn session(
         Ok(Some(Control::Error { code, message, .. })) => return Err(refusal(code, message)),
         Ok(other) => {
             return Err(stream_err(
-                &conn,
+                conn,
                 format!("unexpected answer to hello: {other:?}"),
             ))
         }
-        Err(e) => return Err(stream_err(&conn, e.to_string())),
+        Err(e) => return Err(stream_err(conn, e.to_string())),
     }
+    Ok(ControlStream { send, recv, buf })
+}
 
+/// Registers every tunnel of `config` on the control stream, one after the
+/// other; the connection is live once all are.
+async fn register(
+    config: &Config,
+    conn: quinn::Connection,
+    control: ControlStream,
+    names: &[Option<String>],
+    monitor: &crate::observe::Monitor,
+) -> Result<Live, AttemptError> {
+    let ControlStream {
+        mut send,
+        mut recv,
+        mut buf,
+    } = control;
     let mut tunnels = Vec::with_capacity(config.tunnels.len());
     let mut targets = HashMap::new();
     let mut udp = HashMap::new();
