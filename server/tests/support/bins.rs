@@ -158,3 +158,26 @@ impl Proc {
         )
     }
 }
+
+/// [`server_cmd`] with an https listener and `extra` arguments; returns it
+/// once its ready line is read.
+pub async fn https_server(home: &std::path::Path, extra: &[&std::ffi::OsStr]) -> (Proc, String) {
+    let mut server = Proc::spawn(
+        server_cmd(home)
+            .args(["--https", "127.0.0.1:0"])
+            .args(extra),
+    );
+    let ready = server.line().await;
+    (server, ready)
+}
+
+/// Runs a command to its end, quietly: whether it succeeded.
+pub async fn run(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .is_ok_and(|s| s.success())
+}
