@@ -188,3 +188,50 @@ pub(crate) fn wrk(url: &str, host: Option<&str>, s: &Scenario, duration: u64) ->
     let out = cmd.output().expect("wrk runs");
     parse_wrk(&String::from_utf8_lossy(&out.stdout))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// wrk 4.2's own output (`wrk -t1 -c2 -d1s --latency`, against a
+    /// Python file server): the README's tables come from this parse.
+    const SAMPLE: &str = "\
+Running 1s test @ http://127.0.0.1:18765/
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.22ms  816.18us   5.98ms   67.57%
+    Req/Sec     0.87k    58.92     0.95k    72.73%
+  Latency Distribution
+     50%    2.19ms
+     75%    2.73ms
+     90%    3.30ms
+     99%    4.45ms
+  955 requests in 1.10s, 3.08MB read
+Requests/sec:    868.72
+Transfer/sec:      2.80MB
+";
+
+    #[test]
+    fn wrk_output_is_read_whole() {
+        let r = parse_wrk(SAMPLE);
+        assert_eq!(r.requests, 955.0);
+        assert_eq!(r.rps, 868.72);
+        assert_eq!(r.p50_us, 2190.0);
+        assert_eq!(r.p99_us, 4450.0);
+        assert!((r.bytes - 3.08 * 1024.0 * 1024.0).abs() < 1.0);
+        assert!((r.bytes_per_s - 2.80 * 1024.0 * 1024.0).abs() < 1.0);
+        assert_eq!(r.errors, 0);
+    }
+
+    #[test]
+    fn errors_and_units_are_counted() {
+        let r = parse_wrk(
+            "  Socket errors: connect 1, read 2, write 3, timeout 4\n  Non-2xx or 3xx responses: 7\n",
+        );
+        assert_eq!(r.errors, 17);
+        assert_eq!(parse_time_us("812.50us"), 812.5);
+        assert_eq!(parse_time_us("1.5s"), 1.5e6);
+        assert!(parse_time_us("7x").is_nan());
+        assert_eq!(parse_size("1.00KB"), 1024.0);
+    }
+}
