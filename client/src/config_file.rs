@@ -25,7 +25,7 @@ use toml::Spanned;
 
 use tunnel_lib::proto::TunnelKind;
 
-use crate::TunnelSpec;
+use crate::config::TunnelSpec;
 
 /// The file. No `Debug`: it may hold the token.
 #[derive(Default, Deserialize, Serialize)]

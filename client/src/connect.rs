@@ -17,8 +17,9 @@ use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION}
 use tunnel_lib::quic::{explain, is_version_mismatch};
 use tunnel_lib::tls::{fingerprint, parse_fingerprint, read_certs, ServerTrust};
 
+use crate::config::Config;
+use crate::status::{ClientError, Outcome, TunnelInfo};
 use crate::target::{Target, Targets};
-use crate::{ClientError, Config, Outcome, TunnelInfo};
 
 /// A registered connection.
 pub(crate) struct Live {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod breaker;
+mod config;
 pub mod config_file;
 mod connect;
 mod forward;
@@ -20,130 +21,27 @@ pub mod inspector;
 pub mod liveness;
 pub mod metrics;
 pub mod observe;
+mod status;
 mod target;
 pub mod tui;
 mod udp;
 
+pub use config::{Config, TunnelSpec};
+pub use status::{ClientError, Status, TunnelInfo};
 pub use target::LocalPolicy;
 
-use std::path::PathBuf;
+use status::Outcome;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use tunnel_lib::backoff::Backoff;
-use tunnel_lib::proto::{close, Control, TunnelKind};
-
-/// One tunnel to expose.
-#[derive(Debug, Clone, Default)]
-pub struct TunnelSpec {
-    /// `host:port` of the local service.
-    pub local: String,
-    /// Requested subdomain (or full host name); `None` lets the server
-    /// pick one.
-    pub subdomain: Option<String>,
-    pub kind: TunnelKind,
-    /// Serve plain-http visitors too (no redirect to https).
-    pub plain_http: bool,
-    /// A TCP tunnel's public port to ask for (0: any from the server's
-    /// range). After the first registration the port given is asked again.
-    pub remote_port: u16,
-    /// What the server enforces on visitors (HTTP tunnels).
-    pub policy: tunnel_lib::proto::Policy,
-}
-
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// `host:port` of the server's QUIC listener.
-    pub server: String,
-    pub token: Option<tunnel_lib::auth::Secret>,
-    pub tunnels: Vec<TunnelSpec>,
-    /// Connect to these addresses instead of resolving `server`'s host
-    /// (whose name is still the one verified), like curl's `--resolve`.
-    /// Empty: resolve. Every address is tried, the families interleaved.
-    pub connect_to: Vec<std::net::SocketAddr>,
-    /// Trust this certificate file (self-signed server or private CA).
-    pub server_cert: Option<PathBuf>,
-    /// Pin the server certificate's SHA-256.
-    pub server_fingerprint: Option<String>,
-    /// Where a dev server on this machine keeps its certificate
-    /// (default: `tunnel_lib::paths::default_state_dir()`).
-    pub dev_state_dir: Option<PathBuf>,
-    /// Dial timeout and circuit breaker for the local services.
-    pub local: LocalPolicy,
-    /// First reconnect delay ceiling and the cap.
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// A UDP flow silent both ways this long has its local socket closed.
-    pub udp_idle: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: "localhost:4433".into(),
-            token: None,
-            tunnels: Vec::new(),
-            connect_to: Vec::new(),
-            server_cert: None,
-            server_fingerprint: None,
-            dev_state_dir: None,
-            local: LocalPolicy::default(),
-            backoff_base: Duration::from_millis(250),
-            // After a long outage a client still tries every 5 s on
-            // average: back soon after the server is, at one small
-            // packet per attempt.
-            backoff_cap: Duration::from_secs(10),
-            udp_idle: udp::FLOW_IDLE,
-        }
-    }
-}
-
-/// A live tunnel.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelInfo {
-    pub url: String,
-    pub hostname: String,
-    pub local: String,
-}
-
-/// What the client is doing, for the UI and for tests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
-    Connecting,
-    /// Registered; `generation` counts successful (re)connections.
-    Online {
-        tunnels: Vec<TunnelInfo>,
-        generation: u64,
-    },
-    Reconnecting {
-        attempt: u32,
-        reason: String,
-        /// When the next attempt starts (`None`: now).
-        retry_at: Option<std::time::Instant>,
-    },
-}
-
-#[derive(Debug, Error)]
-pub enum ClientError {
-    #[error("{0}")]
-    Unauthorized(String),
-    #[error("{0}")]
-    VersionMismatch(String),
-    #[error("{0}")]
-    NameTaken(String),
-    #[error("{0}")]
-    InvalidName(String),
-    #[error("{0}")]
-    Refused(String),
-    #[error("{0}")]
-    Config(String),
-}
+use tunnel_lib::proto::{close, Control};
 
 /// How long a connection the server said it is leaving may keep serving
 /// the streams it has (the server's drain is 30 s by default).
@@ -312,15 +210,6 @@ pub async fn run_with(
 
 /// How often the client checks which local address reaches the server.
 const PATH_CHECK: Duration = Duration::from_secs(1);
-
-enum Outcome {
-    Shutdown,
-    Lost(String),
-    /// The server is draining: reconnect now, let the old connection's
-    /// streams finish.
-    GoingAway(String),
-    Fatal(ClientError),
-}
 
 /// Accepts the server's data streams until the connection ends. Each stream
 /// gets one task, tracked and bounded by the QUIC stream limit this client

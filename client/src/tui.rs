@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::Monitor;
-use crate::Status;
+use crate::status::Status;
 
 /// What the screen shows besides the live state.
 #[derive(Debug, Clone)]
