@@ -141,6 +141,7 @@ async fn attack_once(
     cfg: &quinn::ClientConfig,
     quic: SocketAddr,
     want: usize,
+    n: u64,
 ) -> Result<usize, String> {
     let conn = ep
         .connect_with(cfg.clone(), quic, "localhost")
@@ -149,8 +150,9 @@ async fn attack_once(
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut out = BytesMut::new();
+    // A client id per connection: each is a new client, not a reconnect.
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&fastrand_u64().to_le_bytes());
+    id[..8].copy_from_slice(&n.to_le_bytes());
     Control::Hello {
         version: PROTOCOL_VERSION,
         token: ATTACKER.into(),
@@ -187,13 +189,6 @@ async fn attack_once(
         Some(m) if got == 0 => Err(m),
         _ => Ok(got),
     }
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    h.finish()
 }
 
 async fn run(o: Opts) {
@@ -275,8 +270,10 @@ async fn run(o: Opts) {
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     let mut held = 0;
     let mut refusal = None;
+    let mut n = 0u64;
     while held < o.names {
-        match attack_once(&ep, &cfg, quic, 32.min(o.names - held)).await {
+        n += 1;
+        match attack_once(&ep, &cfg, quic, 32.min(o.names - held), n).await {
             Ok(n) => held += n,
             Err(e) => {
                 refusal = Some(e);
