@@ -1,5 +1,5 @@
 //! What the client is asked to do: its tunnels and how it connects. Built
-//! by `main` from flags and the config file (`config_file`), or by a test.
+//! by `settings::resolve` from flags and the config file, or by a test.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -51,6 +51,12 @@ pub struct Config {
     pub backoff_cap: Duration,
     /// A UDP flow silent both ways this long has its local socket closed.
     pub udp_idle: Duration,
+    /// Give up (`ClientError::Unreachable`) after this long without a
+    /// connection; `None`: keep trying for ever (the default, as ngrok's
+    /// agent and frpc do).
+    pub give_up_after: Option<Duration>,
+    /// The benchmark levers (QUIC windows, congestion control).
+    pub tuning: tunnel_lib::tuning::Tuning,
 }
 
 impl Default for Config {
@@ -70,6 +76,8 @@ impl Default for Config {
             // packet per attempt.
             backoff_cap: Duration::from_secs(10),
             udp_idle: udp::FLOW_IDLE,
+            give_up_after: None,
+            tuning: Default::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The client's TOML file (`~/.config/tunnel/client.toml`, or `--config`):
-//! the server, the token and a list of named tunnels, which
+//! the server, the token, any other setting (`settings::Settings`, keys as
+//! the flags) and a list of named tunnels, which
 //! `tunnel-client start [NAME]...` runs over one connection.
 //! `tunnel-client login` writes the connection part (mode 0600).
 //!
@@ -20,32 +21,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
 use tunnel_lib::proto::TunnelKind;
 
 use crate::config::TunnelSpec;
+use crate::settings::Settings;
 
-/// The file. No `Debug`: it may hold the token.
-#[derive(Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClientFile {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_cert: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_fingerprint: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub tunnels: BTreeMap<String, Tunnel>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     #[default]
@@ -56,37 +40,33 @@ pub enum Kind {
 }
 
 /// One `[tunnels.NAME]` table. No `Debug`: it may hold passwords.
-#[derive(Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tunnel {
     #[serde(default)]
     pub kind: Kind,
     /// A port or `HOST:PORT` of the local service.
     pub local: Spanned<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub subdomain: Option<Spanned<String>>,
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default)]
     pub allow_http: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_port: Option<Spanned<u16>>,
     // Visitor policy (http tunnels), as the `http` command's flags.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub basic_auth: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub allow: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub deny: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_per_ip: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub host_header: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub request_header_add: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub request_header_remove: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub response_header_add: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub response_header_remove: Vec<String>,
 }
 
@@ -131,10 +111,12 @@ impl PolicyText {
     }
 }
 
-/// A parsed file and its text (for line numbers).
+/// A parsed file and its text (for line numbers). Its keys are the
+/// client's settings (`crate::settings::Settings`) and `[tunnels.NAME]`
+/// tables.
 pub struct Loaded {
     pub path: PathBuf,
-    pub file: ClientFile,
+    values: Settings,
     text: String,
 }
 
@@ -149,18 +131,25 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".config/tunnel/client.toml"))
 }
 
-/// Parses the file's text: its values, or an error naming the file, the line
-/// and the key.
-pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
-    let file = tunnel_lib::toml_file::parse::<ClientFile>(path, &text)?;
-    Ok(Loaded {
-        path: path.to_owned(),
-        file,
-        text,
-    })
-}
-
 impl Loaded {
+    pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
+        let values = tunnel_lib::toml_file::parse::<Settings>(path, &text)?;
+        Ok(Loaded {
+            path: path.to_owned(),
+            values,
+            text,
+        })
+    }
+
+    /// The file's settings, to be laid under the flags.
+    pub fn take_values(&mut self) -> Settings {
+        std::mem::take(&mut self.values)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     fn at<T>(&self, name: &str, key: &str, v: &Spanned<T>, why: impl std::fmt::Display) -> String {
         format!(
             "{} line {}: tunnels.{name}.{key}: {why}",
@@ -173,12 +162,13 @@ impl Loaded {
     /// `local_target` turns `8080` into `localhost:8080` and checks the rest.
     pub fn tunnels(
         &self,
+        tables: &BTreeMap<String, Tunnel>,
         names: &[String],
         local_target: impl Fn(&str) -> Result<String, String>,
     ) -> Result<Vec<(String, TunnelSpec)>, String> {
-        let known: Vec<&str> = self.file.tunnels.keys().map(String::as_str).collect();
+        let known: Vec<&str> = tables.keys().map(String::as_str).collect();
         for n in names {
-            if !self.file.tunnels.contains_key(n) {
+            if !tables.contains_key(n) {
                 return Err(format!(
                     "{}: no tunnel named {n:?}; the file has: {}",
                     self.path.display(),
@@ -191,7 +181,7 @@ impl Loaded {
             }
         }
         let mut out = Vec::new();
-        for (name, t) in &self.file.tunnels {
+        for (name, t) in tables {
             if !names.is_empty() && !names.contains(name) {
                 continue;
             }
@@ -261,20 +251,31 @@ impl Loaded {
     }
 }
 
-/// The file's text with the connection settings replaced (tunnels kept).
+/// The file's text (`None`: no file yet) with the connection settings
+/// replaced; everything else (tunnels, other settings) kept.
 pub fn with_login(
-    mut file: ClientFile,
+    text: Option<&str>,
     server: String,
     token: String,
     fingerprint: Option<String>,
     cert: Option<PathBuf>,
 ) -> Result<String, String> {
-    file.server = Some(server);
-    file.token = Some(token);
-    file.token_file = None;
-    file.server_fingerprint = fingerprint;
-    file.server_cert = cert;
-    toml::to_string(&file).map_err(|e| e.to_string())
+    let mut table: toml::Table = match text {
+        Some(t) => t.parse().map_err(|e: toml::de::Error| e.to_string())?,
+        None => toml::Table::new(),
+    };
+    table.insert("server".into(), server.into());
+    table.insert("token".into(), token.into());
+    table.remove("token_file");
+    table.remove("server_fingerprint");
+    table.remove("server_cert");
+    if let Some(f) = fingerprint {
+        table.insert("server_fingerprint".into(), f.into());
+    }
+    if let Some(c) = cert {
+        table.insert("server_cert".into(), c.display().to_string().into());
+    }
+    toml::to_string(&table).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
@@ -282,59 +283,63 @@ mod tests {
     use super::*;
 
     fn target(s: &str) -> Result<String, String> {
-        match s.parse::<u16>() {
-            Ok(p) => Ok(format!("localhost:{p}")),
-            Err(_) if s.contains(':') => Ok(s.to_owned()),
-            Err(_) => Err(format!("{s:?}: expected a port or HOST:PORT")),
-        }
+        crate::settings::local_target(s)
+    }
+
+    /// The file's tunnels, as `start` reads them.
+    fn tunnels_of(l: &mut Loaded, names: &[String]) -> Result<Vec<(String, TunnelSpec)>, String> {
+        let tables = std::mem::take(&mut l.values.tunnels);
+        let r = l.tunnels(&tables, names, target);
+        l.values.tunnels = tables;
+        r
+    }
+
+    fn parse(p: &Path, text: &str) -> Result<Loaded, String> {
+        Loaded::parse(p, text.to_owned())
     }
 
     #[test]
     fn tunnels_are_read_in_order_and_mistakes_name_key_and_line() {
         let p = Path::new("client.toml");
-        let l = parse(
+        let mut l = parse(
             p,
             "server = \"s:1\"\n[tunnels.web]\nlocal = \"8080\"\nsubdomain = \"app\"\n\
-             [tunnels.ssh]\nkind = \"tcp\"\nlocal = \"22\"\nremote_port = 40022\n"
-                .into(),
+             [tunnels.ssh]\nkind = \"tcp\"\nlocal = \"22\"\nremote_port = 40022\n",
         )
         .unwrap();
-        let all = l.tunnels(&[], target).unwrap();
+        let all = tunnels_of(&mut l, &[]).unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].0, "ssh");
         assert_eq!(all[0].1.remote_port, 40022);
         assert_eq!(all[1].1.subdomain.as_deref(), Some("app"));
-        let one = l.tunnels(&["web".into()], target).unwrap();
+        let one = tunnels_of(&mut l, &["web".into()]).unwrap();
         assert_eq!(one.len(), 1);
-        let e = l.tunnels(&["api".into()], target).err().unwrap();
+        let e = tunnels_of(&mut l, &["api".into()]).err().unwrap();
         assert!(
             e.contains("no tunnel named \"api\"") && e.contains("ssh, web"),
             "{e}"
         );
 
-        let e = parse(p, "[tunnels.web]\nlocal = \"8080\"\nport = 1\n".into())
+        let e = parse(p, "[tunnels.web]\nlocal = \"8080\"\nport = 1\n")
             .err()
             .unwrap();
-        assert!(
-            e.starts_with("client.toml line 3: ") && e.contains("port"),
-            "{e}"
-        );
-        let e = parse(p, "[tunnels.web]\nkind = \"udpx\"\nlocal = \"1\"\n".into())
+        assert!(e.starts_with("client.toml line 3: port: "), "{e}");
+        let e = parse(p, "[tunnels.web]\nkind = \"udpx\"\nlocal = \"1\"\n")
             .err()
             .unwrap();
-        assert!(e.starts_with("client.toml line 2: "), "{e}");
-        let l = parse(p, "[tunnels.web]\n\nlocal = \"eighty\"\n".into()).unwrap();
-        let e = l.tunnels(&[], target).err().unwrap();
+        assert!(e.starts_with("client.toml line 2: kind: "), "{e}");
+        let mut l = parse(p, "[tunnels.web]\n\nlocal = \"eighty\"\n").unwrap();
+        let e = tunnels_of(&mut l, &[]).err().unwrap();
         assert!(
             e.starts_with("client.toml line 3: tunnels.web.local: "),
             "{e}"
         );
-        let l = parse(
+        let mut l = parse(
             p,
-            "[tunnels.db]\nkind = \"tcp\"\nlocal = \"5432\"\nsubdomain = \"x\"\n".into(),
+            "[tunnels.db]\nkind = \"tcp\"\nlocal = \"5432\"\nsubdomain = \"x\"\n",
         )
         .unwrap();
-        let e = l.tunnels(&[], target).err().unwrap();
+        let e = tunnels_of(&mut l, &[]).err().unwrap();
         assert!(
             e.starts_with("client.toml line 4: tunnels.db.subdomain: "),
             "{e}"
@@ -342,17 +347,29 @@ mod tests {
     }
 
     #[test]
-    fn login_keeps_the_tunnels() {
+    fn login_keeps_the_tunnels_and_the_other_settings() {
         let p = Path::new("client.toml");
-        let l = parse(
-            p,
-            "server = \"old:1\"\n[tunnels.web]\nlocal = \"8080\"\n".into(),
+        let old = "server = \"old:1\"\ntoken_file = \"/t\"\nno_screen = true\n\
+                   [tunnels.web]\nlocal = \"8080\"\n";
+        let text = with_login(
+            Some(old),
+            "new:2".into(),
+            "tok".into(),
+            Some("ab".into()),
+            None,
         )
         .unwrap();
-        let text = with_login(l.file, "new:2".into(), "tok".into(), None, None).unwrap();
-        let again = parse(p, text).unwrap();
-        assert_eq!(again.file.server.as_deref(), Some("new:2"));
-        assert_eq!(again.file.token.as_deref(), Some("tok"));
-        assert_eq!(again.tunnels(&[], target).unwrap().len(), 1);
+        let mut again = parse(p, &text).unwrap();
+        assert_eq!(again.values.server.as_deref(), Some("new:2"));
+        assert_eq!(again.values.token.as_deref(), Some("tok"));
+        assert_eq!(again.values.server_fingerprint.as_deref(), Some("ab"));
+        assert!(
+            again.values.token_file.is_none(),
+            "the token replaces the token file"
+        );
+        assert!(again.values.no_screen);
+        assert_eq!(tunnels_of(&mut again, &[]).unwrap().len(), 1);
+        let fresh = with_login(None, "s:1".into(), "t".into(), None, None).unwrap();
+        assert!(parse(p, &fresh).is_ok());
     }
 }

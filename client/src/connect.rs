@@ -72,13 +72,22 @@ fn split_host(server: &str) -> Result<(&str, u16), AttemptError> {
 
 /// The client's UDP endpoints, one per address family, made when first
 /// needed and kept across reconnects.
-#[derive(Default)]
 pub(crate) struct Endpoints {
+    /// The levers every endpoint is made with.
+    tuning: tunnel_lib::tuning::Tuning,
     v4: Option<quinn::Endpoint>,
     v6: Option<quinn::Endpoint>,
 }
 
 impl Endpoints {
+    pub(crate) fn new(tuning: tunnel_lib::tuning::Tuning) -> Endpoints {
+        Endpoints {
+            tuning,
+            v4: None,
+            v6: None,
+        }
+    }
+
     fn for_addr(&mut self, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
         let slot = if addr.is_ipv4() {
             &mut self.v4
@@ -88,7 +97,7 @@ impl Endpoints {
         if let Some(ep) = slot {
             return Ok(ep.clone());
         }
-        let ep = tunnel_lib::quic::client_endpoint(addr)?;
+        let ep = tunnel_lib::quic::client_endpoint(addr, &self.tuning)?;
         *slot = Some(ep.clone());
         Ok(ep)
     }
@@ -247,7 +256,7 @@ pub(crate) async fn attempt(
 ) -> Result<Live, AttemptError> {
     let (host, port) = split_host(&config.server)?;
     let trust = trust(config, host).await?;
-    let client_cfg = tunnel_lib::quic::client_config(&trust)
+    let client_cfg = tunnel_lib::quic::client_config(&trust, &config.tuning)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
     let addrs: Vec<SocketAddr> = if config.connect_to.is_empty() {
         tokio::net::lookup_host((host, port))

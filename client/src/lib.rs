@@ -4,6 +4,8 @@
 //! opens onto a fresh connection to the local service.
 //!
 //! # Layout
+//! - [`settings`]: the command line and settings (flags over the file);
+//!   [`app`]: the process around the client (inspector, metrics, screen).
 //! - [`Config`], [`TunnelSpec`]: what to expose and where.
 //! - `connect`: one connection attempt: trust, handshake, hello, registrations.
 //! - `forward`: one data stream ↔ one local TCP connection.
@@ -12,6 +14,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 mod breaker;
 mod config;
 pub mod config_file;
@@ -21,6 +24,7 @@ pub mod inspector;
 pub mod liveness;
 pub mod metrics;
 pub mod observe;
+pub mod settings;
 mod status;
 mod target;
 pub mod tui;
@@ -79,14 +83,28 @@ pub async fn run_with(
     let mut names: Vec<Option<String>> =
         config.tunnels.iter().map(|t| t.subdomain.clone()).collect();
     let mut generation = 0u64;
-    let mut endpoints = connect::Endpoints::default();
+    let mut endpoints = connect::Endpoints::new(config.tuning.clone());
     let mut offline_since: Option<std::time::Instant> = None;
+    // Without a connection since (for `give_up_after`).
+    let mut down_since = std::time::Instant::now();
     let _ = status.send(Status::Connecting);
 
     let result = loop {
+        // `--give-up-after` bounds an attempt too (a handshake nobody
+        // answers takes `HANDSHAKE_TIMEOUT`).
+        let give_up = async {
+            match config.give_up_after {
+                Some(limit) => tokio::time::sleep(limit.saturating_sub(down_since.elapsed())).await,
+                None => std::future::pending().await,
+            }
+        };
         let attempt = tokio::select! {
             a = connect::attempt(&config, &mut endpoints, client_id, &names, &monitor) => a,
             _ = shutdown.cancelled() => break Ok(()),
+            _ = give_up => {
+                let limit = config.give_up_after.unwrap_or_default();
+                break Err(unreachable(&config.server, limit, "no answer"));
+            }
         };
         let reason = match attempt {
             Ok(mut live) => {
@@ -126,6 +144,7 @@ pub async fn run_with(
                 )
                 .await;
                 monitor.conn.store(None);
+                down_since = std::time::Instant::now();
                 // Offline since the server was last heard from: after a
                 // laptop's sleep, not since the loss was noticed on waking.
                 offline_since = Some(monitor.last_heard().unwrap_or_else(std::time::Instant::now));
@@ -188,7 +207,16 @@ pub async fn run_with(
                 msg
             }
         };
-        let delay = backoff.next_delay();
+        if let Some(limit) = config.give_up_after {
+            if down_since.elapsed() >= limit {
+                break Err(unreachable(&config.server, limit, &reason));
+            }
+        }
+        let mut delay = backoff.next_delay();
+        if let Some(limit) = config.give_up_after {
+            // The last try comes at the limit, not a backoff past it.
+            delay = delay.min(limit.saturating_sub(down_since.elapsed()));
+        }
         let _ = status.send(Status::Reconnecting {
             attempt: backoff.attempts(),
             reason: reason.clone(),
@@ -206,6 +234,14 @@ pub async fn run_with(
     tracker.wait().await;
     endpoints.wait_idle(Duration::from_secs(2)).await;
     result
+}
+
+fn unreachable(server: &str, limit: Duration, why: &str) -> ClientError {
+    ClientError::Unreachable(format!(
+        "no connection to {server} for {} s (--give-up-after): {why}; check the address, that \
+         UDP reaches the server, and that tunnel-server runs there",
+        limit.as_secs()
+    ))
 }
 
 /// How often the client checks which local address reaches the server.

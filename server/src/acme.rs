@@ -62,13 +62,28 @@ const HOOK_TIMEOUT: Duration = Duration::from_secs(180);
 const BACKOFF_BASE: Duration = Duration::from_secs(30);
 const BACKOFF_CAP: Duration = Duration::from_secs(3600);
 
-/// How the CA validates a name that is not a wildcard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the CA validates a name that is not a wildcard
+/// (`--acme-challenge`, `acme_challenge = "http-01"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
 pub enum Challenge {
     /// TLS-ALPN-01 on the https listener (port 443 in production).
+    #[default]
+    #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
     /// HTTP-01 on the plain listener (port 80 in production).
+    #[serde(rename = "http-01")]
     Http01,
+}
+
+impl std::str::FromStr for Challenge {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "tls-alpn-01" => Ok(Challenge::TlsAlpn01),
+            "http-01" => Ok(Challenge::Http01),
+            other => Err(format!("{other:?}: expected tls-alpn-01 or http-01")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

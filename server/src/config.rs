@@ -1,4 +1,4 @@
-//! Server configuration: what the CLI fills in, with defaults named and a
+//! Server configuration: what `settings::resolve` fills in, with defaults named and a
 //! validation step whose messages name the offending field.
 
 use std::net::SocketAddr;
@@ -206,6 +206,8 @@ pub struct Config {
     pub access_log: Option<PathBuf>,
     /// How access log lines (and log lines) are written.
     pub log_format: tunnel_lib::logging::LogFormat,
+    /// The benchmark levers (QUIC windows, congestion control, threads).
+    pub tuning: tunnel_lib::tuning::Tuning,
 }
 
 /// The ports one token may claim.
@@ -301,9 +303,49 @@ impl Default for Config {
             metrics_token: None,
             access_log: None,
             log_format: Default::default(),
+            tuning: Default::default(),
             hsts: None,
             allow_domains: Vec::new(),
         }
+    }
+}
+
+/// A range of public ports, `FIRST-LAST` (`--tcp-ports`, `udp_ports`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange(pub std::ops::RangeInclusive<u16>);
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_port_range("FIRST-LAST", s)
+            .map(PortRange)
+            .map_err(|_| {
+                format!(
+                    "{s:?}: expected FIRST-LAST, e.g. 40000-40999 (ports 1-65535, FIRST <= LAST)"
+                )
+            })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::str::FromStr for DomainGrant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_grant(s).map_err(|e| e.to_string())
+    }
+}
+
+impl TryFrom<String> for DomainGrant {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 

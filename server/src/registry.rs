@@ -39,7 +39,7 @@ mod ports;
 mod quota;
 mod rights;
 mod routes;
-pub use labels::{normalise_hostname, normalise_label, random_label};
+pub use labels::{normalise_hostname, normalise_label, normalise_name_rule, random_label};
 pub use ports::port_key;
 pub use quota::TokenLimits;
 pub use rights::{DomainGrant, NameRule};

@@ -130,11 +130,14 @@ impl Server {
                 }))
             }
         };
-        let quic_cfg = tunnel_lib::quic::server_config_with(Arc::new(QuicResolver {
-            own,
-            store: tls.as_ref().map(|t| t.store.clone()),
-            public_name: config.domain.to_ascii_lowercase(),
-        }))?;
+        let quic_cfg = tunnel_lib::quic::server_config_with(
+            Arc::new(QuicResolver {
+                own,
+                store: tls.as_ref().map(|t| t.store.clone()),
+                public_name: config.domain.to_ascii_lowercase(),
+            }),
+            &config.tuning,
+        )?;
         let reset_secret =
             tunnel_lib::paths::load_or_create_secret(&state_dir, tunnel_lib::paths::RESET_KEY_FILE)
                 .await
@@ -144,8 +147,13 @@ impl Server {
                         source,
                     })
                 })?;
-        let endpoint = tunnel_lib::quic::server_endpoint(listeners.quic, quic_cfg, &reset_secret)
-            .map_err(ServerError::Endpoint)?;
+        let endpoint = tunnel_lib::quic::server_endpoint(
+            listeners.quic,
+            quic_cfg,
+            &reset_secret,
+            &config.tuning,
+        )
+        .map_err(ServerError::Endpoint)?;
         let https_public = https_addr.map(|a| config.public_https_port.unwrap_or(a.port()));
         let urls = match https_public {
             Some(p) => registry::Urls {

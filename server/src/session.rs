@@ -165,7 +165,7 @@ async fn serve(
 
     // Counted now: the token is good; its connection gets the full window.
     drop(pending);
-    conn.set_receive_window(tunnel_lib::quic::connection_receive_window());
+    conn.set_receive_window(state.config.tuning.receive_window());
     let Ok(_client) = clients.try_acquire_owned() else {
         warn!(%remote, "refusing client: at --max-clients");
         let msg = "the server has as many clients as --max-clients allows; retrying";

@@ -23,7 +23,7 @@ use tunnel_lib::tls::ServerTrust;
 /// A client configuration that trusts any certificate with this pin; the
 /// handshakes below never need to finish, or pin the dev certificate.
 fn quic_config(pin: [u8; 32]) -> quinn::ClientConfig {
-    tunnel_lib::quic::client_config(&ServerTrust::Pinned(vec![pin])).unwrap()
+    tunnel_lib::quic::client_config(&ServerTrust::Pinned(vec![pin]), &Default::default()).unwrap()
 }
 
 /// `n` distinct QUIC Initial packets (each a new connection attempt), as a

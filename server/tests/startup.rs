@@ -33,13 +33,66 @@ async fn wrong_token_exits_non_zero_with_a_message() {
     .await
     .expect("the client gave up without retrying")
     .unwrap();
-    assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(77), "EX_NOPERM: {stderr}");
     assert!(
         stderr.contains("error: the server rejected the token"),
         "{stderr}"
     );
     let _ = server.terminate().await;
+}
+
+/// Issue 24: the client's exit code says what stopped it (README's table),
+/// so a script can tell "fix the settings" from "the server is not there".
+#[tokio::test]
+async fn client_exit_codes_say_what_stopped_it() {
+    // A UDP port that is bound and never answers: no server there.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let server = silent.local_addr().unwrap().to_string();
+    let fingerprint = "ab".repeat(32);
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &[
+                "--server",
+                &server,
+                "--server-fingerprint",
+                &fingerprint,
+                "--give-up-after",
+                "1",
+                "--expose",
+                "9",
+            ],
+            69,
+            "--give-up-after",
+        ),
+        (
+            &["--config", "/nonexistent/client.toml", "--expose", "9"],
+            78,
+            "/nonexistent/client.toml",
+        ),
+        (
+            &["--expose", "9", "--local-timeout", "soon"],
+            2,
+            "--local-timeout",
+        ),
+        (&["http", "eighty"], 78, "expected a port"),
+    ];
+    let home = tempfile::tempdir().unwrap();
+    for (args, code, says) in cases {
+        let mut cmd = client_cmd().await;
+        cmd.args(args).env("XDG_CONFIG_HOME", home.path());
+        let out = tokio::time::timeout(WAIT, cmd.output())
+            .await
+            .expect("the client stopped by itself")
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says),
+            "{args:?} should say {says:?}: {stderr}"
+        );
+    }
+    drop(silent);
 }
 
 #[tokio::test]

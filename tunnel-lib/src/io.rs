@@ -632,15 +632,17 @@ mod tests {
         };
         let fp = fingerprint(&pair.chain[0]);
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let t = crate::quic::Tuning::default();
         let server = crate::quic::server_endpoint(
             socket,
-            crate::quic::server_config(pair).unwrap(),
+            crate::quic::server_config(pair, &t).unwrap(),
             b"test secret",
+            &t,
         )
         .unwrap();
         let addr = server.local_addr().unwrap();
-        let client = crate::quic::client_endpoint(addr).unwrap();
-        let cfg = crate::quic::client_config(&ServerTrust::Pinned(vec![fp])).unwrap();
+        let client = crate::quic::client_endpoint(addr, &t).unwrap();
+        let cfg = crate::quic::client_config(&ServerTrust::Pinned(vec![fp]), &t).unwrap();
         let connecting = client.connect_with(cfg, addr, "tunnel.test").unwrap();
         let (conn, incoming) =
             tokio::join!(connecting, async { server.accept().await.unwrap().await });

@@ -26,7 +26,9 @@
 //! - [`admin`]: the HTTP server of the admin listener and the inspector.
 //! - [`metrics`]: per-tunnel Prometheus counters both ends keep.
 //! - [`logging`]: `--log-format text|json`.
-//! - [`runtime`]: the tokio runtime of both binaries (`TUNNEL_WORKER_THREADS`).
+//! - [`runtime`]: the tokio runtime of both binaries (`--worker-threads`).
+//! - [`settings`]: flags over the config file, each setting declared once.
+//! - [`tuning`]: the benchmark levers both binaries take as settings.
 
 #![forbid(unsafe_code)]
 
@@ -63,8 +65,12 @@ pub mod quic;
 #[cfg(feature = "io")]
 pub mod runtime;
 #[cfg(feature = "io")]
+pub mod settings;
+#[cfg(feature = "io")]
 pub mod tls;
 #[cfg(feature = "io")]
 pub mod toml_file;
+#[cfg(feature = "io")]
+pub mod tuning;
 
 pub use error::ProtoError;

@@ -4,7 +4,8 @@
 use tracing_subscriber::fmt::MakeWriter;
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human lines (with colour when the output is a terminal).
     #[default]

@@ -9,6 +9,7 @@ use quinn::{ConnectionError, TransportConfig, TransportErrorCode, VarInt};
 use crate::limits::*;
 use crate::proto::{close, ALPN};
 use crate::tls::{client_crypto, server_crypto, CertPair, ServerTrust, TlsError};
+pub use crate::tuning::Tuning;
 
 // Our socket waits through epoll/kqueue readiness (`AsyncFd`); elsewhere,
 // quinn's own.
@@ -28,50 +29,35 @@ pub enum Side {
 
 /// Transport limits. Streams flow server → client (one per visitor
 /// connection), so the *client* grants many bidirectional streams and the
-/// server only a few (the control stream).
-pub fn transport(side: Side) -> TransportConfig {
+/// server only a few (the control stream). `tuning` holds the benchmark
+/// levers, all off by default.
+pub fn transport(side: Side, tuning: &Tuning) -> TransportConfig {
     let mut t = TransportConfig::default();
     t.max_idle_timeout(Some(
         VarInt::from_u32(QUIC_IDLE_TIMEOUT.as_millis() as u32).into(),
     ));
     t.keep_alive_interval(Some(QUIC_KEEP_ALIVE));
     t.stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW));
-    t.receive_window(connection_receive_window());
-    t.send_window(env_mib("TUNNEL_SEND_WINDOW_MIB").map_or(SEND_WINDOW, u64::from));
+    t.receive_window(tuning.receive_window());
+    t.send_window(tuning.send_window());
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
-    // Benchmark levers (BENCHMARKS.md), off by default.
-    if std::env::var_os("TUNNEL_NO_SEND_FAIRNESS").is_some() {
+    if tuning.no_send_fairness {
         t.send_fairness(false);
     }
     // PMTU discovery above the internet-safe 1452 bytes, where the path
     // allows it (a jumbo-frame LAN, loopback). A lever, off by default:
     // BENCHMARKS.md reports it apart from the default figures.
-    if let Some(n) = mtu_upper() {
+    if let Some(n) = tuning.mtu_upper {
         let mut mtu = quinn::MtuDiscoveryConfig::default();
         mtu.upper_bound(n);
         t.mtu_discovery_config(Some(mtu));
     }
-    // BBR by default (BENCHMARKS.md, "Levers tried for issue 12"): random loss
-    // does not collapse it the way it collapses CUBIC, and it keeps queues
-    // short. `TUNNEL_CONGESTION=cubic|newreno` is the lever back.
-    match std::env::var("TUNNEL_CONGESTION").as_deref() {
-        Ok("cubic") => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::CubicConfig::default()));
-        }
-        Ok("newreno") => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::NewRenoConfig::default()));
-        }
-        _ => {
-            t.congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
-        }
-    }
-
-    // Ask the peer to ACK every N
-    // ack-eliciting packets instead of every second one.
-    if let Some(n) = std::env::var("TUNNEL_ACK_THRESHOLD")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
+    // BBR by default (`Congestion`); `--congestion cubic|newreno` is the
+    // lever back.
+    t.congestion_controller_factory(tuning.congestion_factory());
+    // Ask the peer to ACK every N ack-eliciting packets instead of every
+    // second one.
+    if let Some(n) = tuning.ack_threshold {
         let mut ack = quinn::AckFrequencyConfig::default();
         ack.ack_eliciting_threshold(VarInt::from_u32(n));
         t.ack_frequency_config(Some(ack));
@@ -102,64 +88,55 @@ pub const PRE_HELLO_WINDOW: u32 = 64 * 1024;
 /// dropped. quinn drops the oldest beyond it.
 pub const DATAGRAM_BUFFER: usize = 256 * 1024;
 
-/// The connection receive window once a client is authenticated.
-pub fn connection_receive_window() -> VarInt {
-    VarInt::from_u32(env_mib("TUNNEL_RECEIVE_WINDOW_MIB").unwrap_or(CONNECTION_RECEIVE_WINDOW))
-}
-
-/// A window lever in MiB (benchmarks only; off by default).
-fn env_mib(name: &str) -> Option<u32> {
-    let mib: u32 = std::env::var(name).ok()?.parse().ok()?;
-    mib.checked_mul(1024 * 1024)
-}
-
-/// `TUNNEL_MTU_UPPER`: the PMTU discovery ceiling lever (off by default).
-fn mtu_upper() -> Option<u16> {
-    std::env::var("TUNNEL_MTU_UPPER").ok()?.parse().ok()
-}
-
 /// The endpoint configuration both sides share; with the MTU lever set, it
 /// also accepts datagrams that large from the peer.
-fn endpoint_config(mut cfg: quinn::EndpointConfig) -> quinn::EndpointConfig {
-    if let Some(n) = mtu_upper() {
+fn endpoint_config(mut cfg: quinn::EndpointConfig, tuning: &Tuning) -> quinn::EndpointConfig {
+    if let Some(n) = tuning.mtu_upper {
         let _ = cfg.max_udp_payload_size(n);
     }
     cfg
 }
 
-pub fn server_config(pair: CertPair) -> Result<quinn::ServerConfig, TlsError> {
-    quic_server(server_crypto(pair)?)
+pub fn server_config(pair: CertPair, tuning: &Tuning) -> Result<quinn::ServerConfig, TlsError> {
+    quic_server(server_crypto(pair)?, tuning)
 }
 
 /// A server configuration whose certificate is chosen per connection (by
 /// SNI) by `resolver`.
 pub fn server_config_with(
     resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    tuning: &Tuning,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let crypto = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    quic_server(crypto)
+    quic_server(crypto, tuning)
 }
 
-fn quic_server(mut crypto: rustls::ServerConfig) -> Result<quinn::ServerConfig, TlsError> {
+fn quic_server(
+    mut crypto: rustls::ServerConfig,
+    tuning: &Tuning,
+) -> Result<quinn::ServerConfig, TlsError> {
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport(Side::Server)));
+    cfg.transport_config(Arc::new(transport(Side::Server, tuning)));
     Ok(cfg)
 }
 
-pub fn client_config(trust: &ServerTrust) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config(
+    trust: &ServerTrust,
+    tuning: &Tuning,
+) -> Result<quinn::ClientConfig, TlsError> {
     let mut crypto = client_crypto(trust)?;
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
-    cfg.transport_config(Arc::new(transport(Side::Client)));
+    cfg.transport_config(Arc::new(transport(Side::Client, tuning)));
     Ok(cfg)
 }
 
@@ -204,6 +181,7 @@ pub fn server_endpoint(
     socket: std::net::UdpSocket,
     cfg: quinn::ServerConfig,
     reset_secret: &[u8],
+    tuning: &Tuning,
 ) -> std::io::Result<quinn::Endpoint> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     // Connection IDs carry a keyed checksum; a restarted server must accept
@@ -213,7 +191,7 @@ pub fn server_endpoint(
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&tag.as_ref()[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    let mut endpoint = endpoint_config(quinn::EndpointConfig::new(Arc::new(key)));
+    let mut endpoint = endpoint_config(quinn::EndpointConfig::new(Arc::new(key)), tuning);
     endpoint.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
@@ -221,10 +199,10 @@ pub fn server_endpoint(
 }
 
 /// A client endpoint on an ephemeral port of the right address family.
-pub fn client_endpoint(server: SocketAddr) -> std::io::Result<quinn::Endpoint> {
+pub fn client_endpoint(server: SocketAddr, tuning: &Tuning) -> std::io::Result<quinn::Endpoint> {
     let socket = client_socket(server)?;
     quinn::Endpoint::new(
-        endpoint_config(quinn::EndpointConfig::default()),
+        endpoint_config(quinn::EndpointConfig::default(), tuning),
         None,
         socket,
         Arc::new(Runtime),

@@ -1,17 +1,14 @@
 //! The tokio runtime both binaries run on.
 
-/// Builds the runtime from `TUNNEL_WORKER_THREADS`: `0` (the default) is a
-/// current-thread runtime, `N` a multi-thread runtime with N workers.
+/// Builds the runtime: `threads` 0 (the default, `--worker-threads` /
+/// `TUNNEL_WORKER_THREADS`) is a current-thread runtime, N a multi-thread
+/// runtime with N workers.
 ///
 /// One thread per process measured best on 2 cores shared by the tunnel's
 /// two processes, the backend and the load generator (BENCHMARKS.md): a
 /// multi-thread runtime pays cross-thread wake-ups on every stream event.
 /// On a large dedicated server, set it to the core count.
-pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
-    let threads: usize = std::env::var("TUNNEL_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+pub fn build(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     if threads == 0 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -26,12 +23,12 @@ pub fn build() -> std::io::Result<tokio::runtime::Runtime> {
 
 /// A binary's `main` body: builds the runtime and runs `body` on it to the
 /// end. The one place that blocks on a runtime, outside any async code.
-pub fn run_main<F>(body: F) -> std::process::ExitCode
+pub fn run_main<F>(threads: usize, body: F) -> std::process::ExitCode
 where
     F: std::future::Future<Output = std::process::ExitCode>,
 {
     raise_fd_limit();
-    match build() {
+    match build(threads) {
         #[allow(clippy::disallowed_methods)]
         Ok(rt) => rt.block_on(body),
         Err(e) => {
@@ -39,6 +36,24 @@ where
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Returns when the process is asked to stop: Ctrl-C, or SIGTERM on Unix.
+/// Called again, it waits for the next such signal (the handlers stay
+/// installed once made).
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 /// Raises the soft limit on open files to the hard limit: each visitor,

@@ -12,15 +12,34 @@ pub fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Parses `text` (read from `path`), or says `FILE line N: what is wrong`.
+/// Parses `text` (read from `path`), or says `FILE line N: KEY: what is
+/// wrong`. Values parse themselves (a port range, a domain grant), so a
+/// value the server cannot use fails here, with its line and key.
 pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, String> {
     toml::from_str::<T>(text).map_err(|e| {
-        let line = e
+        let at = e
             .span()
-            .map(|s| format!(" line {}", line_of(text, s.start)))
+            .map(|s| {
+                let line = line_of(text, s.start);
+                match key_on(text, line) {
+                    Some(key) => format!(" line {line}: {key}"),
+                    None => format!(" line {line}"),
+                }
+            })
             .unwrap_or_default();
-        format!("{}{line}: {}", path.display(), e.message().trim_end())
+        format!("{}{at}: {}", path.display(), e.message().trim_end())
     })
+}
+
+/// The key of `key = value` on 1-based `line`, if that line assigns one.
+fn key_on(text: &str, line: usize) -> Option<&str> {
+    let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
+    let key = key.trim();
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    bare.then_some(key)
 }
 
 #[cfg(test)]
@@ -30,5 +49,18 @@ mod tests {
         assert_eq!(super::line_of("a\nb\nc", 0), 1);
         assert_eq!(super::line_of("a\nb\nc", 2), 2);
         assert_eq!(super::line_of("a\nb\nc", 99), 3);
+    }
+
+    #[test]
+    fn errors_name_the_key_of_their_line() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct F {
+            n: Option<u8>,
+        }
+        let p = std::path::Path::new("f.toml");
+        let e = super::parse::<F>(p, "\nn = 300\n").unwrap_err();
+        assert!(e.starts_with("f.toml line 2: n: "), "{e}");
+        assert_eq!(super::key_on("[t]\n", 1), None);
     }
 }

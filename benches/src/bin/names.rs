@@ -265,7 +265,8 @@ async fn run(o: Opts) {
 
     let during = CancellationToken::new();
     let v = tokio::spawn(visitor(http, host.clone(), during.clone()));
-    let cfg = tunnel_lib::quic::client_config(&ServerTrust::Pinned(vec![pin])).unwrap();
+    let cfg = tunnel_lib::quic::client_config(&ServerTrust::Pinned(vec![pin]), &Default::default())
+        .unwrap();
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let (c0, t0) = (cpu_seconds(pid), Instant::now());
     let mut held = 0;

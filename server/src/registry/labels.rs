@@ -65,6 +65,28 @@ pub fn normalise_label(s: &str) -> Result<String, Refusal> {
     }
 }
 
+/// Validates a name rule of a `[[token]]` table: a label (`api`) or a
+/// prefix ending in `*` (`alice-*`), lower-cased.
+pub fn normalise_name_rule(s: &str) -> Result<String, String> {
+    let r = s.trim().to_ascii_lowercase();
+    let ok = match r.strip_suffix('*') {
+        Some(prefix) => {
+            !prefix.is_empty()
+                && prefix.len() < MAX_SUBDOMAIN_LEN
+                && !prefix.starts_with('-')
+                && valid_label(&format!("{prefix}x"))
+        }
+        None => valid_label(&r),
+    };
+    if ok {
+        Ok(r)
+    } else {
+        Err(format!(
+            "{s:?}: expected a label (api) or a prefix ending in * (alice-*)"
+        ))
+    }
+}
+
 /// Validates a full host name (`app.example.com`, or `*.preview.example.com`
 /// for a wildcard rule).
 pub fn normalise_hostname(s: &str) -> Result<String, Refusal> {
@@ -87,6 +109,15 @@ pub fn normalise_hostname(s: &str) -> Result<String, Refusal> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_rules_are_labels_or_prefixes() {
+        assert_eq!(normalise_name_rule("API").unwrap(), "api");
+        assert_eq!(normalise_name_rule("alice-*").unwrap(), "alice-*");
+        for bad in ["", "*", "-a*", "a.b", "a_b", "x*y"] {
+            assert!(normalise_name_rule(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn random_names_are_words_and_a_suffix_and_do_not_repeat() {

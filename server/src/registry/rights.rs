@@ -7,7 +7,8 @@ use tunnel_lib::proto::ErrorCode;
 use super::{normalise_hostname, normalise_label, Owner, Refusal, Registry, Session};
 
 /// A token's right to claim host names outside the server's domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct DomainGrant {
     /// The token (its position in the configured list); `None`: every token.
     pub token: Option<usize>,

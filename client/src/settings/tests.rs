@@ -1,0 +1,207 @@
+//! `resolve` against tables of command lines and files; the file system is
+//! a map.
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    Cli::try_parse_from(std::iter::once("tunnel-client").chain(args.iter().copied())).unwrap()
+}
+
+fn run(
+    args: &[&str],
+    file: Option<&str>,
+    fs: &[(&str, &str)],
+) -> Result<(Config, Ui), ClientError> {
+    let map: HashMap<PathBuf, String> = fs.iter().map(|(p, t)| (p.into(), t.to_string())).collect();
+    let read = move |p: &Path| {
+        map.get(p)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    };
+    let path = PathBuf::from("client.toml");
+    let file = file.map(|t| Loaded::parse(&path, t.to_owned()).unwrap());
+    match resolve(cli(args), Some(path), file, false, &read)? {
+        Job::Run(c, ui) => Ok((*c, ui)),
+        Job::Login { .. } => panic!("not a login"),
+    }
+}
+
+#[test]
+fn flags_win_over_the_file_before_or_after_the_command() {
+    let file = "server = \"file:1\"\ntoken = \"file-token\"\nlocal_timeout = 3\nno_screen = true\n";
+    // (command line, expected server, expected token)
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["--expose", "80"], "file:1", "file-token"),
+        (
+            &["--server", "flag:2", "http", "80"],
+            "flag:2",
+            "file-token",
+        ),
+        (
+            &["http", "80", "--server", "flag:3", "--token", "t"],
+            "flag:3",
+            "t",
+        ),
+        (&["tcp", "22", "--token", "u"], "file:1", "u"),
+    ];
+    for (args, server, token) in cases {
+        let (c, _) = run(args, Some(file), &[]).unwrap();
+        assert_eq!(c.server, server, "{args:?}");
+        assert_eq!(
+            c.token.as_ref().map(|t| t.expose()),
+            Some(token),
+            "{args:?}"
+        );
+        assert_eq!(c.local.connect_timeout, Duration::from_secs(3), "{args:?}");
+    }
+    let (c, ui) = run(&["--expose", "8080"], None, &[]).unwrap();
+    assert_eq!(c.server, Config::default().server);
+    assert_eq!(c.tunnels[0].local, "localhost:8080");
+    assert!(c.give_up_after.is_none() && c.token.is_none());
+    assert!(
+        ui.inspect.is_none(),
+        "not a terminal: no inspector unless asked"
+    );
+}
+
+#[test]
+fn the_token_file_is_read_when_no_token_is_given() {
+    let (c, _) = run(
+        &["--expose", "1"],
+        Some("token_file = \"/t\"\n"),
+        &[("/t", " s3cret \n")],
+    )
+    .unwrap();
+    assert_eq!(c.token.unwrap().expose(), "s3cret");
+    let (c, _) = run(
+        &["--expose", "1", "--token", "x"],
+        Some("token_file = \"/nope\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.token.unwrap().expose(), "x");
+    let e = run(&["--expose", "1", "--token-file", "/nope"], None, &[])
+        .err()
+        .unwrap();
+    assert!(e.to_string().starts_with("token_file /nope"), "{e}");
+    assert_eq!(e.exit_code(), 78);
+}
+
+#[test]
+fn what_to_expose_comes_from_one_place() {
+    let cases: [(&[&str], &str); 4] = [
+        (&[], "nothing to expose"),
+        (&["--expose", "1", "http", "2"], "pass one"),
+        (
+            &["--expose", "eighty"],
+            "expected a port (8080) or HOST:PORT",
+        ),
+        (
+            &["start", "--subdomain", "x"],
+            "--subdomain is for one tunnel",
+        ),
+    ];
+    for (args, expect) in cases {
+        let e = run(args, Some("[tunnels.web]\nlocal = \"1\"\n"), &[])
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains(expect), "{args:?}: {e}");
+        assert_eq!(e.exit_code(), 78, "{args:?}");
+    }
+    let (c, _) = run(
+        &["start"],
+        Some("[tunnels.a]\nlocal = \"1\"\n[tunnels.b]\nkind = \"udp\"\nlocal = \"2\"\n"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.tunnels.len(), 2);
+    let (c, _) = run(
+        &[
+            "http",
+            "127.0.0.1:3000",
+            "--basic-auth",
+            "u:p",
+            "--subdomain",
+            "app",
+        ],
+        None,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.tunnels[0].subdomain.as_deref(), Some("app"));
+    assert_eq!(c.tunnels[0].policy.basic_auth.len(), 1);
+}
+
+#[test]
+fn settings_from_the_file_reach_the_ui_and_the_levers() {
+    let file =
+        "inspect = \"127.0.0.1:0\"\nlog_format = \"json\"\ngive_up_after = 5\nudp_idle = 0\n\
+                [tuning]\ncongestion = \"cubic\"\n";
+    let (c, ui) = run(&["--expose", "1"], Some(file), &[]).unwrap();
+    assert!(ui.inspect.is_some());
+    assert_eq!(ui.log_format, LogFormat::Json);
+    assert_eq!(c.give_up_after, Some(Duration::from_secs(5)));
+    assert_eq!(c.udp_idle, Duration::from_secs(1), "at least a second");
+    assert_eq!(
+        c.tuning.congestion,
+        Some(tunnel_lib::tuning::Congestion::Cubic)
+    );
+    let e = run(&["--expose", "1", "--inspect", "0.0.0.0:4040"], None, &[])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("--inspect-auth"), "{e}");
+    let e = Loaded::parse(Path::new("client.toml"), "\nservr = \"x\"\n".into())
+        .err()
+        .unwrap();
+    assert!(e.starts_with("client.toml line 2: servr: "), "{e}");
+}
+
+#[test]
+fn login_writes_the_connection_and_keeps_the_rest() {
+    let path = PathBuf::from("client.toml");
+    let file = Loaded::parse(&path, "[tunnels.web]\nlocal = \"1\"\n".into()).unwrap();
+    let job = resolve(
+        cli(&["login", "--server", "s:1", "--token", "t"]),
+        Some(path.clone()),
+        Some(file),
+        false,
+        &|_| unreachable!(),
+    )
+    .unwrap();
+    let Job::Login { path: p, text } = job else {
+        panic!("a login")
+    };
+    assert_eq!(p, path);
+    assert!(
+        text.contains("server = \"s:1\"") && text.contains("[tunnels.web]"),
+        "{text}"
+    );
+    let e = resolve(
+        cli(&["login", "--server", "s:1"]),
+        Some(path),
+        None,
+        false,
+        &|_| unreachable!(),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("--token TOKEN"), "{e}");
+}
+
+#[test]
+fn errors_have_documented_exit_codes() {
+    let codes = [
+        (ClientError::Unauthorized(String::new()), 77),
+        (ClientError::VersionMismatch(String::new()), 76),
+        (ClientError::NameTaken(String::new()), 75),
+        (ClientError::Refused(String::new()), 75),
+        (ClientError::InvalidName(String::new()), 65),
+        (ClientError::Config(String::new()), 78),
+        (ClientError::Unreachable(String::new()), 69),
+    ];
+    for (e, code) in codes {
+        assert_eq!(e.exit_code(), code, "{e:?}");
+    }
+}
