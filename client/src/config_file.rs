@@ -19,7 +19,7 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -111,14 +111,9 @@ impl PolicyText {
     }
 }
 
-/// A parsed file and its text (for line numbers). Its keys are the
-/// client's settings (`crate::settings::Settings`) and `[tunnels.NAME]`
-/// tables.
-pub struct Loaded {
-    pub path: PathBuf,
-    values: Settings,
-    text: String,
-}
+/// A parsed file: the client's settings (`crate::settings::Settings`, keys
+/// as the flags) and `[tunnels.NAME]` tables.
+pub type Loaded = tunnel_lib::toml_file::Loaded<Settings>;
 
 /// The default place: `$XDG_CONFIG_HOME/tunnel/client.toml`, else
 /// `~/.config/tunnel/client.toml`.
@@ -131,124 +126,95 @@ pub fn default_path() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".config/tunnel/client.toml"))
 }
 
-impl Loaded {
-    pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
-        let values = tunnel_lib::toml_file::parse::<Settings>(path, &text)?;
-        Ok(Loaded {
-            path: path.to_owned(),
-            values,
-            text,
-        })
-    }
-
-    /// The file's settings, to be laid under the flags.
-    pub fn take_values(&mut self) -> Settings {
-        std::mem::take(&mut self.values)
-    }
-
-    pub fn text(&self) -> &str {
-        &self.text
-    }
-
-    fn at<T>(&self, name: &str, key: &str, v: &Spanned<T>, why: impl std::fmt::Display) -> String {
-        format!(
-            "{} line {}: tunnels.{name}.{key}: {why}",
-            self.path.display(),
-            tunnel_lib::toml_file::line_of(&self.text, v.span().start)
-        )
-    }
-
-    /// The tunnels to run: every one, or those named (by name).
-    /// `local_target` turns `8080` into `localhost:8080` and checks the rest.
-    pub fn tunnels(
-        &self,
-        tables: &BTreeMap<String, Tunnel>,
-        names: &[String],
-        local_target: impl Fn(&str) -> Result<String, String>,
-    ) -> Result<Vec<(String, TunnelSpec)>, String> {
-        let known: Vec<&str> = tables.keys().map(String::as_str).collect();
-        for n in names {
-            if !tables.contains_key(n) {
-                return Err(format!(
-                    "{}: no tunnel named {n:?}; the file has: {}",
-                    self.path.display(),
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                ));
-            }
-        }
-        let mut out = Vec::new();
-        for (name, t) in tables {
-            if !names.is_empty() && !names.contains(name) {
-                continue;
-            }
-            let local =
-                local_target(t.local.get_ref()).map_err(|e| self.at(name, "local", &t.local, e))?;
-            let kind = match t.kind {
-                Kind::Http => TunnelKind::Http,
-                Kind::Tcp => TunnelKind::Tcp,
-                Kind::Udp => TunnelKind::Udp,
-                Kind::Tls => TunnelKind::Tls,
-            };
-            if let (Some(s), Kind::Tcp | Kind::Udp) = (&t.subdomain, t.kind) {
-                return Err(self.at(
-                    name,
-                    "subdomain",
-                    s,
-                    "a tcp or udp tunnel has a port, not a name: use remote_port",
-                ));
-            }
-            if let (Some(p), Kind::Http | Kind::Tls) = (&t.remote_port, t.kind) {
-                return Err(self.at(
-                    name,
-                    "remote_port",
-                    p,
-                    "only tcp and udp tunnels have a remote port: use subdomain",
-                ));
-            }
-            let policy = PolicyText {
-                basic_auth: t.basic_auth.clone(),
-                allow: t.allow.clone(),
-                deny: t.deny.clone(),
-                rate_per_ip: t.rate_per_ip.unwrap_or(0),
-                host_header: t.host_header.clone().unwrap_or_default(),
-                request_header_add: t.request_header_add.clone(),
-                request_header_remove: t.request_header_remove.clone(),
-                response_header_add: t.response_header_add.clone(),
-                response_header_remove: t.response_header_remove.clone(),
-            }
-            .policy()
-            .map_err(|e| format!("{}: tunnels.{name}: {e}", self.path.display()))?;
-            if t.kind != Kind::Http && !policy.is_empty() {
-                return Err(format!(
-                    "{}: tunnels.{name}: basic_auth, allow, deny, rate_per_ip, host_header, \
-                     request_header_* and response_header_* apply to http tunnels only",
-                    self.path.display()
-                ));
-            }
-            out.push((
-                name.clone(),
-                TunnelSpec {
-                    local,
-                    subdomain: t.subdomain.as_ref().map(|s| s.get_ref().clone()),
-                    kind,
-                    plain_http: t.allow_http,
-                    remote_port: t.remote_port.as_ref().map_or(0, |p| *p.get_ref()),
-                    policy,
-                },
-            ));
-        }
-        if out.is_empty() {
+/// The tunnels of `file` to run (its `tables`, taken out of its values):
+/// every one, or those named (by name). `local_target` turns `8080` into
+/// `localhost:8080` and checks the rest.
+pub fn tunnels(
+    file: &Loaded,
+    tables: &BTreeMap<String, Tunnel>,
+    names: &[String],
+    local_target: impl Fn(&str) -> Result<String, String>,
+) -> Result<Vec<(String, TunnelSpec)>, String> {
+    let known: Vec<&str> = tables.keys().map(String::as_str).collect();
+    for n in names {
+        if !tables.contains_key(n) {
             return Err(format!(
-                "{}: no [tunnels.NAME] to start; add one (see tunnel-client start --help)",
-                self.path.display()
+                "{}: no tunnel named {n:?}; the file has: {}",
+                file.path.display(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
             ));
         }
-        Ok(out)
     }
+    let mut out = Vec::new();
+    for (name, t) in tables {
+        if !names.is_empty() && !names.contains(name) {
+            continue;
+        }
+        let local = local_target(t.local.get_ref())
+            .map_err(|e| file.error_at(&format!("tunnels.{name}.local"), &t.local, e))?;
+        let kind = match t.kind {
+            Kind::Http => TunnelKind::Http,
+            Kind::Tcp => TunnelKind::Tcp,
+            Kind::Udp => TunnelKind::Udp,
+            Kind::Tls => TunnelKind::Tls,
+        };
+        if let (Some(s), Kind::Tcp | Kind::Udp) = (&t.subdomain, t.kind) {
+            return Err(file.error_at(
+                &format!("tunnels.{name}.subdomain"),
+                s,
+                "a tcp or udp tunnel has a port, not a name: use remote_port",
+            ));
+        }
+        if let (Some(p), Kind::Http | Kind::Tls) = (&t.remote_port, t.kind) {
+            return Err(file.error_at(
+                &format!("tunnels.{name}.remote_port"),
+                p,
+                "only tcp and udp tunnels have a remote port: use subdomain",
+            ));
+        }
+        let policy = PolicyText {
+            basic_auth: t.basic_auth.clone(),
+            allow: t.allow.clone(),
+            deny: t.deny.clone(),
+            rate_per_ip: t.rate_per_ip.unwrap_or(0),
+            host_header: t.host_header.clone().unwrap_or_default(),
+            request_header_add: t.request_header_add.clone(),
+            request_header_remove: t.request_header_remove.clone(),
+            response_header_add: t.response_header_add.clone(),
+            response_header_remove: t.response_header_remove.clone(),
+        }
+        .policy()
+        .map_err(|e| format!("{}: tunnels.{name}: {e}", file.path.display()))?;
+        if t.kind != Kind::Http && !policy.is_empty() {
+            return Err(format!(
+                "{}: tunnels.{name}: basic_auth, allow, deny, rate_per_ip, host_header, \
+                     request_header_* and response_header_* apply to http tunnels only",
+                file.path.display()
+            ));
+        }
+        out.push((
+            name.clone(),
+            TunnelSpec {
+                local,
+                subdomain: t.subdomain.as_ref().map(|s| s.get_ref().clone()),
+                kind,
+                plain_http: t.allow_http,
+                remote_port: t.remote_port.as_ref().map_or(0, |p| *p.get_ref()),
+                policy,
+            },
+        ));
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{}: no [tunnels.NAME] to start; add one (see tunnel-client start --help)",
+            file.path.display()
+        ));
+    }
+    Ok(out)
 }
 
 /// The file's text (`None`: no file yet) with the connection settings
@@ -281,6 +247,7 @@ pub fn with_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn target(s: &str) -> Result<String, String> {
         crate::settings::local_target(s)
@@ -289,7 +256,7 @@ mod tests {
     /// The file's tunnels, as `start` reads them.
     fn tunnels_of(l: &mut Loaded, names: &[String]) -> Result<Vec<(String, TunnelSpec)>, String> {
         let tables = std::mem::take(&mut l.values.tunnels);
-        let r = l.tunnels(&tables, names, target);
+        let r = tunnels(l, &tables, names, target);
         l.values.tunnels = tables;
         r
     }

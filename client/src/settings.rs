@@ -362,7 +362,7 @@ fn tunnels(
                     path.map(|p| p.display().to_string()).unwrap_or_default()
                 ));
             };
-            let specs = l.tunnels(tables, &names, local_target)?;
+            let specs = config_file::tunnels(l, tables, &names, local_target)?;
             return Ok(specs.into_iter().map(|(_, t)| t).collect());
         }
         (Some(Command::Http { local, allow_http, policy }), None) => {

@@ -206,37 +206,8 @@ pub struct TokenEntry {
     pub udp_ports: Option<Spanned<String>>,
 }
 
-/// A loaded `--config` file: its values and its text (for line numbers).
-pub struct Loaded {
-    pub path: PathBuf,
-    pub values: Settings,
-    text: String,
-}
-
-impl Loaded {
-    /// Parses `text` (read from `path`), or says what is wrong with the
-    /// file's name, the line and the key.
-    pub fn parse(path: &Path, text: String) -> Result<Loaded, String> {
-        let values = tunnel_lib::toml_file::parse::<Settings>(path, &text)?;
-        Ok(Loaded {
-            path: path.to_owned(),
-            values,
-            text,
-        })
-    }
-
-    /// `FILE line N: key: why`, for a value that only its neighbours make
-    /// wrong.
-    pub fn error_at<T>(
-        &self,
-        key: &str,
-        value: &Spanned<T>,
-        why: impl std::fmt::Display,
-    ) -> String {
-        let line = tunnel_lib::toml_file::line_of(&self.text, value.span().start);
-        format!("{} line {line}: {key}: {why}", self.path.display())
-    }
-}
+/// A loaded `--config` file.
+pub type Loaded = tunnel_lib::toml_file::Loaded<Settings>;
 
 /// Reads the `--config` file and the token files the settings name, then
 /// resolves. It runs before the runtime exists, so plain blocking reads

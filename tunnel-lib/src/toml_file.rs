@@ -31,6 +31,47 @@ pub fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<
     })
 }
 
+/// A parsed config file: its values and its text (for the line of a value
+/// that only its neighbours make wrong).
+pub struct Loaded<T> {
+    pub path: std::path::PathBuf,
+    pub values: T,
+    text: String,
+}
+
+impl<T: serde::de::DeserializeOwned + Default> Loaded<T> {
+    /// Parses `text` (read from `path`), or says what is wrong with the
+    /// file's name, the line and the key.
+    pub fn parse(path: &Path, text: String) -> Result<Loaded<T>, String> {
+        let values = parse::<T>(path, &text)?;
+        Ok(Loaded {
+            path: path.to_owned(),
+            values,
+            text,
+        })
+    }
+
+    /// The file's values, to be laid under the flags.
+    pub fn take_values(&mut self) -> T {
+        std::mem::take(&mut self.values)
+    }
+
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// `FILE line N: key: why`, for a value kept with its span.
+    pub fn error_at<V>(
+        &self,
+        key: &str,
+        value: &toml::Spanned<V>,
+        why: impl std::fmt::Display,
+    ) -> String {
+        let line = line_of(&self.text, value.span().start);
+        format!("{} line {line}: {key}: {why}", self.path.display())
+    }
+}
+
 /// The key of `key = value` on 1-based `line`, if that line assigns one.
 fn key_on(text: &str, line: usize) -> Option<&str> {
     let (key, _) = text.lines().nth(line - 1)?.split_once('=')?;
