@@ -49,7 +49,7 @@ impl Path {
         let (visitor, host) = rt.block_on(async {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let local = listener.local_addr().unwrap();
-            tokio::spawn(tunnel_benches::backend(listener, stop.clone()));
+            tokio::spawn(tunnel_testkit::backend::backend(listener, stop.clone()));
             if !through_tunnel {
                 return (TcpStream::connect(local).await.unwrap(), "direct".into());
             }

@@ -225,11 +225,7 @@ async fn tokens_never_reach_the_logs_even_at_trace() {
     );
 }
 
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+use tunnel_testkit::procfs::open_fds;
 
 /// Issue 9: a client killed with `kill -9` while visitors have streams open
 /// costs the server nothing once the QUIC idle timeout has passed: its

@@ -10,91 +10,14 @@ use support::bins::*;
 use support::*;
 
 use tokio::process::Command;
+use tunnel_testkit::netns::Netns;
 
-/// A network namespace with a veth pair to this one, removed on drop.
-struct Netns {
-    name: String,
-    /// `10.213.N`: the host side is `.1`, the namespace starts on `.2`.
-    net: String,
-    inner: String,
-}
-
-impl Netns {
-    /// `None` (with a message) where namespaces cannot be made.
-    async fn make() -> Option<Netns> {
-        let id = std::process::id();
-        let name = format!("tnl-mig-{id}");
-        let net = format!("10.213.{}", id % 250 + 1);
-        let (outer, inner) = (
-            format!("tmo{}", id % 100_000),
-            format!("tmi{}", id % 100_000),
-        );
-        let ns = Netns {
-            name: name.clone(),
-            net: net.clone(),
-            inner: inner.clone(),
-        };
-        if !run(&["ip", "netns", "add", &name]).await {
-            eprintln!("SKIPPED: cannot create a network namespace here (needs root and iproute2)");
-            return None;
-        }
-        let steps: Vec<Vec<String>> = [
-            format!("ip link add {outer} type veth peer name {inner}"),
-            format!("ip link set {inner} netns {name}"),
-            format!("ip addr add {net}.1/24 dev {outer}"),
-            format!("ip link set {outer} up"),
-            format!("ip netns exec {name} ip link set lo up"),
-            // Deleting the first address must keep the second.
-            format!("ip netns exec {name} sysctl -qw net.ipv4.conf.all.promote_secondaries=1"),
-            format!("ip netns exec {name} sysctl -qw net.ipv4.conf.{inner}.promote_secondaries=1"),
-            format!("ip netns exec {name} ip addr add {net}.2/24 dev {inner}"),
-            format!("ip netns exec {name} ip link set {inner} up"),
-        ]
-        .iter()
-        .map(|s| s.split(' ').map(String::from).collect())
-        .collect();
-        for step in steps {
-            let args: Vec<&str> = step.iter().map(String::as_str).collect();
-            assert!(run(&args).await, "{step:?} failed");
-        }
-        Some(ns)
-    }
-
-    fn exec(&self) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]);
-        c
-    }
-
-    /// The namespace's address moves from `.2` to `.3`.
-    async fn move_address(&self) {
-        let ip = |a: &str| format!("{}.{a}/24", self.net);
-        for (op, a) in [("add", "3"), ("del", "2")] {
-            let ok = run(&[
-                "ip",
-                "netns",
-                "exec",
-                &self.name,
-                "ip",
-                "addr",
-                op,
-                &ip(a),
-                "dev",
-                &self.inner,
-            ])
-            .await;
-            assert!(ok, "ip addr {op} {a} failed");
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // The veth pair goes with the namespace.
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// `ip netns exec NAME …` as a tokio command.
+fn exec(ns: &Netns) -> Command {
+    let [ip, rest @ ..] = ns.exec_prefix();
+    let mut c = Command::new(ip);
+    c.args(rest);
+    c
 }
 
 /// Issue 9, active migration: the client's address changes in the middle
@@ -103,8 +26,16 @@ impl Drop for Netns {
 /// never reconnects.
 #[tokio::test]
 async fn the_client_migrates_when_its_address_changes_mid_download() {
-    let Some(ns) = Netns::make().await else {
-        return;
+    let net = format!("10.213.{}", std::process::id() % 250 + 1);
+    let ns = match tokio::task::spawn_blocking(move || Netns::create("mig", &net))
+        .await
+        .unwrap()
+    {
+        Ok(ns) => std::sync::Arc::new(ns),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            return;
+        }
     };
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
@@ -131,7 +62,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         .await
         .unwrap();
     let mut app = Proc::spawn(
-        ns.exec()
+        exec(&ns)
             .args([
                 "python3",
                 "-u",
@@ -153,7 +84,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         .to_owned();
 
     let mut client = Proc::spawn(
-        ns.exec()
+        exec(&ns)
             .env("TUNNEL_INSPECT", "127.0.0.1:0")
             .arg(client_bin().await)
             .args([
@@ -190,7 +121,12 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         got.extend_from_slice(&chunk[..n]);
         if !moved && got.len() > 10 << 20 {
             moved = true;
-            ns.move_address().await;
+            // The namespace's address moves from .2 to .3.
+            let moving = ns.clone();
+            tokio::task::spawn_blocking(move || moving.move_address(2, 3))
+                .await
+                .unwrap()
+                .expect("the address moves");
             moved_at = Some(std::time::Instant::now());
             let said = client.log_until("migrating the connection").await;
             eprintln!(

@@ -24,17 +24,8 @@ async fn quickstart_with_real_processes() {
             .env_remove("XDG_STATE_HOME")
             .env_remove("TUNNEL_STATE_DIR"),
     );
-    let ready = server.line().await;
-    assert!(ready.starts_with("tunnel-server ready: "), "{ready}");
-    let field = |k: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap()
-            .to_owned()
-    };
-    let http: std::net::SocketAddr = field("http=").parse().unwrap();
-    let quic = field("quic=");
+    let ready = tunnel_testkit::ready::Ready::parse(&server.line().await);
+    let (http, quic) = (ready.http, ready.quic);
     assert!(home
         .path()
         .join(".local/state/tunnel-server/cert.pem")

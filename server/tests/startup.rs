@@ -16,11 +16,7 @@ async fn wrong_token_exits_non_zero_with_a_message() {
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(server_cmd(home.path()).env("TUNNEL_TOKENS", "sesame,other"));
     let ready = server.line().await;
-    let quic = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("quic="))
-        .unwrap()
-        .to_owned();
+    let quic = field(&ready, "quic=");
     let out = tokio::time::timeout(
         WAIT,
         client_cmd()

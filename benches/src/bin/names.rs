@@ -115,7 +115,7 @@ async fn visitor(http: SocketAddr, host: String, stop: CancellationToken) -> Vec
             assert!(n > 0, "the visitor's connection closed");
             got += n;
             if let Some(h) = buf[..got].windows(4).position(|w| w == b"\r\n\r\n") {
-                if got >= h + 4 + tunnel_benches::SMALL {
+                if got >= h + 4 + tunnel_testkit::backend::SMALL {
                     break;
                 }
             }
@@ -196,7 +196,7 @@ async fn run(o: Opts) {
     let stop = CancellationToken::new();
     let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend_addr = backend.local_addr().unwrap();
-    tokio::spawn(tunnel_benches::backend(backend, stop.clone()));
+    tokio::spawn(tunnel_testkit::backend::backend(backend, stop.clone()));
 
     let mut cmd = Command::new(o.bin.join("tunnel-server"));
     cmd.args([
@@ -220,23 +220,18 @@ async fn run(o: Opts) {
         ]);
     }
     let (server, mut server_out) = spawn(&mut cmd);
-    let ready = server_out.next_line().await.unwrap().expect("ready line");
-    let field = |k: &str| {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(k))
-            .unwrap_or_else(|| panic!("no {k} in {ready}"))
-            .to_owned()
-    };
-    let http: SocketAddr = field("http=").parse().unwrap();
-    let quic: SocketAddr = field("quic=").parse().unwrap();
-    let pin = tunnel_lib::tls::parse_fingerprint(&field("fingerprint=")).unwrap();
+    let ready = tunnel_testkit::ready::Ready::parse(
+        &server_out.next_line().await.unwrap().expect("ready line"),
+    );
+    let http = ready.http;
+    let quic: SocketAddr = ready.quic.parse().unwrap();
+    let pin = tunnel_lib::tls::parse_fingerprint(&ready.fingerprint).unwrap();
     let pid = server.id().unwrap();
 
     let (_client, mut client_out) = spawn(
         Command::new(o.bin.join("tunnel-client"))
             .args(["--server", &quic.to_string(), "--server-fingerprint"])
-            .arg(field("fingerprint="))
+            .arg(&ready.fingerprint)
             .args([
                 "--expose",
                 &backend_addr.to_string(),

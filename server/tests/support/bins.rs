@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use super::WAIT;
+pub use tunnel_testkit::process::Proc;
+pub use tunnel_testkit::ready::field;
 
 pub fn server_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_tunnel-server"))
@@ -53,15 +53,6 @@ pub fn server_cmd(home: &std::path::Path) -> Command {
     c
 }
 
-/// The value of `key` (`http=`, `quic=`, ...) in the server's ready line.
-pub fn field(ready: &str, key: &str) -> String {
-    ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {ready}"))
-        .to_owned()
-}
-
 /// A server process with its ready line read: `(process, http, quic)`.
 pub async fn ready_server(cmd: &mut Command) -> (Proc, String, String) {
     let mut server = Proc::spawn(cmd);
@@ -82,81 +73,6 @@ pub async fn exposing_client(home: &std::path::Path, quic: &str, local: &str) ->
     );
     let url = client.line().await;
     (client, url)
-}
-
-pub struct Proc {
-    pub child: Child,
-    pub lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-    /// Set once `log_until` started reading stderr.
-    err: Option<tokio::io::Lines<BufReader<tokio::process::ChildStderr>>>,
-    logged: String,
-}
-
-impl Proc {
-    pub fn spawn(cmd: &mut Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        Proc {
-            child,
-            lines,
-            err: None,
-            logged: String::new(),
-        }
-    }
-    /// Reads stderr until a line contains `needle`; returns that line.
-    pub async fn log_until(&mut self, needle: &str) -> String {
-        if self.err.is_none() {
-            self.err = Some(BufReader::new(self.child.stderr.take().unwrap()).lines());
-        }
-        let err = self.err.as_mut().unwrap();
-        let logged = &mut self.logged;
-        tokio::time::timeout(WAIT, async {
-            while let Some(l) = err.next_line().await.unwrap() {
-                logged.push_str(&l);
-                logged.push('\n');
-                if l.contains(needle) {
-                    return l;
-                }
-            }
-            panic!("the process ended before logging {needle:?}:\n{logged}");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {needle:?} logged in time:\n{}", self.logged))
-    }
-    pub async fn line(&mut self) -> String {
-        tokio::time::timeout(WAIT, self.lines.next_line())
-            .await
-            .expect("a line in time")
-            .unwrap()
-            .expect("a line")
-    }
-    /// SIGTERM, then the exit status and what was logged.
-    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().unwrap();
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-        if let Some(mut err) = self.err.take() {
-            while let Ok(Some(l)) = err.next_line().await {
-                self.logged.push_str(&l);
-                self.logged.push('\n');
-            }
-        }
-        let out = tokio::time::timeout(WAIT, self.child.wait_with_output())
-            .await
-            .expect("exited after SIGTERM")
-            .unwrap();
-        (
-            out.status,
-            self.logged + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
 }
 
 /// [`server_cmd`] with an https listener and `extra` arguments; returns it

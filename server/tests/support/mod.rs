@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tunnel_client::{Status, TunnelInfo, TunnelSpec};
 use tunnel_server::{Config, Listeners, Registry, Server};
 
-pub const WAIT: Duration = Duration::from_secs(20);
+pub use tunnel_testkit::WAIT;
 
 /// Deterministic test data: byte i is (i * 7 + i / 251) mod 256.
 pub fn pattern(offset: u64, len: usize) -> Vec<u8> {

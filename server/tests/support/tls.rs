@@ -186,17 +186,7 @@ impl Drop for EchoTls {
     }
 }
 
-/// A free port on 127.0.0.1 for both TCP and UDP (for a program that needs
-/// its port in its configuration).
-pub fn free_port() -> u16 {
-    loop {
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
+pub use tunnel_testkit::net::free_port;
 
 /// Starts `cmd` and waits for a line containing `ready` on its stdout; the
 /// rest of its output is drained (and echoed to the test's stderr) so it

@@ -275,11 +275,7 @@ pub(crate) fn udp_line(
     let ready = server_lines
         .recv_timeout(Duration::from_secs(20))
         .expect("server ready line");
-    let quic = ready
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("quic="))
-        .unwrap()
-        .to_owned();
+    let quic = tunnel_testkit::ready::field(&ready, "quic=");
     let (client, client_lines) = spawn_lines(
         Command::new(client_bin)
             .args(["--server", &quic, "udp", &echo.to_string(), "--server-cert"])

@@ -3,6 +3,7 @@
 //! connections held open against it.
 
 use super::*;
+use tunnel_testkit::ready::Ready;
 
 /// A certificate for the https scenarios (`edge.crt`, `edge.key` in `dir`).
 pub(crate) fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
@@ -65,7 +66,7 @@ pub(crate) fn start_nginx_on(dir: &Path, link: &Link) -> (Proc, u16, u16) {
     (Proc(child), port, tls_port)
 }
 
-/// The fallback backend (`tunnel_benches::backend`) on its own thread and
+/// The fallback backend (`tunnel_testkit::backend::backend`) on its own thread and
 /// current-thread runtime.
 pub(crate) fn start_builtin() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -80,7 +81,8 @@ pub(crate) fn start_builtin() -> u16 {
         #[allow(clippy::disallowed_methods)]
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            tunnel_benches::backend(listener, tokio_util::sync::CancellationToken::new()).await
+            tunnel_testkit::backend::backend(listener, tokio_util::sync::CancellationToken::new())
+                .await
         });
     });
     wait_port(port);
@@ -333,20 +335,14 @@ impl Tunnel {
                 })
                 .env("RUST_LOG", "warn"),
         );
-        let ready = server_lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("server ready line");
-        let field = |k: &str| {
-            ready
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix(k))
-                .unwrap()
-                .to_owned()
-        };
-        let http: SocketAddr = field("http=").parse().unwrap();
-        let https: Option<SocketAddr> = tls.then(|| field("https=").parse().unwrap());
-        let quic = field("quic=");
-        let fingerprint = field("fingerprint=");
+        let ready = Ready::parse(
+            &server_lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("server ready line"),
+        );
+        let http = ready.http;
+        let https = if tls { ready.https } else { None };
+        let (quic, fingerprint) = (ready.quic, ready.fingerprint);
         let expose = link.backend.to_string();
         let what: Vec<&str> = if raw_tcp {
             vec!["tcp", &expose]

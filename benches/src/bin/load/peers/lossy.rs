@@ -3,121 +3,24 @@
 
 use super::rates::{header, oha, Oha};
 use super::*;
+use tunnel_testkit::netns::Netns;
 
-/// A network namespace with a veth to this one: `10.77.0.1` here,
-/// `10.77.0.2` there. Deleted (with its veth and its iptables rules) on drop.
-pub(super) struct Netns {
-    pub(super) name: String,
+/// The namespace of the lossy link: `10.77.0.1` here, `10.77.0.2` there.
+fn namespace() -> Result<Netns, String> {
+    let ns = Netns::create("tl", "10.77.0")?;
+    // iptables must work inside it, or there is no loss to set.
+    ns.set_loss(0.0)?;
+    Ok(ns)
 }
 
-impl Netns {
-    const HERE: [u8; 4] = [10, 77, 0, 1];
-    const THERE: [u8; 4] = [10, 77, 0, 2];
-
-    pub(super) fn create() -> Result<Netns, String> {
-        let name = format!("tunnel-load-{}", std::process::id());
-        let ns = Netns { name };
-        let (here, there) = ("tlh0", "tln0");
-        let n = ns.name.as_str();
-        let steps: Vec<Vec<&str>> = vec![
-            vec!["ip", "netns", "add", n],
-            vec![
-                "ip", "link", "add", here, "type", "veth", "peer", "name", there,
-            ],
-            vec!["ip", "link", "set", there, "netns", n],
-            vec!["ip", "addr", "add", "10.77.0.1/24", "dev", here],
-            vec!["ip", "link", "set", here, "up"],
-            vec![
-                "ip",
-                "netns",
-                "exec",
-                n,
-                "ip",
-                "addr",
-                "add",
-                "10.77.0.2/24",
-                "dev",
-                there,
-            ],
-            vec!["ip", "netns", "exec", n, "ip", "link", "set", there, "up"],
-            vec!["ip", "netns", "exec", n, "ip", "link", "set", "lo", "up"],
-            vec!["ip", "netns", "exec", n, "iptables", "-L", "-n"],
-        ];
-        for step in steps {
-            let out = Command::new(step[0])
-                .args(&step[1..])
-                .output()
-                .map_err(|e| format!("{}: {e}", step.join(" ")))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "`{}` failed: {}",
-                    step.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ));
-            }
-        }
-        Ok(ns)
-    }
-
-    /// Drops `percent` % of the packets crossing the veth, each direction,
-    /// at random (iptables `statistic`), inside the namespace.
-    pub(super) fn set_loss(&self, percent: f64) {
-        let n = self.name.as_str();
-        let run = |args: &[&str]| {
-            let st = Command::new("ip")
-                .args(["netns", "exec", n, "iptables"])
-                .args(args)
-                .status()
-                .expect("iptables");
-            assert!(st.success(), "iptables {args:?} failed");
-        };
-        run(&["-F"]);
-        if percent > 0.0 {
-            let p = format!("{}", percent / 100.0);
-            for (chain, dir) in [("INPUT", "-i"), ("OUTPUT", "-o")] {
-                run(&[
-                    "-A",
-                    chain,
-                    dir,
-                    "tln0",
-                    "-m",
-                    "statistic",
-                    "--mode",
-                    "random",
-                    "--probability",
-                    &p,
-                    "-j",
-                    "DROP",
-                ]);
-            }
-        }
-    }
-
-    pub(super) fn link(&self, backend_port: u16) -> Link {
-        Link {
-            server_ip: Self::HERE.into(),
-            client_ip: Self::THERE.into(),
-            backend: SocketAddr::from(([127, 0, 0, 1], backend_port)),
-            wrap: vec![
-                "ip".into(),
-                "netns".into(),
-                "exec".into(),
-                self.name.clone(),
-            ],
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        // Normally gone with the namespace; this is for a half-made one.
-        let _ = Command::new("ip")
-            .args(["link", "del", "tlh0"])
-            .stderr(Stdio::null())
-            .status();
+/// The link through `ns`: the server here, the client and the backend
+/// (on `backend_port`) there.
+fn link(ns: &Netns, backend_port: u16) -> Link {
+    Link {
+        server_ip: ns.here(),
+        client_ip: ns.there(),
+        backend: SocketAddr::from(([127, 0, 0, 1], backend_port)),
+        wrap: ns.exec_prefix().to_vec(),
     }
 }
 
@@ -167,7 +70,7 @@ pub(super) fn download_loop(
 /// Table 3: the lossy link. `None` with a reason where namespaces or
 /// iptables are not available.
 pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> String {
-    let ns = match Netns::create() {
+    let ns = match namespace() {
         Ok(ns) => ns,
         Err(e) => {
             return format!(
@@ -181,10 +84,10 @@ pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> Strin
     crate::tunnel::write_cert(&ns_dir);
     let link0 = Link {
         backend: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..ns.link(0)
+        ..link(&ns, 0)
     };
     let (_nginx, port, _) = start_nginx_on(&ns_dir, &link0);
-    let link = ns.link(port);
+    let link = link(&ns, port);
     let systems = started(bins, ours, dir, &link);
     let n = systems.len();
     let mut t = String::from("\n");
@@ -194,7 +97,7 @@ pub(crate) fn lossy(o: &Opts, bins: &PeerBins, ours: &Ours, dir: &Path) -> Strin
         if o.only.as_deref().is_some_and(|f| !name.contains(f)) {
             continue;
         }
-        ns.set_loss(percent);
+        ns.set_loss(percent).expect("iptables in the namespace");
         let runs = rotated(o, &name, &systems, |r| {
             let public = match r {
                 Some(r) => r.public,
