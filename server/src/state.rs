@@ -100,3 +100,46 @@ impl State {
         format!("https://{host}{port}{path}")
     }
 }
+
+#[cfg(test)]
+impl State {
+    /// The state of a server with `config`, no listener bound and no task
+    /// started: what the edge's unit tests drive a connection against.
+    pub(crate) fn for_tests(config: Config) -> Arc<State> {
+        let mut prom = prometheus_client::registry::Registry::default();
+        let stats: Arc<Stats> = Arc::default();
+        let metrics = Arc::new(metrics::Metrics::register(&mut prom, &stats));
+        let urls = crate::registry::Urls {
+            scheme: "http",
+            port: config.http.port(),
+            tls_port: None,
+        };
+        let registry = Arc::new(Registry::new(
+            &config.domain,
+            urls,
+            config.name_grace,
+            config.max_tunnels_per_client,
+            config.allow_domains.clone(),
+        ));
+        Arc::new(State {
+            fairness: fairness::Fairness::new(
+                config.max_visitors_per_ip,
+                config.visitor_rate_per_ip,
+            ),
+            visitor_permits: Arc::new(Semaphore::new(config.max_visitors)),
+            public_ip: config.http.ip(),
+            registry,
+            tokens: Arc::new([]),
+            tls: None,
+            https_port: None,
+            acme: None,
+            drained: CancellationToken::new(),
+            visitor_tasks: TaskTracker::new(),
+            hard: CancellationToken::new(),
+            stats,
+            metrics,
+            access_log: None,
+            config,
+        })
+    }
+}

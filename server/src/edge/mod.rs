@@ -31,6 +31,8 @@
 mod halves;
 mod request;
 mod response;
+#[cfg(test)]
+mod tests;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
