@@ -31,7 +31,9 @@
 mod halves;
 mod request;
 mod response;
+// #[tokio::test] expands to a block_on outside any runtime.
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)]
 mod tests;
 pub(crate) mod tls;
 
