@@ -9,13 +9,17 @@
 //! - `sessions`: session id → `Arc<Session>` in a moka cache (lock-free
 //!   reads; the rule points at the session by id so a dead session's rules
 //!   fail fast instead of keeping the connection alive).
-//! - `names`: live claims on hosts, in a `DashMap` whose entry API makes
-//!   "check and claim" atomic. Names under the server's domain need no
-//!   grant; other hosts (custom domains, wildcard rules) need a
-//!   [`DomainGrant`] for the token.
-//! - `reserved`: names released by a session that ended, kept for the same
-//!   owner for `name_grace` (a moka cache with that TTL), so a client that
-//!   reconnects gets its URL back.
+//! - `names` ([`names::Names`]): who holds each name, claimed by a live
+//!   session or reserved for its owner for `name_grace` after it ended, so
+//!   a client that reconnects gets its URL back. Pure (time is passed in),
+//!   behind one mutex: "check and claim" is atomic.
+//! - `rights` ([`Rights`]): which names a token may ask for: labels under
+//!   the server's domain (unless kept for another token by a [`NameRule`]),
+//!   other hosts by a [`DomainGrant`].
+//! - `ports`: TCP and UDP tunnels' public ports, held like names.
+//! - `sessions`: connected clients and what each may hold.
+//! - [`Directory`]: what the edge asks (route, offline, owner's return),
+//!   the seam a shared directory (a cluster) implements later.
 //!
 //! Every method is synchronous and returns owned values: no guard can live
 //! across an `.await`.
@@ -24,7 +28,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
@@ -33,16 +37,20 @@ use moka::sync::Cache;
 use tunnel_lib::http1::normalise_host;
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
+mod directory;
 mod labels;
 mod names;
 mod ports;
 mod quota;
 mod rights;
 mod routes;
+mod sessions;
+pub use directory::Directory;
 pub use labels::{normalise_hostname, normalise_label, normalise_name_rule, random_label};
+use names::Names;
 pub use ports::port_key;
 pub use quota::TokenLimits;
-pub use rights::{DomainGrant, NameRule};
+pub use rights::{DomainGrant, NameRule, Rights};
 use routes::RouteTable;
 
 /// A reserved host's client is away: it stopped, or it dropped and may be
@@ -63,20 +71,65 @@ pub enum Owner {
 }
 
 /// One host rule: requests for `host` go to tunnel `tunnel_id` of session
-/// `session_id`. `host` is an exact name, or `*.parent` for a wildcard rule
-/// (every name below `parent`).
+/// `session_id`, as its [`Target`] says. `host` is an exact name, or
+/// `*.parent` for a wildcard rule (every name below `parent`).
 #[derive(Debug)]
 pub struct Rule {
     pub host: Box<str>,
     pub session_id: u64,
     pub tunnel_id: u32,
-    pub kind: TunnelKind,
-    /// The tunnel opted out of the plain listener's redirect to https.
-    pub plain_http: bool,
-    /// What the edge enforces and edits for this tunnel's visitors.
-    pub policy: Option<Arc<crate::policy::EdgePolicy>>,
+    pub target: Target,
     /// This tunnel's counters (requests by class, bytes each way).
     pub metrics: tunnel_lib::metrics::TunnelMetrics,
+}
+
+/// What a rule's visitors reach, and how the server treats them. HTTP and
+/// TLS rules are in the route table, by host; a TCP tunnel's rule is held
+/// by its port's accept loop. (UDP tunnels relay datagrams, not streams,
+/// and have no rule.)
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// An HTTP tunnel: the edge parses each request.
+    Http {
+        /// The tunnel opted out of the plain listener's redirect to https.
+        plain_http: bool,
+        /// What the edge enforces and edits for this tunnel's visitors.
+        policy: Option<Arc<crate::policy::EdgePolicy>>,
+    },
+    /// TLS passed through by SNI, untouched: the client's service holds
+    /// the certificate.
+    Tls,
+    /// A public TCP port: bytes relayed both ways.
+    Tcp,
+}
+
+impl Rule {
+    pub fn kind(&self) -> TunnelKind {
+        match self.target {
+            Target::Http { .. } => TunnelKind::Http,
+            Target::Tls => TunnelKind::Tls,
+            Target::Tcp => TunnelKind::Tcp,
+        }
+    }
+
+    /// The HTTP tunnel's visitor policy.
+    pub fn policy(&self) -> Option<&crate::policy::EdgePolicy> {
+        match &self.target {
+            Target::Http { policy, .. } => policy.as_deref(),
+            Target::Tls | Target::Tcp => None,
+        }
+    }
+
+    /// Whether plain-http visitors are served (not redirected to https).
+    pub fn plain_http(&self) -> bool {
+        matches!(
+            self.target,
+            Target::Http {
+                plain_http: true,
+                ..
+            }
+        )
+    }
 }
 
 /// One connected client.
@@ -95,11 +148,6 @@ pub struct Session {
     pub datagrams: Mutex<HashMap<u32, tokio::sync::mpsc::Sender<(u32, bytes::Bytes)>>>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Claim {
-    session_id: u64,
-}
-
 /// How URLs are written: scheme and public port of each listener.
 #[derive(Debug, Clone)]
 pub struct Urls {
@@ -116,17 +164,12 @@ pub struct Registry {
     urls: Urls,
     routes: ArcSwap<RouteTable>,
     sessions: Cache<u64, Arc<Session>>,
-    /// Live claims, by host.
-    names: DashMap<Box<str>, Claim>,
-    /// Released hosts, reserved for their owner for the grace period.
-    reserved: Cache<Box<str>, Owner>,
-    /// Reserved hosts whose client said goodbye (stopped on purpose):
-    /// visitors are not held for them.
-    left: Cache<Box<str>, ()>,
+    /// Who holds each name (claimed or reserved).
+    names: Mutex<Names>,
     /// client process id → its live session, to replace a stale session of
     /// the same client at once on reconnect.
     clients: DashMap<[u8; 16], u64>,
-    grants: Vec<DomainGrant>,
+    rights: Rights,
     /// Told whenever claims or reservations change (the state file is
     /// rewritten then).
     changed: Arc<tokio::sync::Notify>,
@@ -137,10 +180,6 @@ pub struct Registry {
     next_tunnel: AtomicU32,
     max_tunnels_per_session: usize,
     limits: TokenLimits,
-    /// Names each token holds (claimed or reserved).
-    held: Arc<quota::Held>,
-    /// Names under the domain kept for one token each (`[[token]] names`).
-    name_rules: Vec<NameRule>,
     metrics: Option<Arc<tunnel_lib::metrics::Tunnels>>,
 }
 
@@ -159,16 +198,13 @@ pub struct Registered {
     pub url: String,
 }
 
-/// What a client asks for.
-#[derive(Debug, Clone, Default)]
+/// What a client asks for: a host rule (an HTTP or TLS tunnel).
+#[derive(Debug, Clone)]
 pub struct Request<'a> {
     /// Empty: pick a name. A label: `<label>.<domain>`. A name with a dot:
     /// that host (a custom domain or a wildcard rule), if granted.
     pub name: &'a str,
-    pub kind: TunnelKind,
-    pub plain_http: bool,
-    /// Visitor policy and request edits (HTTP tunnels).
-    pub policy: Option<Arc<crate::policy::EdgePolicy>>,
+    pub target: Target,
 }
 
 impl Registry {
@@ -179,39 +215,21 @@ impl Registry {
         max_tunnels_per_session: usize,
         grants: Vec<DomainGrant>,
     ) -> Registry {
-        let held = Arc::new(quota::Held::default());
-        let release = held.clone();
+        let limits = TokenLimits::default();
         Registry {
+            rights: Rights::new(domain, grants, Vec::new()),
             domain: domain.to_ascii_lowercase(),
             urls,
             routes: ArcSwap::from_pointee(RouteTable::default()),
             sessions: Cache::builder().build(),
-            names: DashMap::new(),
-            reserved: Cache::builder()
-                .time_to_live(name_grace)
-                .max_capacity(1_000_000)
-                // A reservation that lapses, is evicted or is taken back
-                // stops counting for its token (a claim counted it again).
-                .eviction_listener(move |_, owner, cause| {
-                    if cause != moka::notification::RemovalCause::Replaced {
-                        release.sub(owner);
-                    }
-                })
-                .build(),
-            left: Cache::builder()
-                .time_to_live(name_grace)
-                .max_capacity(1_000_000)
-                .build(),
+            names: Mutex::new(Names::new(name_grace, limits.names)),
             clients: DashMap::new(),
-            grants,
             changed: Arc::new(tokio::sync::Notify::new()),
             returned: tokio::sync::Notify::new(),
             next_session: AtomicU64::new(1),
             next_tunnel: AtomicU32::new(1),
             max_tunnels_per_session,
-            limits: TokenLimits::default(),
-            held,
-            name_rules: Vec::new(),
+            limits,
             metrics: None,
         }
     }
@@ -219,6 +237,7 @@ impl Registry {
     /// What each token may hold (the defaults otherwise).
     pub fn with_token_limits(mut self, limits: TokenLimits) -> Registry {
         self.limits = limits;
+        lock(&self.names).set_per_token(limits.names);
         self
     }
 
@@ -249,7 +268,7 @@ impl Registry {
 
     /// Names kept for some tokens (see [`NameRule`]).
     pub fn with_name_rules(mut self, rules: Vec<NameRule>) -> Registry {
-        self.name_rules = rules;
+        self.rights.set_name_rules(rules);
         self
     }
 
@@ -274,7 +293,12 @@ impl Registry {
     /// reserved for a reconnecting client: visitors of those are not
     /// another token's to receive.
     fn lookup(&self, host: &str) -> Option<Arc<Rule>> {
-        let wild_ok = || !self.under_domain(host) && !self.reserved.contains_key(host);
+        let wild_ok = || {
+            !self.rights.under_domain(host)
+                && lock(&self.names)
+                    .reserved_for(host, Instant::now())
+                    .is_none()
+        };
         self.routes.load().get(host, wild_ok).cloned()
     }
 
@@ -283,88 +307,20 @@ impl Registry {
         &self.domain
     }
 
-    /// Adds a connected, authenticated client. If the same client process
-    /// still has a session (it reconnected before the server noticed the old
-    /// connection die), that one is ended and returned so the caller can
-    /// close its connection.
-    pub fn add_session(
-        &self,
-        conn: quinn::Connection,
-        owner: Owner,
-        client_id: [u8; 16],
-        remote: SocketAddr,
-    ) -> Result<(Arc<Session>, Option<Arc<Session>>), usize> {
-        let max = self.limits.sessions;
-        if max > 0 && owner != Owner::Anonymous {
-            // Its own earlier connection is about to be replaced: not counted.
-            let others = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.owner == owner && s.client_id != client_id)
-                .take(max)
-                .count();
-            if others >= max {
-                return Err(max);
-            }
-        }
-        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
-        let session = Arc::new(Session {
-            id,
-            conn,
-            owner,
-            client_id,
-            remote,
-            hosts: Mutex::new(Vec::new()),
-            ended: tokio_util::sync::CancellationToken::new(),
-            datagrams: Mutex::new(HashMap::new()),
-        });
-        self.sessions.insert(id, session.clone());
-        let previous = self
-            .clients
-            .insert(client_id, id)
-            .and_then(|old| self.sessions.get(&old));
-        let stale = previous.filter(|old| old.owner == owner);
-        if let Some(old) = &stale {
-            self.end_session(old);
-        }
-        Ok((session, stale))
-    }
-
-    fn check_tunnel_count(&self, session: &Session) -> Result<(), Refusal> {
-        if lock(&session.hosts).len() >= self.max_tunnels_per_session {
-            return Err(Refusal {
-                code: ErrorCode::LimitReached,
-                message: format!(
-                    "a client may expose at most {} tunnels",
-                    self.max_tunnels_per_session
-                ),
-            });
-        }
-        let max = self.limits.tunnels;
-        if max > 0 && session.owner != Owner::Anonymous {
-            let tunnels: usize = self
-                .sessions
-                .iter()
-                .filter(|(_, s)| s.owner == session.owner)
-                .map(|(_, s)| lock(&s.hosts).len())
-                .sum();
-            if tunnels >= max {
-                return Err(Refusal {
-                    code: ErrorCode::LimitReached,
-                    message: format!(
-                        "this token's clients expose {max} tunnels together, the most the server \
-                         allows (max_tunnels_per_token): close some, or ask the operator"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Registers a tunnel for `session`.
+    /// Registers a host rule (an HTTP or TLS tunnel) for `session`.
     pub fn register(&self, session: &Session, req: &Request<'_>) -> Result<Registered, Refusal> {
         self.check_tunnel_count(session)?;
-        if req.kind == TunnelKind::Tls && self.urls.tls_port.is_none() {
+        let kind = match req.target {
+            Target::Http { .. } => TunnelKind::Http,
+            Target::Tls => TunnelKind::Tls,
+            Target::Tcp => {
+                return Err(Refusal {
+                    code: ErrorCode::InvalidName,
+                    message: "a TCP tunnel has a port, not a host: register_port".into(),
+                })
+            }
+        };
+        if kind == TunnelKind::Tls && self.urls.tls_port.is_none() {
             return Err(Refusal {
                 code: ErrorCode::LimitReached,
                 message: "this server has no https listener, so it cannot pass TLS through; \
@@ -373,27 +329,10 @@ impl Registry {
             });
         }
         let host = if req.name.is_empty() {
-            // A token with names of its own asks for one of them.
-            if let Owner::Token(i) = session.owner {
-                let own: Vec<&str> = self
-                    .name_rules
-                    .iter()
-                    .filter(|r| r.token == i)
-                    .map(|r| r.pattern.as_str())
-                    .collect();
-                if !own.is_empty() {
-                    return Err(Refusal {
-                        code: ErrorCode::InvalidName,
-                        message: format!(
-                            "this token claims its names by name: pass --subdomain with one of {}",
-                            own.join(", ")
-                        ),
-                    });
-                }
-            }
+            self.rights.may_pick_any(session.owner)?;
             self.claim_random(session)?
         } else {
-            let host = self.requested_host(session, req.name)?;
+            let host = self.rights.requested_host(session.owner, req.name)?;
             self.claim(&host, session)?;
             host
         };
@@ -402,9 +341,7 @@ impl Registry {
             host: host.as_str().into(),
             session_id: session.id,
             tunnel_id,
-            kind: req.kind,
-            plain_http: req.plain_http,
-            policy: req.policy.clone(),
+            target: req.target.clone(),
             metrics: self.tunnel_metrics(&host),
         });
         self.routes.rcu(|table| {
@@ -413,15 +350,48 @@ impl Registry {
             t
         });
         lock(&session.hosts).push(host.as_str().into());
-        self.left.invalidate(host.as_str());
         self.changed.notify_one();
         self.returned.notify_waiters();
-        let url = self.url(&host, req.kind);
+        let url = self.url(&host, kind);
         Ok(Registered {
             tunnel_id,
             hostname: host,
             url,
         })
+    }
+
+    /// `session` claims `name` (a host, or a port's key).
+    fn claim(&self, name: &str, session: &Session) -> Result<(), Refusal> {
+        lock(&self.names).claim(name, session.id, session.owner, Instant::now())
+    }
+
+    /// A free random name under the domain, claimed for `session`.
+    fn claim_random(&self, session: &Session) -> Result<String, Refusal> {
+        for _ in 0..8 {
+            let host = format!("{}.{}", random_label(), self.domain);
+            match self.claim(&host, session) {
+                Ok(()) => return Ok(host),
+                Err(r) if r.code == ErrorCode::LimitReached => return Err(r),
+                Err(_) => {}
+            }
+        }
+        Err(Refusal {
+            code: ErrorCode::LimitReached,
+            message: "could not pick a free random name; retry, or ask for one with --subdomain"
+                .into(),
+        })
+    }
+
+    /// Every name that is claimed or reserved, with its owner: what must
+    /// survive a restart so that each name goes back to its owner only.
+    pub fn held_names(&self) -> Vec<(String, Owner)> {
+        lock(&self.names).held(Instant::now())
+    }
+
+    /// Reserves `names` for their owners for the grace period (after a
+    /// restart, from the state file). A live claim is left alone.
+    pub fn restore_names(&self, names: Vec<(String, Owner)>) {
+        lock(&self.names).restore(names, Instant::now());
     }
 
     /// The public URL of a tunnel host.
@@ -451,11 +421,6 @@ impl Registry {
         self.changed.clone()
     }
 
-    /// Live sessions (for shutdown and operator actions).
-    pub fn sessions(&self) -> Vec<Arc<Session>> {
-        self.sessions.iter().map(|(_, s)| s).collect()
-    }
-
     /// Adds a rule for `label` pointing at `session_id` without a session
     /// or a name claim: for benchmarks of the lookup path only.
     #[doc(hidden)]
@@ -464,9 +429,10 @@ impl Registry {
             host: format!("{label}.{}", self.domain).into(),
             session_id,
             tunnel_id,
-            kind: TunnelKind::Http,
-            plain_http: false,
-            policy: None,
+            target: Target::Http {
+                plain_http: false,
+                policy: None,
+            },
             metrics: tunnel_lib::metrics::TunnelMetrics::detached(),
         });
         self.routes.rcu(|table| {
@@ -480,7 +446,7 @@ impl Registry {
     pub fn session_for(&self, host: &str) -> Option<Arc<Session>> {
         // A claim (any name, `tcp:PORT` and `udp:PORT` too), else a route
         // (a host under a wildcard rule).
-        let claimed = self.names.get(host).map(|c| c.session_id);
+        let claimed = lock(&self.names).claimant(host);
         match claimed {
             Some(id) => self.sessions.get(&id),
             None => self.route(host.as_bytes()).and_then(|(_, s)| s),
@@ -512,27 +478,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+// #[tokio::test] expands to a block_on outside any runtime.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grants_match_names_below_and_exact() {
-        let any = DomainGrant {
-            token: None,
-            pattern: "*.example.com".into(),
-        };
-        assert!(any.allows(Owner::Token(0), "app.example.com"));
-        assert!(any.allows(Owner::Token(3), "*.preview.example.com"));
-        assert!(!any.allows(Owner::Token(0), "example.com"));
-        assert!(!any.allows(Owner::Token(0), "badexample.com"));
-        let one = DomainGrant {
-            token: Some(1),
-            pattern: "app.mycompany.com".into(),
-        };
-        assert!(one.allows(Owner::Token(1), "app.mycompany.com"));
-        assert!(!one.allows(Owner::Token(0), "app.mycompany.com"));
-        assert!(!one.allows(Owner::Anonymous, "app.mycompany.com"));
-        assert!(!one.allows(Owner::Token(1), "x.app.mycompany.com"));
-    }
-}
+#[allow(clippy::disallowed_methods)]
+mod tests;

@@ -245,6 +245,7 @@ impl Server {
                 metrics,
                 access_log,
                 config,
+                directory: registry.clone(),
                 registry,
                 tokens,
                 tls,

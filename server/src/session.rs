@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::fairness::{Fairness, Slot};
-use crate::registry::{self, Owner, Session};
+use crate::registry::{self, Owner, Session, Target};
 use crate::state::State;
 
 /// Connections between their first packet and a valid hello, at most, from
@@ -340,52 +340,26 @@ async fn control_loop(
             ),
             Ok(Some(Control::Register {
                 request_id,
-                local,
-                kind: kind @ (TunnelKind::Tcp | TunnelKind::Udp),
-                remote_port,
-                ..
-            })) => match if kind == TunnelKind::Tcp {
-                register_tcp(state, session, remote_port, shutdown)
-            } else {
-                crate::udp::register(state, session, remote_port, shutdown)
-            } {
-                Ok(r) => {
-                    info!(session = session.id, url = %r.url, ?local, "port tunnel registered");
-                    answer(session, request_id, Ok(r))
-                }
-                Err(refusal) => answer(session, request_id, Err(refusal)),
-            },
-            Ok(Some(Control::Register {
-                request_id,
                 subdomain,
                 local,
                 kind,
                 plain_http,
                 policy,
-                ..
-            })) => match edge_policy(kind, &policy, &local).and_then(|policy| {
-                state.registry.register(
-                    session,
-                    &registry::Request {
-                        name: &subdomain,
-                        kind,
-                        plain_http,
-                        policy,
-                    },
-                )
-            }) {
-                Ok(r) => {
-                    info!(session = session.id, host = %r.hostname, ?local, "tunnel registered");
-                    if kind == TunnelKind::Http {
-                        // The URL line appears once its certificate is ready.
-                        if !certificate(state, session, &r.hostname, shutdown).await {
-                            return false;
-                        }
-                    }
-                    answer(session, request_id, Ok(r))
+                remote_port,
+            })) => {
+                let want = Want {
+                    kind,
+                    name: &subdomain,
+                    plain_http,
+                    policy: &policy,
+                    local: &local,
+                    remote_port,
+                };
+                match register(state, session, want, shutdown).await {
+                    Some(result) => answer(session, request_id, result),
+                    None => return false,
                 }
-                Err(refusal) => answer(session, request_id, Err(refusal)),
-            },
+            }
             Ok(Some(other)) => {
                 warn!(session = session.id, "unexpected control message {other:?}");
                 session.conn.close(
@@ -485,36 +459,53 @@ fn edge_policy(
         .map_err(invalid)
 }
 
-/// Claims a public port for a TCP tunnel, opens it and starts accepting.
-fn register_tcp(
+/// What one `Register` asks for.
+struct Want<'a> {
+    kind: TunnelKind,
+    name: &'a str,
+    plain_http: bool,
+    policy: &'a tunnel_lib::proto::Policy,
+    local: &'a str,
+    remote_port: u16,
+}
+
+/// The one place each tunnel kind is registered: a host rule for HTTP and
+/// TLS (an HTTP tunnel's URL is answered once its certificate is ready), a
+/// public port for TCP and UDP. `None`: the connection or the server went
+/// away meanwhile.
+async fn register(
     state: &Arc<State>,
     session: &Arc<Session>,
-    remote_port: u16,
+    want: Want<'_>,
     shutdown: &CancellationToken,
-) -> Result<registry::Registered, registry::Refusal> {
-    let (range, own) = state
-        .config
-        .port_range(session.owner, TunnelKind::Tcp)
-        .map_err(|message| registry::Refusal {
-            code: ErrorCode::LimitReached,
-            message,
-        })?;
-    let (r, listener) = state.registry.register_port(
-        session,
-        TunnelKind::Tcp,
-        remote_port,
-        (&range, own),
-        |p| crate::tcp::bind(state, p),
-    )?;
-    crate::tcp::serve(
-        state.clone(),
-        session.clone(),
-        listener,
-        r.hostname.clone(),
-        r.tunnel_id,
-        shutdown.clone(),
-    );
-    Ok(r)
+) -> Option<Result<registry::Registered, registry::Refusal>> {
+    let result = match want.kind {
+        TunnelKind::Tcp => crate::tcp::register(state, session, want.remote_port, shutdown),
+        TunnelKind::Udp => crate::udp::register(state, session, want.remote_port, shutdown),
+        TunnelKind::Http | TunnelKind::Tls => edge_policy(want.kind, want.policy, want.local)
+            .and_then(|policy| {
+                let target = match want.kind {
+                    TunnelKind::Http => Target::Http {
+                        plain_http: want.plain_http,
+                        policy,
+                    },
+                    _ => Target::Tls,
+                };
+                let name = want.name;
+                state
+                    .registry
+                    .register(session, &registry::Request { name, target })
+            }),
+    };
+    let r = match result {
+        Ok(r) => r,
+        Err(refusal) => return Some(Err(refusal)),
+    };
+    info!(session = session.id, url = %r.url, local = ?want.local, "tunnel registered");
+    if want.kind == TunnelKind::Http && !certificate(state, session, &r.hostname, shutdown).await {
+        return None;
+    }
+    Some(Ok(r))
 }
 
 /// With ACME: waits until a certificate covers `host` (or ordering it

@@ -11,7 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::acme::Acme;
 use crate::certs::CertStore;
 use crate::config::Config;
-use crate::registry::Registry;
+use crate::registry::{Directory, Registry};
 use crate::{access_log, fairness, metrics};
 
 /// What the https listener needs: the certificates and its TLS settings.
@@ -24,6 +24,8 @@ pub(crate) struct EdgeTls {
 pub(crate) struct State {
     pub(crate) config: Config,
     pub(crate) registry: Arc<Registry>,
+    /// The same registry, as the edge asks it: routes and offline hosts.
+    pub(crate) directory: Arc<dyn Directory>,
     /// SHA-256 digests of the accepted tokens.
     pub(crate) tokens: Arc<[[u8; 32]]>,
     /// With an https listener: its certificates and TLS configuration.
@@ -122,6 +124,7 @@ impl State {
             config.allow_domains.clone(),
         ));
         Arc::new(State {
+            directory: registry.clone(),
             fairness: fairness::Fairness::new(
                 config.max_visitors_per_ip,
                 config.visitor_rate_per_ip,

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use tunnel_lib::proto::{StreamKind, TunnelKind};
 
-use crate::registry::{Rule, Session};
+use crate::registry::{Refusal, Registered, Rule, Session, Target};
 use crate::state::State;
 use crate::upstream;
 
@@ -19,6 +19,38 @@ use crate::upstream;
 /// port is claimed). Synchronous: a bind does not wait.
 pub(crate) fn bind(state: &State, port: u16) -> std::io::Result<TcpListener> {
     tunnel_lib::io::listen_tcp(SocketAddr::new(state.public_ip, port))
+}
+
+/// Claims a public port for a TCP tunnel, opens it and starts accepting.
+pub(crate) fn register(
+    state: &Arc<State>,
+    session: &Arc<Session>,
+    remote_port: u16,
+    shutdown: &CancellationToken,
+) -> Result<Registered, Refusal> {
+    let (range, own) = state
+        .config
+        .port_range(session.owner, TunnelKind::Tcp)
+        .map_err(|message| Refusal {
+            code: tunnel_lib::proto::ErrorCode::LimitReached,
+            message,
+        })?;
+    let (r, listener) = state.registry.register_port(
+        session,
+        TunnelKind::Tcp,
+        remote_port,
+        (&range, own),
+        |p| bind(state, p),
+    )?;
+    serve(
+        state.clone(),
+        session.clone(),
+        listener,
+        r.hostname.clone(),
+        r.tunnel_id,
+        shutdown.clone(),
+    );
+    Ok(r)
 }
 
 /// Accepts visitors on a TCP tunnel's port until the session ends or the
@@ -37,9 +69,7 @@ pub(crate) fn serve(
         host: key.into(),
         session_id: session.id,
         tunnel_id,
-        kind: TunnelKind::Tcp,
-        plain_http: false,
-        policy: None,
+        target: Target::Tcp,
     });
     let tracker = state.visitor_tasks.clone();
     tracker.spawn(accept_loop(state, session, listener, rule, soft));

@@ -204,9 +204,9 @@ impl<R: LeanRead> RequestSide<R> {
             first = false;
             let (mut facts, mut action) = self.route(head, true);
             if let Action::AwaitOwner(head, host) = action {
-                let registry = self.state.registry.clone();
+                let directory = self.state.directory.clone();
                 tokio::select! {
-                    _ = Box::pin(async move { registry.owner_back(&host, OWNER_HOLD).await }) => {}
+                    _ = directory.owner_back(&host, OWNER_HOLD) => {}
                     _ = soft.cancelled() => {}
                 }
                 (facts, action) = self.route(*head, false);
@@ -260,10 +260,10 @@ impl<R: LeanRead> RequestSide<R> {
                 );
             }
         }
-        let action = match self.state.registry.route(head.host()) {
+        let action = match self.state.directory.route(head.host()) {
             None => {
                 let offline = normalise_host(head.host())
-                    .and_then(|h| Some((self.state.registry.offline(&h)?, h)));
+                    .and_then(|h| Some((self.state.directory.offline(&h)?, h)));
                 match offline {
                     Some((Offline::Reconnecting, h)) if may_hold => {
                         let h: Box<str> = h.as_ref().into();
@@ -275,18 +275,20 @@ impl<R: LeanRead> RequestSide<R> {
             }
             Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
             // A passthrough tunnel is reached by its SNI only.
-            Some((rule, _)) if rule.kind == TunnelKind::Tls => Action::Answer(match self.scheme {
-                Scheme::Http if self.state.https_port.is_some() => {
-                    respond::to_https(self.state.https_url(&head))
-                }
-                _ => respond::passthrough_only(&rule.host),
-            }),
+            Some((rule, _)) if rule.kind() == TunnelKind::Tls => {
+                Action::Answer(match self.scheme {
+                    Scheme::Http if self.state.https_port.is_some() => {
+                        respond::to_https(self.state.https_url(&head))
+                    }
+                    _ => respond::passthrough_only(&rule.host),
+                })
+            }
             Some((rule, _)) if self.scheme == Scheme::Http && self.redirects(&rule) => {
                 Action::Answer(respond::to_https(self.state.https_url(&head)))
             }
             Some((rule, Some(session))) => {
                 let mut forwarded = Forwarded::plain(self.peer.ip(), self.scheme.as_str());
-                if let Some(p) = &rule.policy {
+                if let Some(p) = rule.policy() {
                     // The tunnel's gate, before any stream is opened.
                     if let Err(page) = p.admit(
                         &rule.host,
@@ -330,7 +332,7 @@ impl<R: LeanRead> RequestSide<R> {
     /// Whether a request for `rule` on the plain listener gets a 308 to
     /// https: with an https listener, unless the tunnel opted out.
     fn redirects(&self, rule: &Rule) -> bool {
-        self.state.https_port.is_some() && !rule.plain_http
+        self.state.https_port.is_some() && !rule.plain_http()
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one

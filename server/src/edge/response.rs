@@ -286,14 +286,8 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             return Ok(After::Close);
         }
         self.out.clear();
-        self.relay(
-            head_request,
-            close,
-            http10,
-            upgraded,
-            rule.policy.as_deref(),
-        )
-        .await
+        self.relay(head_request, close, http10, upgraded, rule.policy())
+            .await
     }
 
     /// Waits for the next exchange. Meanwhile an idle local connection kept
@@ -332,7 +326,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
         self.state.stats.local_retries.inc();
         let gone = || RelayError::NothingSent("the tunnel's client is gone".into());
         // Routed again: the client may have reconnected since.
-        let Some((rule, Some(session))) = self.state.registry.route(rule.host.as_bytes()) else {
+        let Some((rule, Some(session))) = self.state.directory.route(rule.host.as_bytes()) else {
             return Err(gone());
         };
         let (mut send, recv) = upstream::open(&session.conn, &rule, &self.state.metrics)
@@ -350,7 +344,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             }
             None => {
                 self.out.clear();
-                self.relay(head_request, close, http10, None, rule.policy.as_deref())
+                self.relay(head_request, close, http10, None, rule.policy())
                     .await
             }
         };

@@ -130,8 +130,8 @@ async fn handshake(
         .alpn()
         .is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN));
     if let (Some(name), false) = (&sni, validation) {
-        match state.registry.route(name.as_bytes()) {
-            Some((rule, session)) if rule.kind == TunnelKind::Tls => {
+        match state.directory.route(name.as_bytes()) {
+            Some((rule, session)) if rule.kind() == TunnelKind::Tls => {
                 if let Some(session) = session {
                     passthrough(&rule, &session.conn, tcp, buf, peer, &state.metrics).await;
                 }

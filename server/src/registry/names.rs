@@ -1,173 +1,278 @@
-//! Claims and reservations: a name is claimed atomically by a live session
-//! and, when the session ends, reserved for its owner for the grace period
-//! (visitors of a dropped client wait for its return).
+//! The names room: who holds each name (a host, or `tcp:PORT` / `udp:PORT`),
+//! as a pure state machine. A name is *claimed* by a live session, and when
+//! the session ends it is *reserved* for the same owner for the grace
+//! period, so a client that reconnects gets its URL back and nobody else
+//! can take it meanwhile. Each token's names (claimed or reserved) are
+//! counted against its limit.
+//!
+//! Nothing here reads a clock or takes a lock: every method is given `now`,
+//! so the tests drive time by hand, and the [`Registry`](super::Registry)
+//! keeps one `Names` behind a mutex that no `.await` ever sees. A shared
+//! directory (a cluster) keeps the same entries in its store.
 
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use tunnel_lib::proto::ErrorCode;
 
-use super::*;
+use super::{Offline, Owner, Refusal};
 
-impl Registry {
-    pub(super) fn claim_random(&self, session: &Session) -> Result<String, Refusal> {
-        for _ in 0..8 {
-            let host = format!("{}.{}", random_label(), self.domain);
-            match self.claim(&host, session) {
-                Ok(()) => return Ok(host),
-                Err(r) if r.code == ErrorCode::LimitReached => return Err(r),
-                Err(_) => {}
-            }
+/// At most this many names are held at once (claimed or reserved), whoever
+/// holds them: the table's memory has a ceiling.
+pub(crate) const MAX_NAMES: usize = 1_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Claimed {
+        session: u64,
+        owner: Owner,
+    },
+    Reserved {
+        owner: Owner,
+        until: Instant,
+        /// The client said goodbye: visitors are told at once that it is
+        /// offline instead of being held for its return.
+        left: bool,
+    },
+}
+
+impl Entry {
+    fn owner(&self) -> Owner {
+        match *self {
+            Entry::Claimed { owner, .. } | Entry::Reserved { owner, .. } => owner,
         }
-        Err(Refusal {
-            code: ErrorCode::LimitReached,
-            message: "could not pick a free random name; retry, or ask for one with --subdomain"
-                .into(),
-        })
+    }
+}
+
+pub(crate) struct Names {
+    entries: HashMap<Box<str>, Entry>,
+    /// Reservations in the order they lapse (each lasts `grace`, so the
+    /// order they were made in).
+    lapsing: VecDeque<(Instant, Box<str>)>,
+    /// Names each token holds (claimed or reserved).
+    held: HashMap<usize, usize>,
+    grace: Duration,
+    /// Names one token may hold (0: no limit).
+    per_token: usize,
+}
+
+impl Names {
+    pub(crate) fn new(grace: Duration, per_token: usize) -> Names {
+        Names {
+            entries: HashMap::new(),
+            lapsing: VecDeque::new(),
+            held: HashMap::new(),
+            grace,
+            per_token,
+        }
     }
 
-    pub(super) fn claim(&self, host: &str, session: &Session) -> Result<(), Refusal> {
-        use dashmap::mapref::entry::Entry;
-        match self.names.entry(host.into()) {
-            Entry::Occupied(e) if e.get().session_id == session.id => Err(Refusal {
-                code: ErrorCode::NameTaken,
-                message: format!("this client already exposes {host:?}"),
-            }),
-            Entry::Occupied(_) => Err(Refusal {
-                code: ErrorCode::NameTaken,
-                message: format!(
-                    "{host:?} is taken by another connected client; pick another --subdomain \
-                     or stop the other client"
-                ),
-            }),
-            Entry::Vacant(e) => {
-                let reserved = self.reserved.get(host);
-                if reserved.is_none() {
-                    self.within_names(session.owner)?;
-                }
-                if let Some(owner) = reserved {
-                    if owner != session.owner {
-                        return Err(Refusal {
-                            code: ErrorCode::NameTaken,
-                            message: format!(
-                                "{host:?} is reserved for the client that held it until recently; \
-                                 pick another --subdomain or retry later"
-                            ),
-                        });
-                    }
-                }
-                e.insert(Claim {
-                    session_id: session.id,
-                });
-                // Counted as a claim; its reservation (if any) stops
-                // counting as it is invalidated.
-                self.held.add(session.owner);
-                self.reserved.invalidate(host);
+    pub(crate) fn set_per_token(&mut self, per_token: usize) {
+        self.per_token = per_token;
+    }
+
+    /// `session` of `owner` claims `name`: free, or reserved for `owner`.
+    pub(crate) fn claim(
+        &mut self,
+        name: &str,
+        session: u64,
+        owner: Owner,
+        now: Instant,
+    ) -> Result<(), Refusal> {
+        self.lapse(now);
+        let taken = |message: String| Refusal {
+            code: ErrorCode::NameTaken,
+            message,
+        };
+        match self.entries.get(name) {
+            Some(Entry::Claimed { session: s, .. }) if *s == session => {
+                Err(taken(format!("this client already exposes {name:?}")))
+            }
+            Some(Entry::Claimed { .. }) => Err(taken(format!(
+                "{name:?} is taken by another connected client; pick another --subdomain or stop \
+                 the other client"
+            ))),
+            Some(Entry::Reserved { owner: o, .. }) if *o != owner => Err(taken(format!(
+                "{name:?} is reserved for the client that held it until recently; pick another \
+                 --subdomain or retry later"
+            ))),
+            // Its own reservation: already counted.
+            Some(Entry::Reserved { .. }) => {
+                self.entries
+                    .insert(name.into(), Entry::Claimed { session, owner });
+                Ok(())
+            }
+            None => {
+                self.within_limits(owner)?;
+                self.entries
+                    .insert(name.into(), Entry::Claimed { session, owner });
+                self.count(owner, 1);
                 Ok(())
             }
         }
     }
 
-    /// Removes a session and its routes; its names stay reserved for its
-    /// owner for the grace period. Idempotent.
-    pub fn end_session(&self, session: &Session) {
-        self.end_session_as(session, false);
-    }
-
-    /// [`end_session`](Self::end_session), saying whether the client left
-    /// on purpose (then visitors are told at once that it is offline
-    /// instead of being held for its return).
-    pub fn end_session_as(&self, session: &Session, left: bool) {
-        session.ended.cancel();
-        let hosts = std::mem::take(&mut *lock(&session.hosts));
-        for host in &hosts {
-            if left {
-                self.left.insert(host.clone(), ());
+    /// Undoes `session`'s claim of `name` (a port that could not be
+    /// opened): free again, not reserved.
+    pub(crate) fn release(&mut self, name: &str, session: u64) {
+        if let Some(Entry::Claimed { session: s, owner }) = self.entries.get(name).copied() {
+            if s == session {
+                self.entries.remove(name);
+                self.count(owner, -1);
             }
-            // Reserve first, then release: no window in which another owner
-            // could claim the name.
-            self.reserved.insert(host.clone(), session.owner);
-            self.names
-                .remove_if(host, |_, c| c.session_id == session.id);
-        }
-        if !hosts.is_empty() {
-            self.routes.rcu(|table| {
-                let mut t = RouteTable::clone(table);
-                t.exact.retain(|_, r| r.session_id != session.id);
-                t.wild.retain(|_, r| r.session_id != session.id);
-                t
-            });
-        }
-        self.clients
-            .remove_if(&session.client_id, |_, id| *id == session.id);
-        self.sessions.invalidate(&session.id);
-        if !hosts.is_empty() {
-            self.changed.notify_one();
         }
     }
 
-    /// Every host that is claimed or reserved, with its owner: what must
-    /// survive a restart so that each name goes back to its owner only.
-    pub fn held_names(&self) -> Vec<(String, Owner)> {
-        let mut out: Vec<(String, Owner)> = self
-            .reserved
-            .iter()
-            .map(|(h, o)| (h.to_string(), o))
-            .collect();
-        for e in self.names.iter() {
-            if let Some(s) = self.sessions.get(&e.value().session_id) {
-                out.push((e.key().to_string(), s.owner));
+    /// `session` ended: each of its `names` is reserved for its owner
+    /// until the grace period passes. `left`: the client stopped on
+    /// purpose.
+    pub(crate) fn end<'a>(
+        &mut self,
+        names: impl IntoIterator<Item = &'a str>,
+        session: u64,
+        left: bool,
+        now: Instant,
+    ) {
+        let until = now + self.grace;
+        for name in names {
+            if let Some(Entry::Claimed { session: s, owner }) = self.entries.get(name).copied() {
+                if s == session {
+                    self.entries
+                        .insert(name.into(), Entry::Reserved { owner, until, left });
+                    self.lapsing.push_back((until, name.into()));
+                }
             }
         }
-        out
+        self.lapse(now);
     }
 
     /// Reserves `names` for their owners for the grace period (after a
-    /// restart, from the state file). A live claim is left alone.
-    pub fn restore_names(&self, names: Vec<(String, Owner)>) {
-        for (host, owner) in names {
-            if !self.names.contains_key(host.as_str()) && !self.reserved.contains_key(host.as_str())
-            {
-                self.held.add(owner);
-                self.reserved.insert(host.into(), owner);
+    /// restart, from the state file). A name already held is left alone.
+    pub(crate) fn restore(&mut self, names: Vec<(String, Owner)>, now: Instant) {
+        let until = now + self.grace;
+        for (name, owner) in names {
+            if self.entries.len() >= MAX_NAMES || self.entries.contains_key(name.as_str()) {
+                continue;
             }
+            self.entries.insert(
+                name.as_str().into(),
+                Entry::Reserved {
+                    owner,
+                    until,
+                    left: false,
+                },
+            );
+            self.lapsing.push_back((until, name.into()));
+            self.count(owner, 1);
         }
     }
 
-    /// Whether `host` (normalised) has no route but is reserved for an
-    /// owner who may be reconnecting.
-    pub fn awaits_owner(&self, host: &str) -> bool {
-        self.offline(host) == Some(Offline::Reconnecting)
+    /// The session holding a live claim on `name`.
+    pub(crate) fn claimant(&self, name: &str) -> Option<u64> {
+        match self.entries.get(name)? {
+            Entry::Claimed { session, .. } => Some(*session),
+            Entry::Reserved { .. } => None,
+        }
     }
 
-    /// Why a host without a route has none, if it is reserved for its owner.
-    pub fn offline(&self, host: &str) -> Option<Offline> {
-        if self.lookup(host).is_some() || !self.reserved.contains_key(host) {
-            return None;
+    /// Whether nobody holds `name` at `now`.
+    pub(crate) fn is_free(&self, name: &str, now: Instant) -> bool {
+        match self.entries.get(name) {
+            None => true,
+            Some(Entry::Claimed { .. }) => false,
+            Some(Entry::Reserved { until, .. }) => *until <= now,
         }
-        Some(if self.left.contains_key(host) {
-            Offline::Left
-        } else {
-            Offline::Reconnecting
+    }
+
+    /// Whom `name` is reserved for at `now`, if it is.
+    pub(crate) fn reserved_for(&self, name: &str, now: Instant) -> Option<Owner> {
+        match self.entries.get(name)? {
+            Entry::Reserved { owner, until, .. } if *until > now => Some(*owner),
+            _ => None,
+        }
+    }
+
+    /// Why a reserved name's client is away.
+    pub(crate) fn offline(&self, name: &str, now: Instant) -> Option<Offline> {
+        match self.entries.get(name)? {
+            Entry::Reserved { until, left, .. } if *until > now => Some(if *left {
+                Offline::Left
+            } else {
+                Offline::Reconnecting
+            }),
+            _ => None,
+        }
+    }
+
+    /// Every name held at `now`, with its owner: what a restart must keep.
+    pub(crate) fn held(&self, now: Instant) -> Vec<(String, Owner)> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| !matches!(e, Entry::Reserved { until, .. } if *until <= now))
+            .map(|(n, e)| (n.to_string(), e.owner()))
+            .collect()
+    }
+
+    /// Names `owner` holds (claimed or reserved, lapsed ones included
+    /// until the next change).
+    pub(crate) fn count_of(&self, owner: Owner) -> usize {
+        match owner {
+            Owner::Token(t) => self.held.get(&t).copied().unwrap_or(0),
+            Owner::Anonymous => 0,
+        }
+    }
+
+    fn within_limits(&self, owner: Owner) -> Result<(), Refusal> {
+        if self.entries.len() >= MAX_NAMES {
+            return Err(Refusal {
+                code: ErrorCode::LimitReached,
+                message: "the server holds as many names as it can; retry later".into(),
+            });
+        }
+        let max = self.per_token;
+        if max == 0 || self.count_of(owner) < max {
+            return Ok(());
+        }
+        Err(Refusal {
+            code: ErrorCode::LimitReached,
+            message: format!(
+                "this token holds {max} names (in use, or kept for its clients' return), the most \
+                 the server allows (max_names_per_token): reuse a --subdomain, or wait for names \
+                 to lapse"
+            ),
         })
     }
 
-    /// Waits until `host` has a route again or `limit` passes, while it
-    /// [awaits its owner](Self::awaits_owner). No lock is held.
-    pub async fn owner_back(&self, host: &str, limit: Duration) {
-        let deadline = tokio::time::sleep(limit);
-        tokio::pin!(deadline);
-        loop {
-            // Armed before the check: a registration in between still wakes it.
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            if !self.awaits_owner(host) {
-                return;
+    /// Forgets the reservations that lapsed by `now`.
+    fn lapse(&mut self, now: Instant) {
+        while let Some((until, _)) = self.lapsing.front() {
+            if *until > now {
+                break;
             }
-            tokio::select! {
-                _ = returned => {}
-                _ = &mut deadline => return,
+            let (until, name) = self.lapsing.pop_front().expect("a front");
+            // Claimed again since, or reserved anew: not this reservation.
+            if let Some(Entry::Reserved {
+                until: u, owner, ..
+            }) = self.entries.get(&name).copied()
+            {
+                if u == until {
+                    self.entries.remove(&name);
+                    self.count(owner, -1);
+                }
             }
         }
     }
+
+    fn count(&mut self, owner: Owner, delta: isize) {
+        let Owner::Token(t) = owner else { return };
+        let n = self.held.entry(t).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        if *n == 0 {
+            self.held.remove(&t);
+        }
+    }
 }
+
+#[cfg(test)]
+#[path = "names_tests.rs"]
+mod tests;

@@ -4,6 +4,7 @@
 use tunnel_lib::proto::{ErrorCode, TunnelKind};
 
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::{lock, Refusal, Registered, Registry, Session};
 
@@ -62,9 +63,7 @@ impl Registry {
             let mut found = None;
             for i in 0..n {
                 let p = first + ((start + i) % n) as u16;
-                let key = port_key(kind, p);
-                if self.names.contains_key(key.as_str()) || self.reserved.contains_key(key.as_str())
-                {
+                if !lock(&self.names).is_free(&port_key(kind, p), Instant::now()) {
                     continue;
                 }
                 if let Ok(l) = self.claim_port(session, kind, p, &mut bind) {
@@ -83,7 +82,6 @@ impl Registry {
         let key = port_key(kind, port);
         let tunnel_id = self.next_tunnel.fetch_add(1, Ordering::Relaxed);
         lock(&session.hosts).push(key.as_str().into());
-        self.left.invalidate(key.as_str());
         self.changed.notify_one();
         Ok((
             Registered {
@@ -107,28 +105,15 @@ impl Registry {
             code: ErrorCode::NameTaken,
             message: format!("port {port} {why}; ask for another --remote-port, or for none"),
         };
-        if self.names.contains_key(key.as_str()) {
-            return Err(refused("is taken by another connected tunnel"));
-        }
-        if self
-            .reserved
-            .get(key.as_str())
-            .is_some_and(|o| o != session.owner)
-        {
-            return Err(refused(
-                "is reserved for the client that held it until recently",
-            ));
-        }
-        self.claim(&key, session)
-            .map_err(|_| refused("is taken by another connected tunnel"))?;
-        bind(port).map_err(|e| {
-            if self
-                .names
-                .remove_if(key.as_str(), |_, c| c.session_id == session.id)
-                .is_some()
-            {
-                self.held.sub(session.owner);
+        self.claim(&key, session).map_err(|r| match r.code {
+            ErrorCode::NameTaken if r.message.contains("reserved") => {
+                refused("is reserved for the client that held it until recently")
             }
+            ErrorCode::NameTaken => refused("is taken by another connected tunnel"),
+            _ => r,
+        })?;
+        bind(port).map_err(|e| {
+            lock(&self.names).release(&key, session.id);
             refused(&format!("cannot be opened on this server ({e})"))
         })
     }

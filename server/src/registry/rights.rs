@@ -4,7 +4,7 @@
 
 use tunnel_lib::proto::ErrorCode;
 
-use super::{normalise_hostname, normalise_label, Owner, Refusal, Registry, Session};
+use super::{normalise_hostname, normalise_label, Owner, Refusal};
 
 /// A token's right to claim host names outside the server's domain.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -56,7 +56,53 @@ impl NameRule {
     }
 }
 
-impl Registry {
+/// The rights of every token: the domain, the grants and the name rules.
+/// Pure: it decides from the configuration alone.
+#[derive(Debug, Clone)]
+pub struct Rights {
+    domain: String,
+    grants: Vec<DomainGrant>,
+    /// Names under the domain kept for one token each (`[[token]] names`).
+    name_rules: Vec<NameRule>,
+}
+
+impl Rights {
+    pub fn new(domain: &str, grants: Vec<DomainGrant>, name_rules: Vec<NameRule>) -> Rights {
+        Rights {
+            domain: domain.to_ascii_lowercase(),
+            grants,
+            name_rules,
+        }
+    }
+
+    pub(super) fn set_name_rules(&mut self, rules: Vec<NameRule>) {
+        self.name_rules = rules;
+    }
+
+    /// Whether `owner` may have a random name: not a token with names of
+    /// its own (it asks for one of them).
+    pub fn may_pick_any(&self, owner: Owner) -> Result<(), Refusal> {
+        let Owner::Token(i) = owner else {
+            return Ok(());
+        };
+        let own: Vec<&str> = self
+            .name_rules
+            .iter()
+            .filter(|r| r.token == i)
+            .map(|r| r.pattern.as_str())
+            .collect();
+        if own.is_empty() {
+            return Ok(());
+        }
+        Err(Refusal {
+            code: ErrorCode::InvalidName,
+            message: format!(
+                "this token claims its names by name: pass --subdomain with one of {}",
+                own.join(", ")
+            ),
+        })
+    }
+
     /// Whether `owner` may claim `label` under the domain, by the name rules.
     fn may_claim_label(&self, owner: Owner, label: &str) -> Result<(), Refusal> {
         if self.name_rules.is_empty() {
@@ -97,7 +143,7 @@ impl Registry {
     }
 
     /// `host` is the domain or a name below it.
-    pub(super) fn under_domain(&self, host: &str) -> bool {
+    pub fn under_domain(&self, host: &str) -> bool {
         host == self.domain
             || host
                 .strip_suffix(self.domain.as_str())
@@ -106,16 +152,16 @@ impl Registry {
 
     /// Which host a request names: a label under the domain, or a granted
     /// full host name.
-    pub(super) fn requested_host(&self, session: &Session, name: &str) -> Result<String, Refusal> {
+    pub fn requested_host(&self, owner: Owner, name: &str) -> Result<String, Refusal> {
         if !name.contains('.') {
             let label = normalise_label(name)?;
-            self.may_claim_label(session.owner, &label)?;
+            self.may_claim_label(owner, &label)?;
             return Ok(format!("{label}.{}", self.domain));
         }
         let host = normalise_hostname(name)?;
         if let Some(label) = host.strip_suffix(&format!(".{}", self.domain)) {
             if !label.contains('.') && !label.starts_with('*') {
-                self.may_claim_label(session.owner, label)?;
+                self.may_claim_label(owner, label)?;
                 return Ok(host);
             }
         }
@@ -132,7 +178,7 @@ impl Registry {
                 ),
             });
         }
-        if self.grants.iter().any(|g| g.allows(session.owner, &host)) {
+        if self.grants.iter().any(|g| g.allows(owner, &host)) {
             Ok(host)
         } else {
             Err(Refusal {

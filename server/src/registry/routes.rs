@@ -41,7 +41,6 @@ impl RouteTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tunnel_lib::proto::TunnelKind;
 
     #[test]
     fn routes_probe_exact_then_wildcard_parents() {
@@ -51,9 +50,7 @@ mod tests {
                 host: host.into(),
                 session_id: id,
                 tunnel_id: id as u32,
-                kind: TunnelKind::Http,
-                plain_http: false,
-                policy: None,
+                target: crate::registry::Target::Tls,
                 metrics: tunnel_lib::metrics::TunnelMetrics::detached(),
             })
         };
