@@ -32,7 +32,7 @@ struct ListenerLabel {
 }
 
 /// Where a visitor connection came in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Listener {
     Http = 0,
     Https = 1,

@@ -16,7 +16,7 @@ use tunnel_lib::limits::SHUTDOWN_GRACE;
 use tunnel_lib::proto::close;
 use tunnel_lib::tls::{fingerprint, fingerprint_string, TlsError};
 
-use crate::accept::{accept_tcp, refuse_clients, Tasks};
+use crate::accept::{accept_tcp, refuse_clients, Entrance, Tasks};
 use crate::access_log;
 use crate::acme::Acme;
 use crate::certs::{CertFiles, CertStore, EdgeResolver, QuicResolver};
@@ -391,7 +391,6 @@ impl Server {
         // Visitor connections stop taking new requests at `shutdown` and are
         // cut at `hard` (after the grace period).
         let hard = self.state.hard.clone();
-        let visitors = self.state.visitor_permits.clone();
         let clients = Arc::new(Semaphore::new(self.state.config.max_clients));
 
         // Visitor connections have their own tracker: the drain waits for
@@ -402,23 +401,28 @@ impl Server {
             soft: shutdown.clone(),
             hard: hard.clone(),
         };
+        let entrance = |listener| Entrance {
+            listener,
+            name: "visitors".into(),
+            drain_backlog: true,
+        };
         let http_loop = accept_tcp(
             self.state.clone(),
             self.http,
-            visitors.clone(),
+            entrance(metrics::Listener::Http),
+            shutdown.clone().cancelled_owned(),
             tasks.clone(),
             edge::serve_tcp,
-            false,
         );
         let https_loop = async {
             if let Some(l) = self.https {
                 accept_tcp(
                     self.state.clone(),
                     l,
-                    visitors.clone(),
+                    entrance(metrics::Listener::Https),
+                    shutdown.clone().cancelled_owned(),
                     tasks.clone(),
                     edge::tls::serve,
-                    true,
                 )
                 .await;
             }

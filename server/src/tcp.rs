@@ -11,6 +11,7 @@ use tracing::debug;
 
 use tunnel_lib::proto::{StreamKind, TunnelKind};
 
+use crate::accept::{accept_tcp, Entrance, Tasks};
 use crate::registry::{Refusal, Registered, Rule, Session, Target};
 use crate::state::State;
 use crate::upstream;
@@ -53,9 +54,10 @@ pub(crate) fn register(
     Ok(r)
 }
 
-/// Accepts visitors on a TCP tunnel's port until the session ends or the
-/// server stops; one task, on the visitor tracker (the drain waits for it
-/// and for every connection it started).
+/// Accepts visitors on a TCP tunnel's port (`accept::accept_tcp`, as the
+/// http and https listeners) until the session ends or the server stops;
+/// one task, on the visitor tracker (the drain waits for it and for every
+/// connection it started).
 pub(crate) fn serve(
     state: Arc<State>,
     session: Arc<Session>,
@@ -66,65 +68,42 @@ pub(crate) fn serve(
 ) {
     let rule = Arc::new(Rule {
         metrics: state.registry.tunnel_metrics(&key),
-        host: key.into(),
+        host: key.as_str().into(),
         session_id: session.id,
         tunnel_id,
         target: Target::Tcp,
     });
-    let tracker = state.visitor_tasks.clone();
-    tracker.spawn(accept_loop(state, session, listener, rule, soft));
-}
-
-async fn accept_loop(
-    state: Arc<State>,
-    session: Arc<Session>,
-    listener: TcpListener,
-    rule: Arc<Rule>,
-    soft: CancellationToken,
-) {
-    let mut backoff = tunnel_lib::runtime::AcceptBackoff::default();
-    loop {
-        let permit = tokio::select! {
-            p = state.visitor_permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = session.ended.cancelled() => return,
-            _ = soft.cancelled() => return,
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => { backoff.accepted(); x }
-                Err(e) => {
-                    let wait = backoff.failed(&rule.host, &e);
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => continue,
-                        _ = session.ended.cancelled() => return,
-                        _ = soft.cancelled() => return,
-                    }
-                }
-            },
-            _ = session.ended.cancelled() => return,
-            _ = soft.cancelled() => return,
-        };
-        // Per-IP fairness as on the HTTP edge (a refused one is closed: no
-        // page can be written into someone else's protocol).
-        let Ok(slot) = state.fairness.admit(peer.ip()) else {
-            continue;
-        };
-        let (rule, conn, hard) = (rule.clone(), session.conn.clone(), state.hard.clone());
-        let metrics = state.metrics.clone();
-        let open = state.metrics.visitor(crate::metrics::Listener::Tcp);
-        state.visitor_tasks.spawn(async move {
-            let _open = open;
+    let entrance = Entrance {
+        listener: crate::metrics::Listener::Tcp,
+        name: key.into(),
+        drain_backlog: false,
+    };
+    let (ended, stopping) = (session.ended.clone(), soft.clone());
+    let until = async move {
+        tokio::select! {
+            _ = ended.cancelled() => {}
+            _ = stopping.cancelled() => {}
+        }
+    };
+    let tasks = Tasks {
+        tracker: state.visitor_tasks.clone(),
+        soft,
+        hard: state.hard.clone(),
+    };
+    let conn = session.conn.clone();
+    let one = move |state: Arc<State>, tcp: TcpStream, peer: SocketAddr, _soft| {
+        let (rule, conn) = (rule.clone(), conn.clone());
+        async move {
             tokio::select! {
-                _ = relay(&rule, &conn, tcp, peer, &metrics) => {}
+                _ = relay(&rule, &conn, tcp, peer, &state.metrics) => {}
                 // The client is gone: its visitors' connections close too,
                 // even a half-closed one waiting on an idle visitor.
                 _ = conn.closed() => {}
-                _ = hard.cancelled() => {}
             }
-            drop(slot);
-            drop(permit);
-        });
-    }
+        }
+    };
+    let tracker = state.visitor_tasks.clone();
+    tracker.spawn(accept_tcp(state, listener, entrance, until, tasks, one));
 }
 
 /// One visitor connection: a stream to the client, its preface, the

@@ -246,6 +246,21 @@ async fn a_client_that_goes_away_closes_its_visitors_connections() {
         r.is_ok(),
         "the visitor's connection stayed open after the client left"
     );
+    // The port stops accepting: its accept loop (the listeners' own,
+    // `accept::accept_tcp`) ended with the session.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            _ => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{addr} still accepts"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
     // And nothing holds the server's drain.
     let t0 = std::time::Instant::now();
     server.stop().await;
