@@ -7,9 +7,10 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
 use crate::observe::Monitor;
 use crate::settings::Ui;
-use crate::{ClientError, Config, Status};
+use crate::status::{ClientError, Status};
 
 /// Runs the client with what surrounds it (the inspector, the metrics
 /// listener, the status screen, the URLs on stdout) until a signal or a
@@ -90,7 +91,7 @@ pub async fn run(config: Config, ui: Ui, monitor: Arc<Monitor>) -> Result<(), Cl
         tunnel_lib::runtime::stop_signal().await;
         stop.cancel();
     });
-    let result = crate::run_with(config, shutdown.clone(), tx, monitor).await;
+    let result = crate::supervisor::run_with(config, shutdown.clone(), tx, monitor).await;
     signals.abort();
     shutdown.cancel();
     services_done.cancel();
