@@ -27,7 +27,7 @@ use toml::Spanned;
 use tunnel_lib::proto::TunnelKind;
 
 use crate::config::TunnelSpec;
-use crate::settings::Settings;
+use tunnel_lib::toml_file::Loaded;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -111,10 +111,6 @@ impl PolicyText {
     }
 }
 
-/// A parsed file: the client's settings (`crate::settings::Settings`, keys
-/// as the flags) and `[tunnels.NAME]` tables.
-pub type Loaded = tunnel_lib::toml_file::Loaded<Settings>;
-
 /// The default place: `$XDG_CONFIG_HOME/tunnel/client.toml`, else
 /// `~/.config/tunnel/client.toml`.
 pub fn default_path() -> Option<PathBuf> {
@@ -129,8 +125,8 @@ pub fn default_path() -> Option<PathBuf> {
 /// The tunnels of `file` to run (its `tables`, taken out of its values):
 /// every one, or those named (by name). `local_target` turns `8080` into
 /// `localhost:8080` and checks the rest.
-pub fn tunnels(
-    file: &Loaded,
+pub fn tunnels<T>(
+    file: &Loaded<T>,
     tables: &BTreeMap<String, Tunnel>,
     names: &[String],
     local_target: impl Fn(&str) -> Result<String, String>,
@@ -247,6 +243,7 @@ pub fn with_login(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Loaded;
     use std::path::Path;
 
     fn target(s: &str) -> Result<String, String> {

@@ -17,7 +17,7 @@ use tunnel_lib::settings::Layer;
 use tunnel_lib::tuning::Tuning;
 
 use crate::config::{Config, TunnelSpec};
-use crate::config_file::{self, Loaded, PolicyText, Tunnel};
+use crate::config_file::{self, PolicyText, Tunnel};
 use crate::status::ClientError;
 use crate::target::LocalPolicy;
 
@@ -214,6 +214,10 @@ tunnel_lib::layered! {
         pub tuning: Tuning,
     }
 }
+
+/// A parsed config file: the settings (keys as the flags) and
+/// `[tunnels.NAME]` tables.
+pub type Loaded = tunnel_lib::toml_file::Loaded<Settings>;
 
 /// What the client shows besides the tunnel: the status screen, the
 /// inspector, metrics and the log format.

@@ -59,7 +59,9 @@ impl<T: serde::de::DeserializeOwned + Default> Loaded<T> {
     pub fn text(&self) -> &str {
         &self.text
     }
+}
 
+impl<T> Loaded<T> {
     /// `FILE line N: key: why`, for a value kept with its span.
     pub fn error_at<V>(
         &self,
