@@ -80,6 +80,26 @@ pub struct Stats {
 }
 
 impl State {
+    /// Claims a public port for a TCP or UDP tunnel of `session`: `requested`
+    /// (0: any) from the range its token may use, opened with `bind`.
+    pub(crate) fn claim_port<L>(
+        &self,
+        session: &crate::registry::Session,
+        kind: tunnel_lib::proto::TunnelKind,
+        requested: u16,
+        bind: impl FnMut(u16) -> std::io::Result<L>,
+    ) -> Result<(crate::registry::Registered, L), crate::registry::Refusal> {
+        let (range, own) = self
+            .config
+            .port_range(session.owner, kind)
+            .map_err(|message| crate::registry::Refusal {
+                code: tunnel_lib::proto::ErrorCode::LimitReached,
+                message,
+            })?;
+        self.registry
+            .register_port(session, kind, requested, (&range, own), bind)
+    }
+
     /// The https URL of a plain request (for the 308).
     pub(crate) fn https_url(&self, head: &tunnel_lib::http1::RequestHead) -> String {
         let host = tunnel_lib::http1::normalise_host(head.host()).unwrap_or_default();

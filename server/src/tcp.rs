@@ -29,20 +29,8 @@ pub(crate) fn register(
     remote_port: u16,
     shutdown: &CancellationToken,
 ) -> Result<Registered, Refusal> {
-    let (range, own) = state
-        .config
-        .port_range(session.owner, TunnelKind::Tcp)
-        .map_err(|message| Refusal {
-            code: tunnel_lib::proto::ErrorCode::LimitReached,
-            message,
-        })?;
-    let (r, listener) = state.registry.register_port(
-        session,
-        TunnelKind::Tcp,
-        remote_port,
-        (&range, own),
-        |p| bind(state, p),
-    )?;
+    let (r, listener) =
+        state.claim_port(session, TunnelKind::Tcp, remote_port, |p| bind(state, p))?;
     serve(
         state.clone(),
         session.clone(),

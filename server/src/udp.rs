@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use tunnel_lib::proto::datagram::{self, HEADER};
-use tunnel_lib::proto::{ErrorCode, TunnelKind};
+use tunnel_lib::proto::TunnelKind;
 
 use crate::registry::{Refusal, Registered, Session};
 use crate::state::State;
@@ -48,20 +48,8 @@ pub(crate) fn register(
     remote_port: u16,
     soft: &CancellationToken,
 ) -> Result<Registered, Refusal> {
-    let (range, own) = state
-        .config
-        .port_range(session.owner, TunnelKind::Udp)
-        .map_err(|message| Refusal {
-            code: ErrorCode::LimitReached,
-            message,
-        })?;
-    let (r, socket) = state.registry.register_port(
-        session,
-        TunnelKind::Udp,
-        remote_port,
-        (&range, own),
-        |p| bind(state, p),
-    )?;
+    let (r, socket) =
+        state.claim_port(session, TunnelKind::Udp, remote_port, |p| bind(state, p))?;
     let (tx, rx) = mpsc::channel(QUEUE);
     let first = {
         let mut m = session.datagrams.lock().unwrap_or_else(|p| p.into_inner());

@@ -28,9 +28,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut tokio::process::Command) -> Proc {
+        Proc::start(cmd.stderr(Stdio::piped()))
+    }
+
+    /// As [`Proc::spawn`] with stderr discarded: for a child that logs a
+    /// lot and whose log nobody reads (a benchmark's).
+    pub fn spawn_quiet(cmd: &mut tokio::process::Command) -> Proc {
+        Proc::start(cmd.stderr(Stdio::null()))
+    }
+
+    fn start(cmd: &mut tokio::process::Command) -> Proc {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("the program starts");
@@ -46,7 +55,12 @@ impl Proc {
     /// Reads stderr until a line contains `needle`; returns that line.
     pub async fn log_until(&mut self, needle: &str) -> String {
         if self.err.is_none() {
-            self.err = Some(BufReader::new(self.child.stderr.take().unwrap()).lines());
+            let stderr = self
+                .child
+                .stderr
+                .take()
+                .expect("stderr is read (not spawn_quiet)");
+            self.err = Some(BufReader::new(stderr).lines());
         }
         let err = self.err.as_mut().unwrap();
         let logged = &mut self.logged;

@@ -16,17 +16,18 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 use tunnel_lib::io::read_message;
 use tunnel_lib::proto::{Control, TunnelKind, PROTOCOL_VERSION};
 use tunnel_lib::tls::ServerTrust;
+use tunnel_testkit::process::Proc;
+use tunnel_testkit::procfs;
 
 const ATTACKER: &str = "attacker-token-0123456789abcdef";
 const VICTIM: &str = "victim-token-0123456789abcdef";
@@ -63,40 +64,12 @@ fn main() {
     rt.block_on(run(opts()));
 }
 
-/// A child's stdout lines; the child dies with its handle.
-fn spawn(
-    cmd: &mut Command,
-) -> (
-    Child,
-    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
-) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn");
-    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    (child, lines)
-}
-
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
+    procfs::cpu_seconds(pid, procfs::clk_tck())
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    procfs::status_kib(pid, "VmRSS:") as f64 / 1024.0
 }
 
 /// Sequential keep-alive GETs until `stop`: each one's latency.
@@ -219,16 +192,14 @@ async fn run(o: Opts) {
             "0",
         ]);
     }
-    let (server, mut server_out) = spawn(&mut cmd);
-    let ready = tunnel_testkit::ready::Ready::parse(
-        &server_out.next_line().await.unwrap().expect("ready line"),
-    );
+    let mut server = Proc::spawn_quiet(&mut cmd);
+    let ready = tunnel_testkit::ready::Ready::parse(&server.line().await);
     let http = ready.http;
     let quic: SocketAddr = ready.quic.parse().unwrap();
     let pin = tunnel_lib::tls::parse_fingerprint(&ready.fingerprint).unwrap();
-    let pid = server.id().unwrap();
+    let pid = server.child.id().unwrap();
 
-    let (_client, mut client_out) = spawn(
+    let mut client = Proc::spawn_quiet(
         Command::new(o.bin.join("tunnel-client"))
             .args(["--server", &quic.to_string(), "--server-fingerprint"])
             .arg(&ready.fingerprint)
@@ -243,7 +214,7 @@ async fn run(o: Opts) {
             .env("HOME", dir.path())
             .env("RUST_LOG", "error"),
     );
-    let url = client_out.next_line().await.unwrap().expect("the URL line");
+    let url = client.line().await;
     let host = url
         .split_whitespace()
         .next()
