@@ -213,8 +213,19 @@ pub fn tunnels<T>(
     Ok(out)
 }
 
+/// The connection keys `login` writes (and replaces).
+const LOGIN_KEYS: [&str; 5] = [
+    "server",
+    "token",
+    "token_file",
+    "server_fingerprint",
+    "server_cert",
+];
+
 /// The file's text (`None`: no file yet) with the connection settings
-/// replaced; everything else (tunnels, other settings) kept.
+/// replaced; everything else (tunnels, other settings, comments) kept as
+/// written. The old connection keys are cut out where toml's parser found
+/// them, and the new ones go first (top-level keys precede any table).
 pub fn with_login(
     text: Option<&str>,
     server: String,
@@ -222,22 +233,37 @@ pub fn with_login(
     fingerprint: Option<String>,
     cert: Option<PathBuf>,
 ) -> Result<String, String> {
-    let mut table: toml::Table = match text {
-        Some(t) => t.parse().map_err(|e: toml::de::Error| e.to_string())?,
-        None => toml::Table::new(),
-    };
-    table.insert("server".into(), server.into());
-    table.insert("token".into(), token.into());
-    table.remove("token_file");
-    table.remove("server_fingerprint");
-    table.remove("server_cert");
+    let text = text.unwrap_or("");
+    let doc = toml::de::DeTable::parse(text).map_err(|e| e.to_string())?;
+    let mut cuts: Vec<std::ops::Range<usize>> = doc
+        .get_ref()
+        .iter()
+        .filter(|(k, _)| LOGIN_KEYS.contains(&k.get_ref().as_ref()))
+        .map(|(k, v)| {
+            // The whole line or lines of `key = value`, with the newline.
+            let start = text[..k.span().start].rfind('\n').map_or(0, |i| i + 1);
+            let end = text[v.span().end..]
+                .find('\n')
+                .map_or(text.len(), |i| v.span().end + i + 1);
+            start..end
+        })
+        .collect();
+    cuts.sort_by_key(|r| r.start);
+    let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let mut out = format!("server = {}\ntoken = {}\n", quoted(&server), quoted(&token));
     if let Some(f) = fingerprint {
-        table.insert("server_fingerprint".into(), f.into());
+        out += &format!("server_fingerprint = {}\n", quoted(&f));
     }
     if let Some(c) = cert {
-        table.insert("server_cert".into(), c.display().to_string().into());
+        out += &format!("server_cert = {}\n", quoted(&c.display().to_string()));
     }
-    toml::to_string(&table).map_err(|e| e.to_string())
+    let mut at = 0;
+    for cut in cuts {
+        out += &text[at..cut.start];
+        at = cut.end;
+    }
+    out += &text[at..];
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -313,8 +339,8 @@ mod tests {
     #[test]
     fn login_keeps_the_tunnels_and_the_other_settings() {
         let p = Path::new("client.toml");
-        let old = "server = \"old:1\"\ntoken_file = \"/t\"\nno_screen = true\n\
-                   [tunnels.web]\nlocal = \"8080\"\n";
+        let old = "# my laptop\nserver = \"old:1\"\ntoken_file = \"/t\"  # a comment\nno_screen = true\n\
+                   [tunnels.web]\nlocal = \"8080\" # the app\n";
         let text = with_login(
             Some(old),
             "new:2".into(),
@@ -333,6 +359,11 @@ mod tests {
         );
         assert!(again.values.no_screen);
         assert_eq!(tunnels_of(&mut again, &[]).unwrap().len(), 1);
+        assert!(text.contains("# my laptop") && text.contains("# the app"), "{text}");
+        assert!(!text.contains("old:1") && !text.contains("a comment"), "{text}");
+        // A value that needs escaping is written as TOML.
+        let odd = with_login(Some(&text), "h:1".into(), "a\"b\\c".into(), None, None).unwrap();
+        assert_eq!(parse(p, &odd).unwrap().values.token.as_deref(), Some("a\"b\\c"));
         let fresh = with_login(None, "s:1".into(), "t".into(), None, None).unwrap();
         assert!(parse(p, &fresh).is_ok());
     }
