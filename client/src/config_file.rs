@@ -249,7 +249,7 @@ pub fn with_login(
         })
         .collect();
     cuts.sort_by_key(|r| r.start);
-    let quoted = |s: &str| toml::Value::String(s.to_owned()).to_string();
+    let quoted = |s: &str| toml_writer::ToTomlValue::to_toml_value(s);
     let mut out = format!("server = {}\ntoken = {}\n", quoted(&server), quoted(&token));
     if let Some(f) = fingerprint {
         out += &format!("server_fingerprint = {}\n", quoted(&f));
