@@ -339,7 +339,8 @@ mod tests {
     #[test]
     fn login_keeps_the_tunnels_and_the_other_settings() {
         let p = Path::new("client.toml");
-        let old = "# my laptop\nserver = \"old:1\"\ntoken_file = \"/t\"  # a comment\nno_screen = true\n\
+        let old =
+            "# my laptop\nserver = \"old:1\"\ntoken_file = \"/t\"  # a comment\nno_screen = true\n\
                    [tunnels.web]\nlocal = \"8080\" # the app\n";
         let text = with_login(
             Some(old),
@@ -359,11 +360,20 @@ mod tests {
         );
         assert!(again.values.no_screen);
         assert_eq!(tunnels_of(&mut again, &[]).unwrap().len(), 1);
-        assert!(text.contains("# my laptop") && text.contains("# the app"), "{text}");
-        assert!(!text.contains("old:1") && !text.contains("a comment"), "{text}");
+        assert!(
+            text.contains("# my laptop") && text.contains("# the app"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("old:1") && !text.contains("a comment"),
+            "{text}"
+        );
         // A value that needs escaping is written as TOML.
         let odd = with_login(Some(&text), "h:1".into(), "a\"b\\c".into(), None, None).unwrap();
-        assert_eq!(parse(p, &odd).unwrap().values.token.as_deref(), Some("a\"b\\c"));
+        assert_eq!(
+            parse(p, &odd).unwrap().values.token.as_deref(),
+            Some("a\"b\\c")
+        );
         let fresh = with_login(None, "s:1".into(), "t".into(), None, None).unwrap();
         assert!(parse(p, &fresh).is_ok());
     }
