@@ -7,6 +7,7 @@ use std::time::Duration;
 use tunnel_lib::proto::TunnelKind;
 
 use crate::target::LocalPolicy;
+use crate::transport::Transport;
 use crate::udp;
 
 /// One tunnel to expose.
@@ -57,6 +58,58 @@ pub struct Config {
     pub give_up_after: Option<Duration>,
     /// The benchmark levers (QUIC windows, congestion control).
     pub tuning: tunnel_lib::tuning::Tuning,
+    /// QUIC over UDP, TLS over TCP, or `auto` (both, the first up wins).
+    pub transport: Transport,
+    /// Where the TCP transport dials (the server's https port); `None`:
+    /// `server`'s host and port.
+    pub server_tcp: Option<String>,
+}
+
+impl Config {
+    /// The TCP transport's `host:port`.
+    pub fn tcp_server(&self) -> String {
+        if let Some(t) = &self.server_tcp {
+            return t.clone();
+        }
+        match split_server(&self.server) {
+            Ok((host, port)) if host.contains(':') => format!("[{host}]:{port}"),
+            Ok((host, port)) => format!("{host}:{port}"),
+            Err(_) => self.server.clone(),
+        }
+    }
+}
+
+/// `--server`: `HOST:PORT`, `[IPv6]:PORT`, or a host alone for port 443
+/// (QUIC on UDP 443 beside HTTPS on TCP 443, as a VPS is set up).
+pub fn split_server(server: &str) -> Result<(&str, u16), String> {
+    let bad = || {
+        format!(
+            "--server {server:?}: expected HOST, HOST:PORT or [IPv6]:PORT, e.g. tunnel.example.com \
+             (port 443) or tunnel.example.com:4433"
+        )
+    };
+    let (host, port) = match server.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+            match after {
+                "" => (host, 443),
+                p => (
+                    host,
+                    p.strip_prefix(':')
+                        .and_then(|p| p.parse().ok())
+                        .ok_or_else(bad)?,
+                ),
+            }
+        }
+        None => match server.split_once(':') {
+            None => (server, 443),
+            Some((host, port)) => (host, port.parse().map_err(|_| bad())?),
+        },
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok((host, port))
 }
 
 impl Default for Config {
@@ -78,6 +131,36 @@ impl Default for Config {
             udp_idle: udp::FLOW_IDLE,
             give_up_after: None,
             tuning: Default::default(),
+            transport: Transport::default(),
+            server_tcp: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_a_port_is_on_443_for_both_transports() {
+        assert_eq!(split_server("t.example").unwrap(), ("t.example", 443));
+        assert_eq!(split_server("t.example:4433").unwrap(), ("t.example", 4433));
+        assert_eq!(split_server("[::1]:7").unwrap(), ("::1", 7));
+        assert_eq!(split_server("[::1]").unwrap(), ("::1", 443));
+        for bad in ["", ":1", "a:b", "::1", "[::1", "[::1]x", "a b:1"] {
+            assert!(split_server(bad).is_err(), "{bad:?}");
+        }
+        let c = |server: &str, tcp: Option<&str>| Config {
+            server: server.into(),
+            server_tcp: tcp.map(Into::into),
+            ..Config::default()
+        };
+        assert_eq!(c("t.example", None).tcp_server(), "t.example:443");
+        assert_eq!(c("t.example:4433", None).tcp_server(), "t.example:4433");
+        assert_eq!(c("[::1]:9", None).tcp_server(), "[::1]:9");
+        assert_eq!(
+            c("t.example:4433", Some("t.example:8443")).tcp_server(),
+            "t.example:8443"
+        );
     }
 }

@@ -20,6 +20,7 @@ use tunnel_lib::tls::{fingerprint, parse_fingerprint, read_certs, ServerTrust};
 use crate::config::Config;
 use crate::status::{ClientError, Outcome, TunnelInfo};
 use crate::target::{Target, Targets};
+use crate::transport::{self, Endpoints};
 
 /// A registered connection.
 pub(crate) struct Live {
@@ -55,162 +56,9 @@ fn is_local(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Splits `host:port` (IPv6 in brackets).
+/// Splits `--server` ([`crate::config::split_server`]; no port means 443).
 fn split_host(server: &str) -> Result<(&str, u16), AttemptError> {
-    let bad = || {
-        AttemptError::Fatal(ClientError::Config(format!(
-            "--server {server:?}: expected HOST:PORT, e.g. tunnel.example.com:4433"
-        )))
-    };
-    let (host, port) = server.rsplit_once(':').ok_or_else(bad)?;
-    let port = port.parse().map_err(|_| bad())?;
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
-}
-
-/// The client's UDP endpoints, one per address family, made when first
-/// needed and kept across reconnects.
-pub(crate) struct Endpoints {
-    /// The levers every endpoint is made with.
-    tuning: tunnel_lib::tuning::Tuning,
-    v4: Option<quinn::Endpoint>,
-    v6: Option<quinn::Endpoint>,
-}
-
-impl Endpoints {
-    pub(crate) fn new(tuning: tunnel_lib::tuning::Tuning) -> Endpoints {
-        Endpoints {
-            tuning,
-            v4: None,
-            v6: None,
-        }
-    }
-
-    fn for_addr(&mut self, addr: SocketAddr) -> std::io::Result<quinn::Endpoint> {
-        let slot = if addr.is_ipv4() {
-            &mut self.v4
-        } else {
-            &mut self.v6
-        };
-        if let Some(ep) = slot {
-            return Ok(ep.clone());
-        }
-        let ep = tunnel_lib::quic::client_endpoint(addr, &self.tuning)?;
-        *slot = Some(ep.clone());
-        Ok(ep)
-    }
-
-    /// Moves the endpoint that reaches `remote` to a new UDP socket (a new
-    /// local port); quinn then migrates each of its connections actively:
-    /// a fresh connection ID and a PING on the new path at once.
-    pub(crate) fn rebind(&self, remote: SocketAddr) -> std::io::Result<()> {
-        let ep = if remote.is_ipv4() { &self.v4 } else { &self.v6 };
-        match ep {
-            Some(ep) => ep.rebind(tunnel_lib::quic::client_socket(remote)?),
-            None => Ok(()),
-        }
-    }
-
-    /// Lets each endpoint flush its closes (bounded by `limit`).
-    pub(crate) async fn wait_idle(self, limit: std::time::Duration) {
-        for ep in [self.v4, self.v6].into_iter().flatten() {
-            let _ = tokio::time::timeout(limit, ep.wait_idle()).await;
-        }
-    }
-}
-
-/// The local address this host would send from to reach `remote` now (a
-/// connected UDP socket sends nothing); `None` while there is no route.
-pub(crate) async fn route_source(remote: SocketAddr) -> Option<std::net::IpAddr> {
-    let probe = tokio::net::UdpSocket::bind(tunnel_lib::quic::wildcard_for(remote))
-        .await
-        .ok()?;
-    probe.connect(remote).await.ok()?;
-    probe.local_addr().ok().map(|a| a.ip())
-}
-
-/// Addresses to try, in the resolver's order but with the families
-/// alternating (RFC 8305 §4): a host whose first family is broken still
-/// gets its other family tried within one head start.
-fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
-    let first_v6 = addrs.first().is_some_and(|a| a.is_ipv6());
-    let (mut a, mut b): (Vec<_>, Vec<_>) = addrs.into_iter().partition(|x| x.is_ipv6() == first_v6);
-    a.reverse();
-    b.reverse();
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    while let Some(x) = a.pop() {
-        out.push(x);
-        if let Some(y) = b.pop() {
-            out.push(y);
-        }
-    }
-    out.extend(b.into_iter().rev());
-    out.truncate(MAX_ADDRESSES);
-    out
-}
-
-/// At most this many addresses are tried per attempt.
-const MAX_ADDRESSES: usize = 8;
-
-/// RFC 8305's connection attempt delay: the next address gets its try this
-/// long after the previous one started, or at once when it failed.
-const HEAD_START: std::time::Duration = std::time::Duration::from_millis(250);
-
-/// Connects to the first address that completes a handshake, starting one
-/// attempt per head start (one task each, owned by this call: the others are
-/// dropped, and their handshakes abandoned, when one wins).
-async fn race(
-    addrs: Vec<SocketAddr>,
-    endpoints: &mut Endpoints,
-    cfg: quinn::ClientConfig,
-    host: &str,
-    server: &str,
-) -> Result<quinn::Connection, AttemptError> {
-    let mut attempts = tokio::task::JoinSet::new();
-    let mut pending = addrs.into_iter();
-    let mut last: Option<AttemptError> = None;
-    loop {
-        let more = pending.len() > 0;
-        if attempts.is_empty() || more {
-            if let Some(addr) = pending.next() {
-                let ep = endpoints
-                    .for_addr(addr)
-                    .map_err(|e| AttemptError::Retry(format!("cannot open a UDP socket: {e}")))?;
-                let connecting = ep.connect_with(cfg.clone(), addr, host).map_err(|e| {
-                    AttemptError::Fatal(ClientError::Config(format!(
-                        "cannot connect to {host}: {e}"
-                    )))
-                })?;
-                let server = server.to_owned();
-                attempts.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-                        Ok(Ok(c)) => Ok(c),
-                        Ok(Err(e)) => Err(classify_connect(&e, &server)),
-                        Err(_) => Err(AttemptError::Retry(format!(
-                            "no answer from {server} ({addr}) within {HANDSHAKE_TIMEOUT:?}; is tunnel-server \
-                             running and its UDP port open?"
-                        ))),
-                    }
-                });
-            }
-        }
-        let more = pending.len() > 0;
-        tokio::select! {
-            done = attempts.join_next() => match done {
-                Some(Ok(Ok(conn))) => return Ok(conn),
-                Some(Ok(Err(e @ AttemptError::Fatal(_)))) => return Err(e),
-                Some(Ok(Err(e))) => last = Some(e),
-                Some(Err(join)) => last = Some(AttemptError::Retry(format!("connection attempt failed: {join}"))),
-                None if !more => {
-                    return Err(last.unwrap_or_else(|| AttemptError::Retry(format!("{host}: no address to try"))));
-                }
-                None => {}
-            },
-            _ = tokio::time::sleep(HEAD_START), if more => {}
-        }
-    }
+    crate::config::split_server(server).map_err(|e| AttemptError::Fatal(ClientError::Config(e)))
 }
 
 /// How to verify this server: flags first, then the dev certificate of a
@@ -250,6 +98,7 @@ async fn trust(config: &Config, host: &str) -> Result<ServerTrust, AttemptError>
 pub(crate) async fn attempt(
     config: &Config,
     endpoints: &mut Endpoints,
+    tracker: &tokio_util::task::TaskTracker,
     client_id: [u8; 16],
     names: &[Option<String>],
     monitor: &crate::observe::Monitor,
@@ -258,7 +107,10 @@ pub(crate) async fn attempt(
     let trust = trust(config, host).await?;
     let client_cfg = tunnel_lib::quic::client_config(&trust, &config.tuning)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
-    let addrs: Vec<SocketAddr> = if config.connect_to.is_empty() {
+    let addrs: Vec<SocketAddr> = if config.transport == transport::Transport::Tcp {
+        // No UDP: the TCP target is resolved when it is dialled.
+        Vec::new()
+    } else if config.connect_to.is_empty() {
         tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| AttemptError::Retry(format!("cannot resolve {host}: {e}")))?
@@ -266,19 +118,20 @@ pub(crate) async fn attempt(
     } else {
         config.connect_to.clone()
     };
-    if addrs.is_empty() {
+    if addrs.is_empty() && config.transport != transport::Transport::Tcp {
         return Err(AttemptError::Retry(format!(
             "{host} resolved to no address"
         )));
     }
-    let conn = race(
-        interleave(addrs),
-        endpoints,
-        client_cfg,
-        host,
-        &config.server,
-    )
-    .await?;
+    let (conn, used) =
+        transport::connect(config, endpoints, tracker, client_cfg, host, addrs).await?;
+    if used == transport::Used::Tcp {
+        info!(
+            "connected over {} to {}",
+            used.as_str(),
+            config.tcp_server()
+        );
+    }
     // The hello is bounded inside `session`; registrations may take longer
     // (the server gets a new name its certificate first).
     session(config, conn, client_id, names, monitor).await
@@ -508,21 +361,6 @@ fn refusal(code: ErrorCode, message: String) -> AttemptError {
     }
 }
 
-fn classify_connect(e: &ConnectionError, server: &str) -> AttemptError {
-    if is_version_mismatch(e) {
-        return AttemptError::Fatal(ClientError::VersionMismatch(explain(e)));
-    }
-    match e {
-        ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") || t.reason.contains("certificate") => {
-            AttemptError::Fatal(ClientError::Config(format!(
-                "cannot verify the server {server}: {t}. Pass --server-cert FILE or --server-fingerprint sha256:… \
-                 for a self-signed server"
-            )))
-        }
-        other => AttemptError::Retry(format!("cannot connect to {server}: {}", explain(other))),
-    }
-}
-
 /// Sorts an ended connection into "reconnect" and "give up".
 pub(crate) fn classify_lost(e: &ConnectionError) -> Outcome {
     if is_version_mismatch(e) {
@@ -537,44 +375,5 @@ pub(crate) fn classify_lost(e: &ConnectionError) -> Outcome {
             ))
         }
         other => Outcome::Lost(explain(other)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::interleave;
-    use std::net::SocketAddr;
-
-    #[test]
-    fn families_alternate_from_the_first_one() {
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        let got = interleave(vec![
-            a("[::1]:1"),
-            a("[::2]:1"),
-            a("[::3]:1"),
-            a("1.1.1.1:1"),
-            a("2.2.2.2:1"),
-        ]);
-        assert_eq!(
-            got,
-            [
-                a("[::1]:1"),
-                a("1.1.1.1:1"),
-                a("[::2]:1"),
-                a("2.2.2.2:1"),
-                a("[::3]:1")
-            ]
-        );
-        let got = interleave(vec![
-            a("1.1.1.1:1"),
-            a("[::1]:1"),
-            a("[::2]:1"),
-            a("[::3]:1"),
-        ]);
-        assert_eq!(
-            got,
-            [a("1.1.1.1:1"), a("[::1]:1"), a("[::2]:1"), a("[::3]:1")]
-        );
-        assert_eq!(interleave(Vec::new()), Vec::<SocketAddr>::new());
     }
 }

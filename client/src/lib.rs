@@ -31,11 +31,13 @@ pub mod settings;
 mod status;
 mod supervisor;
 mod target;
+mod transport;
 pub mod tui;
 mod udp;
 
 pub use config::{Config, TunnelSpec};
 pub use status::{ClientError, Status, TunnelInfo};
 pub use target::LocalPolicy;
+pub use transport::Transport;
 
 pub use supervisor::{run, run_with};

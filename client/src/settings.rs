@@ -155,7 +155,7 @@ tunnel_lib::layered! {
     #[derive(Default, clap::Args, Deserialize)]
     #[serde(deny_unknown_fields)]
     pub struct Settings {
-        /// The server's QUIC address [default: localhost:4433].
+        /// The server: HOST (port 443 for QUIC and TCP) or HOST:PORT [default: localhost:4433].
         #[arg(long, env = "TUNNEL_SERVER", global = true)]
         pub server: Option<String>,
         /// Token the server expects.
@@ -164,6 +164,13 @@ tunnel_lib::layered! {
         /// A file holding the token (kept out of argv and the environment).
         #[arg(long, value_name = "FILE", env = "TUNNEL_TOKEN_FILE", global = true)]
         pub token_file: Option<PathBuf>,
+        /// How to reach the server: auto (QUIC over UDP, and TLS over TCP to the server's https
+        /// port when UDP does not answer within a second), quic, or tcp [default: auto].
+        #[arg(long, value_name = "auto|quic|tcp", env = "TUNNEL_TRANSPORT", global = true)]
+        pub transport: Option<crate::Transport>,
+        /// The server's https address for the TCP transport [default: --server's host and port].
+        #[arg(long, value_name = "HOST:PORT", env = "TUNNEL_SERVER_TCP", global = true)]
+        pub server_tcp: Option<String>,
         /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
         #[arg(long, value_name = "FILE", global = true)]
         pub server_cert: Option<PathBuf>,
@@ -333,6 +340,8 @@ pub fn resolve(
             .map_or(d.udp_idle, |t| Duration::from_secs(t.max(1))),
         give_up_after: s.give_up_after.map(Duration::from_secs),
         tuning: s.tuning,
+        transport: s.transport.unwrap_or_default(),
+        server_tcp: s.server_tcp,
         ..d
     };
     Ok(Job::Run(Box::new(config), ui))

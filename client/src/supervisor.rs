@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::status::{ClientError, Outcome, Status};
-use crate::{connect, forward, liveness, observe, target, udp};
+use crate::{connect, forward, liveness, observe, target, transport, udp};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,7 +55,7 @@ pub async fn run_with(
     let mut names: Vec<Option<String>> =
         config.tunnels.iter().map(|t| t.subdomain.clone()).collect();
     let mut generation = 0u64;
-    let mut endpoints = connect::Endpoints::new(config.tuning.clone());
+    let mut endpoints = transport::Endpoints::new(config.tuning.clone());
     let mut offline_since: Option<std::time::Instant> = None;
     // Without a connection since (for `give_up_after`).
     let mut down_since = std::time::Instant::now();
@@ -71,11 +71,11 @@ pub async fn run_with(
             }
         };
         let attempt = tokio::select! {
-            a = connect::attempt(&config, &mut endpoints, client_id, &names, &monitor) => a,
+            a = connect::attempt(&config, &mut endpoints, &tracker, client_id, &names, &monitor) => a,
             _ = shutdown.cancelled() => break Ok(()),
             _ = give_up => {
                 let limit = config.give_up_after.unwrap_or_default();
-                break Err(unreachable(&config.server, limit, "no answer"));
+                break Err(unreachable(&config, limit, "no answer"));
             }
         };
         let reason = match attempt {
@@ -181,7 +181,7 @@ pub async fn run_with(
         };
         if let Some(limit) = config.give_up_after {
             if down_since.elapsed() >= limit {
-                break Err(unreachable(&config.server, limit, &reason));
+                break Err(unreachable(&config, limit, &reason));
             }
         }
         let mut delay = backoff.next_delay();
@@ -208,11 +208,25 @@ pub async fn run_with(
     result
 }
 
-fn unreachable(server: &str, limit: Duration, why: &str) -> ClientError {
+fn unreachable(config: &Config, limit: Duration, why: &str) -> ClientError {
+    let (server, secs) = (&config.server, limit.as_secs());
+    let check = match config.transport {
+        crate::Transport::Quic => format!(
+            "check the address and that tunnel-server runs there; if this network drops UDP to \
+             {server}, --transport tcp (or auto) reaches the server's https port over TLS"
+        ),
+        crate::Transport::Tcp => format!(
+            "check that {} is the server's https port and that tunnel-server runs there",
+            config.tcp_server()
+        ),
+        crate::Transport::Auto => format!(
+            "neither QUIC to {server} nor TLS over TCP to {} answered; check the addresses and \
+             that tunnel-server runs there",
+            config.tcp_server()
+        ),
+    };
     ClientError::Unreachable(format!(
-        "no connection to {server} for {} s (--give-up-after): {why}; check the address, that \
-         UDP reaches the server, and that tunnel-server runs there",
-        limit.as_secs()
+        "no connection to {server} for {secs} s (--give-up-after): {why}; {check}"
     ))
 }
 
@@ -224,7 +238,7 @@ const PATH_CHECK: Duration = Duration::from_secs(1);
 /// grants (`MAX_STREAMS_PER_CLIENT`).
 async fn serve(
     live: &mut connect::Live,
-    endpoints: &connect::Endpoints,
+    endpoints: &transport::Endpoints,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     udp_idle: Duration,
@@ -239,7 +253,14 @@ async fn serve(
         ));
     }
     let remote = live.conn.remote_address();
-    let mut source = connect::route_source(remote).await;
+    // Over TCP the connection follows its TCP connection, which does not
+    // migrate: no path to watch.
+    let relayed = tunnel_lib::quic::relay::is_relay_addr(&remote);
+    let mut source = if relayed {
+        None
+    } else {
+        transport::route_source(remote).await
+    };
     let mut path_check = tokio::time::interval(PATH_CHECK);
     path_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let rx = || live.conn.stats().udp_rx.datagrams;
@@ -264,7 +285,7 @@ async fn serve(
                 // Active migration: when the address this host would send
                 // from changes (the laptop changed networks), move to a new
                 // socket now instead of waiting for the peer to notice.
-                let now = connect::route_source(remote).await;
+                let now = if relayed { None } else { transport::route_source(remote).await };
                 if let (Some(old), Some(new)) = (source, now) {
                     if old != new {
                         match endpoints.rebind(remote) {

@@ -154,7 +154,9 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
     let server = match conn.as_deref() {
         Some(c) => {
             let remote = c.remote_address().to_string();
-            let at = if remote == facts.server {
+            let at = if tunnel_lib::quic::relay::is_relay_addr(&c.remote_address()) {
+                " (TLS over TCP)".to_owned()
+            } else if remote == facts.server {
                 String::new()
             } else {
                 format!(" ({remote})")

@@ -147,11 +147,13 @@ impl Server {
                         source,
                     })
                 })?;
+        let relay = tunnel_lib::quic::relay::Hub::new();
         let endpoint = tunnel_lib::quic::server_endpoint(
             listeners.quic,
             quic_cfg,
             &reset_secret,
             &config.tuning,
+            Some(relay.clone()),
         )
         .map_err(ServerError::Endpoint)?;
         let https_public = https_addr.map(|a| config.public_https_port.unwrap_or(a.port()));
@@ -235,6 +237,7 @@ impl Server {
             certs: tls.as_ref().map(|t| t.store.clone()),
             stopping: stopping.clone(),
         }));
+        let config_max_clients = config.max_clients;
         Ok(Server {
             state: Arc::new(State {
                 visitor_tasks,
@@ -253,6 +256,8 @@ impl Server {
                 acme,
                 fairness,
                 drained: CancellationToken::new(),
+                relay,
+                links: crate::state::Links::new(config_max_clients),
             }),
             http: listeners.http,
             https: listeners.https,
@@ -502,6 +507,11 @@ impl Server {
             b"server shutting down",
         );
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.endpoint.wait_idle()).await;
+        // The closes went out over the TCP links too: now they end.
+        let links = &self.state.links;
+        links.stop.cancel();
+        links.tracker.close();
+        links.tracker.wait().await;
         info!("server stopped");
         Ok(())
     }

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use tunnel_lib::io::read_message;
 use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
 use tunnel_lib::proto::{close, Control, ErrorCode, TunnelKind, PROTOCOL_VERSION};
-use tunnel_lib::quic::explain;
+use tunnel_lib::quic::{explain, relay};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -53,9 +53,16 @@ pub(crate) async fn accept(
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             _ = shutdown.cancelled() => return,
         };
-        let remote = incoming.remote_address();
+        // A client over the TCP transport is counted by its TCP address
+        // (and proved it receives by completing TCP and TLS handshakes).
+        let relayed = relay::is_relay_addr(&incoming.remote_address());
+        let remote = state.relay.real_peer(incoming.remote_address());
         let busy = MAX_PENDING - pending.available_permits();
-        if busy >= RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+        if busy >= RETRY_ABOVE
+            && !relayed
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
             // Costs one small packet; the real client answers it at once.
             let _ = incoming.retry();
             continue;
@@ -92,7 +99,7 @@ async fn serve(
     clients: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) {
-    let remote = incoming.remote_address();
+    let remote = state.relay.real_peer(incoming.remote_address());
     let conn = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {

@@ -54,6 +54,30 @@ pub(crate) struct State {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// `--access-log`.
     pub(crate) access_log: Option<access_log::AccessLog>,
+    /// Clients over the TCP transport: their QUIC packets, relayed to the
+    /// endpoint (`edge::tls` links them).
+    pub(crate) relay: Arc<tunnel_lib::quic::relay::Hub>,
+    /// The links' tasks: they outlive the drain of visitors (sessions run
+    /// over them) and stop after the endpoint is idle.
+    pub(crate) links: Links,
+}
+
+/// The relayed clients' links: owned, bounded, stopped last.
+pub(crate) struct Links {
+    pub(crate) tracker: TaskTracker,
+    pub(crate) permits: Arc<Semaphore>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Links {
+    /// Room for every client and every pending handshake.
+    pub(crate) fn new(max_clients: usize) -> Links {
+        Links {
+            tracker: TaskTracker::new(),
+            permits: Arc::new(Semaphore::new(max_clients + crate::session::MAX_PENDING)),
+            stop: CancellationToken::new(),
+        }
+    }
 }
 
 /// What the server counts.
@@ -162,6 +186,8 @@ impl State {
             stats,
             metrics,
             access_log: None,
+            relay: tunnel_lib::quic::relay::Hub::new(),
+            links: Links::new(config.max_clients),
             config,
         })
     }

@@ -17,6 +17,7 @@ pub use crate::tuning::Tuning;
 pub use quinn::TokioRuntime as Runtime;
 #[cfg(unix)]
 pub use socket::Runtime;
+pub mod relay;
 #[cfg(unix)]
 mod socket;
 
@@ -177,11 +178,15 @@ pub fn warn_small_buffer(granted: usize) {
 /// (the server stores it in its state directory), a restarted server's
 /// resets are recognised by the clients of the one before, which then
 /// reconnect at once instead of waiting out their idle timeout.
+///
+/// With `relay`, the endpoint also serves the peers that reach the server
+/// over a stream ([`relay::Hub::serve`], the TCP transport).
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     cfg: quinn::ServerConfig,
     reset_secret: &[u8],
     tuning: &Tuning,
+    relay: Option<Arc<relay::Hub>>,
 ) -> std::io::Result<quinn::Endpoint> {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_secret);
     // Connection IDs carry a keyed checksum; a restarted server must accept
@@ -195,7 +200,27 @@ pub fn server_endpoint(
     endpoint.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    quinn::Endpoint::new(endpoint, Some(cfg), socket, Arc::new(Runtime))
+    let runtime = Arc::new(Runtime);
+    let udp = quinn::Runtime::wrap_udp_socket(&*runtime, socket)?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = match relay {
+        Some(hub) => Arc::new(relay::HubSocket::new(udp, hub)),
+        None => udp,
+    };
+    quinn::Endpoint::new_with_abstract_socket(endpoint, Some(cfg), socket, runtime)
+}
+
+/// A client endpoint whose only peer is reached over a stream (the TCP
+/// transport): the endpoint, and the ends its pump runs on
+/// ([`relay::StreamEnds::run`]). Connect to `ends.peer`.
+pub fn stream_endpoint(tuning: &Tuning) -> std::io::Result<(quinn::Endpoint, relay::StreamEnds)> {
+    let (socket, ends) = relay::StreamSocket::new();
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config(quinn::EndpointConfig::default(), tuning),
+        None,
+        Arc::new(socket),
+        Arc::new(Runtime),
+    )?;
+    Ok((endpoint, ends))
 }
 
 /// A client endpoint on an ephemeral port of the right address family.

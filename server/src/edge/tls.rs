@@ -9,8 +9,10 @@
 //! (`StartHandshake::from_parts`), so nothing is parsed twice.
 //!
 //! [`alpn_protocols`] is the one place where the application protocol is
-//! decided: `http/1.1` today (and `acme-tls/1` for validations); HTTP/2
-//! is added there and in [`serve`]'s match on the negotiated protocol.
+//! decided: `http/1.1` today, `acme-tls/1` for validations, and
+//! `tunnel-tcp/1` for tunnel clients on the TCP transport (their session is
+//! handed to the relay, [`link`]); HTTP/2 is added there and in
+//! [`serve`]'s match on the negotiated protocol.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use tunnel_lib::http1::normalise_host;
 use tunnel_lib::io::LeanRead;
 use tunnel_lib::limits::FIRST_REQUEST_GRACE;
 use tunnel_lib::proto::{StreamKind, TunnelKind};
+use tunnel_lib::quic::relay;
 
 use super::{serve_stream, Scheme};
 use crate::certs::ACME_TLS_ALPN;
@@ -45,7 +48,11 @@ const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 /// The application protocols the https listener offers, in preference
 /// order.
 pub(crate) fn alpn_protocols() -> Vec<Vec<u8>> {
-    vec![b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()]
+    vec![
+        b"http/1.1".to_vec(),
+        ACME_TLS_ALPN.to_vec(),
+        relay::ALPN.to_vec(),
+    ]
 }
 
 /// One https visitor connection, from accept to close.
@@ -129,7 +136,12 @@ async fn handshake(
     let validation = hello
         .alpn()
         .is_some_and(|mut a| a.any(|p| p == ACME_TLS_ALPN));
-    if let (Some(name), false) = (&sni, validation) {
+    // A tunnel client on the TCP transport: known by its ALPN, before any
+    // name is looked at (its SNI is the server's own).
+    let client = hello
+        .alpn()
+        .is_some_and(|mut a| a.any(|p| p == relay::ALPN));
+    if let (Some(name), false, false) = (&sni, validation, client) {
         match state.directory.route(name.as_bytes()) {
             Some((rule, session)) if rule.kind() == TunnelKind::Tls => {
                 if let Some(session) = session {
@@ -164,6 +176,7 @@ async fn handshake(
     match stream.get_ref().1.alpn_protocol() {
         // A validation only needs the handshake.
         Some(p) if p == ACME_TLS_ALPN => {}
+        Some(p) if p == relay::ALPN => link(&state, stream, peer),
         // `http/1.1` or none: HTTP/1.
         _ => {
             let (rd, wr) = tokio::io::split(stream);
@@ -180,6 +193,30 @@ async fn handshake(
             .await;
         }
     }
+}
+
+/// Hands a tunnel client's TLS session to the relay: its QUIC packets go
+/// to the endpoint, which takes it as any client (token, budgets, limits).
+/// The link runs on its own tracker, not as a visitor: sessions run over
+/// it while visitors drain, and it stops after the endpoint is idle.
+fn link(state: &Arc<State>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
+    let links = &state.links;
+    let Ok(permit) = links.permits.clone().try_acquire_owned() else {
+        debug!(%peer, "refusing a TCP-transport client: as many links as clients and handshakes allowed");
+        return;
+    };
+    let (hub, stop) = (state.relay.clone(), links.stop.clone());
+    links.tracker.spawn(async move {
+        tokio::select! {
+            r = hub.serve(stream, peer) => {
+                if let Err(e) = r {
+                    debug!(%peer, "TCP-transport link ended: {e}");
+                }
+            }
+            _ = stop.cancelled() => {}
+        }
+        drop(permit);
+    });
 }
 
 /// Splices a visitor's raw TLS bytes (the ClientHello first) to the client

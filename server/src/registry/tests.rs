@@ -24,7 +24,7 @@ async fn connection() -> (quinn::Connection, (quinn::Endpoint, quinn::Endpoint))
     let fp = fingerprint(&pair.chain[0]);
     let t = Tuning::default();
     let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let server = server_endpoint(socket, server_config(pair, &t).unwrap(), b"k", &t).unwrap();
+    let server = server_endpoint(socket, server_config(pair, &t).unwrap(), b"k", &t, None).unwrap();
     let addr = server.local_addr().unwrap();
     let client = client_endpoint(addr, &t).unwrap();
     let cfg = client_config(&ServerTrust::Pinned(vec![fp]), &t).unwrap();

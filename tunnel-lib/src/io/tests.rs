@@ -51,6 +51,7 @@ async fn read_batch_takes_every_chunk_in_order_and_keeps_nothing() {
         crate::quic::server_config(pair, &t).unwrap(),
         b"test secret",
         &t,
+        None,
     )
     .unwrap();
     let addr = server.local_addr().unwrap();

@@ -1,0 +1,274 @@
+//! Issue 25: a client on a network that drops UDP reaches its server over
+//! TLS on TCP (the server's https port), and every tunnel kind works
+//! there. "UDP dropped" is a bound UDP socket that never answers, given to
+//! the client as the server's QUIC address: its packets go nowhere, as
+//! behind a firewall that drops them.
+
+// #[tokio::test] expands to a block_on outside any runtime: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_tungstenite::tungstenite::Message;
+
+use support::tls::{self, EchoTls, Made};
+use support::*;
+use tunnel_client::{ClientError, Transport};
+use tunnel_lib::proto::TunnelKind;
+
+const DOMAIN: &str = "edge.test";
+
+/// A server for `edge.test` with an https listener, TCP and UDP ports.
+async fn server(dir: &std::path::Path) -> TestServer {
+    let made = Made::new(&["*.edge.test", "edge.test"]);
+    let (cert, key) = made.write(dir, "edge");
+    let listeners = TestServer::listeners(true);
+    let (t, u) = (tls::free_port(), tls::free_port());
+    let config = tunnel_server::Config {
+        domain: DOMAIN.into(),
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        edge_cert: Some(cert),
+        edge_key: Some(key),
+        tcp_ports: Some(t..=t),
+        udp_ports: Some(u..=u),
+        ..Default::default()
+    };
+    TestServer::start_on(config, listeners).await
+}
+
+/// The client's settings: QUIC to `udp` (which drops everything), TCP to
+/// the server's https port.
+fn client_config(
+    server: &TestServer,
+    udp: SocketAddr,
+    transport: Transport,
+) -> tunnel_client::Config {
+    let mut c = server.client_config(([127, 0, 0, 1], 9).into(), None);
+    c.server = udp.to_string();
+    c.server_tcp = Some(server.https.unwrap().to_string());
+    c.transport = transport;
+    c.tunnels.clear();
+    c
+}
+
+fn spec(kind: TunnelKind, local: SocketAddr, name: Option<&str>) -> tunnel_client::TunnelSpec {
+    tunnel_client::TunnelSpec {
+        local: local.to_string(),
+        subdomain: name.map(Into::into),
+        kind,
+        plain_http: true,
+        ..Default::default()
+    }
+}
+
+async fn tcp_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+async fn udp_echo() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut buf).await {
+            let _ = s.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn without_udp_auto_goes_over_tcp_and_every_tunnel_kind_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let dropped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let backend = Backend::start("over-tcp").await;
+    let (ws_addr, _ws) = ws_echo_backend().await;
+    let (tcp_local, udp_local) = (tcp_echo().await, udp_echo().await);
+    let tls_local = EchoTls::start("pass.edge.test").await;
+
+    let mut cfg = client_config(&server, dropped.local_addr().unwrap(), Transport::Auto);
+    cfg.tunnels = vec![
+        spec(TunnelKind::Http, backend.addr, Some("app")),
+        spec(TunnelKind::Http, ws_addr, Some("ws")),
+        spec(TunnelKind::Tcp, tcp_local, None),
+        spec(TunnelKind::Udp, udp_local, None),
+        spec(TunnelKind::Tls, tls_local.addr, Some("pass")),
+    ];
+    let started = Instant::now();
+    let mut client = TestClient::start(cfg);
+    let tunnels = client.online(1).await;
+    let took = started.elapsed();
+    eprintln!("serving over TLS on TCP {took:?} after start (UDP dropped)");
+    assert!(took < Duration::from_secs(3), "auto took {took:?}");
+
+    // HTTP: 50 MiB down and 50 MiB up through one keep-alive connection.
+    const N: usize = 50 << 20;
+    let host = "app.edge.test";
+    let mut v = visitor(server.http).await;
+    let down = v
+        .send_request(get(host, &format!("/bytes/{N}")))
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 200);
+    let body = down.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        body.len() == N && body == pattern(0, N),
+        "the download is intact"
+    );
+    let up = v
+        .send_request(post(host, "/upload", Bytes::from(pattern(0, N))))
+        .await
+        .unwrap();
+    assert_eq!(
+        body_text(up).await,
+        format!("{N} {}", sha256_hex(&pattern(0, N)))
+    );
+
+    // WebSocket.
+    let tcp = TcpStream::connect(server.http).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.edge.test/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..50 {
+        let msg = Message::text(format!("message {i}"));
+        ws.send(msg.clone()).await.unwrap();
+        let echo = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, msg);
+    }
+
+    // TCP echo on the tunnel's public port.
+    let port = |url: &str| -> u16 { url.rsplit(':').next().unwrap().parse().unwrap() };
+    let tcp_url = tunnels
+        .iter()
+        .find(|t| t.url.starts_with("tcp://"))
+        .unwrap();
+    let mut t = TcpStream::connect(("127.0.0.1", port(&tcp_url.url)))
+        .await
+        .unwrap();
+    t.write_all(b"over tcp").await.unwrap();
+    let mut buf = [0u8; 8];
+    tokio::time::timeout(WAIT, t.read_exact(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf, b"over tcp");
+
+    // UDP echo: datagrams ride QUIC DATAGRAMs, here inside the TCP link.
+    let udp_url = tunnels
+        .iter()
+        .find(|t| t.url.starts_with("udp://"))
+        .unwrap();
+    let u = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    u.connect(("127.0.0.1", port(&udp_url.url))).await.unwrap();
+    let mut got = None;
+    for _ in 0..20 {
+        u.send(b"datagram").await.unwrap();
+        let mut b = [0u8; 64];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), u.recv(&mut b)).await {
+            got = Some(b[..n].to_vec());
+            break;
+        }
+    }
+    assert_eq!(got.as_deref(), Some(&b"datagram"[..]));
+
+    // TLS passthrough: the visitor sees the local service's certificate.
+    let https = server.https.unwrap();
+    let mut s = tls::connect(
+        https,
+        "pass.edge.test",
+        tls::visitor(&[&tls_local.made.cert_pem]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls::presented(&s), tls_local.made.fingerprint());
+    s.write_all(b"through").await.unwrap();
+    let mut b = [0u8; 7];
+    tokio::time::timeout(WAIT, s.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"through");
+
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// `--transport quic` where UDP is dropped: it gives up (with
+/// `--give-up-after`) saying how to get through.
+#[tokio::test]
+async fn quic_only_without_udp_names_the_tcp_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let dropped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp = dropped.local_addr().unwrap();
+    let mut cfg = client_config(&server, udp, Transport::Quic);
+    cfg.tunnels = vec![spec(
+        TunnelKind::Http,
+        ([127, 0, 0, 1], 9).into(),
+        Some("q"),
+    )];
+    cfg.give_up_after = Some(Duration::from_secs(1));
+    let client = TestClient::start(cfg);
+    let e = tokio::time::timeout(WAIT, client.finished())
+        .await
+        .expect("gave up")
+        .unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, ClientError::Unreachable(_)), "{e:?}");
+    assert!(
+        text.contains("--transport tcp") && text.contains(&udp.to_string()),
+        "{text}"
+    );
+    server.stop().await;
+}
+
+/// `--transport tcp` goes straight to TCP, without waiting for QUIC.
+#[tokio::test]
+async fn tcp_only_connects_without_trying_udp() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let backend = Backend::start("tcp-only").await;
+    let dropped = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = client_config(&server, dropped.local_addr().unwrap(), Transport::Tcp);
+    cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("t"))];
+    let started = Instant::now();
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut v = visitor(server.http).await;
+    let r = v.send_request(get("t.edge.test", "/hello")).await.unwrap();
+    assert_eq!(body_text(r).await, "hello from tcp-only");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
