@@ -63,6 +63,8 @@ pub struct Config {
     /// Where the TCP transport dials (the server's https port); `None`:
     /// `server`'s host and port.
     pub server_tcp: Option<String>,
+    /// The TCP transport goes through this proxy.
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl Config {
@@ -133,6 +135,7 @@ impl Default for Config {
             tuning: Default::default(),
             transport: Transport::default(),
             server_tcp: None,
+            proxy: None,
         }
     }
 }

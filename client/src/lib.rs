@@ -27,6 +27,7 @@ pub mod inspector;
 pub mod liveness;
 pub mod metrics;
 pub mod observe;
+pub mod proxy;
 pub mod settings;
 mod status;
 mod supervisor;

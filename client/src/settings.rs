@@ -171,6 +171,10 @@ tunnel_lib::layered! {
         /// The server's https address for the TCP transport [default: --server's host and port].
         #[arg(long, value_name = "HOST:PORT", env = "TUNNEL_SERVER_TCP", global = true)]
         pub server_tcp: Option<String>,
+        /// Reach the server through this proxy (TCP transport): http://[USER:PASSWORD@]HOST:PORT,
+        /// https://… or socks5://… [default: HTTPS_PROXY or ALL_PROXY, minus NO_PROXY].
+        #[arg(long, value_name = "URL", global = true)]
+        pub proxy: Option<crate::proxy::Proxy>,
         /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
         #[arg(long, value_name = "FILE", global = true)]
         pub server_cert: Option<PathBuf>,
@@ -270,9 +274,15 @@ pub fn load(cli: Cli, interactive: bool) -> Result<Job, ClientError> {
         },
         None => None,
     };
-    resolve(cli, path, file, interactive, &|p| {
-        std::fs::read_to_string(p)
-    })
+    let env = |name: &str| std::env::var(name).ok();
+    resolve(
+        cli,
+        path,
+        file,
+        interactive,
+        &|p| std::fs::read_to_string(p),
+        &env,
+    )
 }
 
 /// The job the command line asks for: `cli` over the config `file` (found
@@ -283,6 +293,7 @@ pub fn resolve(
     mut file: Option<Loaded>,
     interactive: bool,
     read: &dyn Fn(&Path) -> std::io::Result<String>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Job, ClientError> {
     let config_err = ClientError::Config;
     if let Some(Command::Login) = cli.command {
@@ -323,8 +334,21 @@ pub fn resolve(
     }
     let ui = ui(&s, interactive).map_err(config_err)?;
     let d = Config::default();
+    let server = s.server.clone().unwrap_or(d.server.clone());
+    let proxy = match s.proxy.clone() {
+        Some(p) => Some(p),
+        None => {
+            let tcp = s.server_tcp.clone().unwrap_or_else(|| server.clone());
+            let host = crate::config::split_server(&tcp)
+                .map(|(h, _)| h.to_owned())
+                .unwrap_or(tcp);
+            crate::proxy::from_env(&host, env)
+                .transpose()
+                .map_err(config_err)?
+        }
+    };
     let config = Config {
-        server: s.server.unwrap_or(d.server.clone()),
+        server,
         token: token.map(Into::into),
         tunnels,
         server_cert: s.server_cert,
@@ -340,8 +364,14 @@ pub fn resolve(
             .map_or(d.udp_idle, |t| Duration::from_secs(t.max(1))),
         give_up_after: s.give_up_after.map(Duration::from_secs),
         tuning: s.tuning,
-        transport: s.transport.unwrap_or_default(),
+        // Behind a proxy only TCP gets out: QUIC is not tried unless asked.
+        transport: s.transport.unwrap_or(if proxy.is_some() {
+            crate::Transport::Tcp
+        } else {
+            crate::Transport::Auto
+        }),
         server_tcp: s.server_tcp,
+        proxy,
         ..d
     };
     Ok(Job::Run(Box::new(config), ui))

@@ -181,15 +181,14 @@ async fn over_tcp(
     target: &str,
 ) -> Result<quinn::Connection, AttemptError> {
     let retry = |why: String| AttemptError::Retry(format!("TLS over TCP to {target}: {why}"));
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, tokio::net::TcpStream::connect(target))
+    let proxy = config.proxy.as_ref();
+    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy::dial(proxy, target))
         .await
         .map_err(|_| retry(format!("no answer within {HANDSHAKE_TIMEOUT:?}")))?
-        .map_err(|e| {
-            retry(format!(
-                "{e}; is the server's https port open there (--server-tcp)?"
-            ))
+        .map_err(|e| match e {
+            crate::proxy::DialError::Retry(why) => retry(why),
+            crate::proxy::DialError::Refused(why) => AttemptError::Fatal(ClientError::Config(why)),
         })?;
-    let _ = tcp.set_nodelay(true);
     let tls_cfg = tunnel_lib::tls::relay_client_crypto()
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())

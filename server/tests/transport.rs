@@ -26,6 +26,17 @@ use tunnel_lib::proto::TunnelKind;
 
 const DOMAIN: &str = "edge.test";
 
+/// The proxies' outgoing address: the server sees a proxied client come
+/// from it, a direct one from 127.0.0.1.
+const OUT: &str = "127.0.0.3";
+
+/// Where the server saw its one client come from.
+fn client_ip(server: &TestServer) -> std::net::IpAddr {
+    let sessions = server.registry.sessions();
+    assert_eq!(sessions.len(), 1);
+    sessions[0].remote.ip()
+}
+
 /// A server for `edge.test` with an https listener, TCP and UDP ports.
 async fn server(dir: &std::path::Path) -> TestServer {
     let made = Made::new(&["*.edge.test", "edge.test"]);
@@ -268,6 +279,149 @@ async fn tcp_only_connects_without_trying_udp() {
     let mut v = visitor(server.http).await;
     let r = v.send_request(get("t.edge.test", "/hello")).await.unwrap();
     assert_eq!(body_text(r).await, "hello from tcp-only");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// tinyproxy on a port of its own, with `extra` configuration lines; its
+/// log (stdout) read until it accepts.
+async fn tinyproxy(dir: &std::path::Path, extra: &str) -> (tunnel_testkit::process::Proc, u16) {
+    let port = tls::free_port();
+    let conf = dir.join("tinyproxy.conf");
+    tokio::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nBind {OUT}\nTimeout 60\nLogLevel Info\nMaxClients 20\n\
+             Allow 127.0.0.1\n{extra}"
+        ),
+    )
+    .await
+    .unwrap();
+    let mut p = tunnel_testkit::process::Proc::spawn(
+        tokio::process::Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf),
+    );
+    while !p.line().await.contains("Accepting connections") {}
+    (p, port)
+}
+
+/// Only an HTTP proxy gets out: the client reaches its server through it,
+/// from `HTTPS_PROXY` as curl would read it; QUIC is not tried.
+#[tokio::test]
+async fn through_an_http_proxy_from_https_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let backend = Backend::start("proxied").await;
+    let (mut proxy, port) = tinyproxy(dir.path(), "").await;
+    let https = server.https.unwrap();
+    let mut cfg = client_config(&server, server.quic, Transport::Auto);
+    cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("p"))];
+    let env = |name: &str| (name == "HTTPS_PROXY").then(|| format!("http://127.0.0.1:{port}"));
+    cfg.proxy = tunnel_client::proxy::from_env("127.0.0.1", env).map(Result::unwrap);
+    // What settings::resolve does with a proxy and no --transport.
+    cfg.transport = Transport::Tcp;
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    assert_eq!(
+        client_ip(&server).to_string(),
+        OUT,
+        "the link came through the proxy"
+    );
+    let needle = format!("127.0.0.1:{}", https.port());
+    while !proxy.line().await.contains(&needle) {}
+    let mut v = visitor(server.http).await;
+    let r = v.send_request(get("p.edge.test", "/hello")).await.unwrap();
+    assert_eq!(body_text(r).await, "hello from proxied");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// A proxy that wants credentials: the client stops at once, naming the
+/// proxy, what it answered and the fix.
+#[tokio::test]
+async fn a_proxy_answering_407_is_named_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let (_proxy, port) = tinyproxy(dir.path(), "BasicAuth alice s3cret\n").await;
+    let mut cfg = client_config(&server, server.quic, Transport::Tcp);
+    cfg.tunnels = vec![spec(
+        TunnelKind::Http,
+        ([127, 0, 0, 1], 9).into(),
+        Some("x"),
+    )];
+    cfg.proxy = Some(format!("http://127.0.0.1:{port}").parse().unwrap());
+    let client = TestClient::start(cfg);
+    let e = tokio::time::timeout(WAIT, client.finished())
+        .await
+        .expect("stopped")
+        .unwrap_err();
+    let text = e.to_string();
+    assert_eq!(e.exit_code(), 78, "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}"))
+            && text.contains("407")
+            && text.contains("USER:PASSWORD@"),
+        "{text}"
+    );
+    // With the credentials it goes through.
+    let backend = Backend::start("authed").await;
+    let mut cfg = client_config(&server, server.quic, Transport::Tcp);
+    cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("y"))];
+    cfg.proxy = Some(
+        format!("http://alice:s3cret@127.0.0.1:{port}")
+            .parse()
+            .unwrap(),
+    );
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}
+
+/// A SOCKS5 proxy (microsocks) the same way; the proxy holds the link's
+/// sockets while the client is online.
+#[tokio::test]
+async fn through_a_socks5_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let backend = Backend::start("socks").await;
+    let port = tls::free_port();
+    let _proxy =
+        tunnel_testkit::process::Proc::spawn(tokio::process::Command::new("microsocks").args([
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-b",
+            OUT,
+        ]));
+    // microsocks prints nothing: it is ready when its port accepts.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "microsocks did not listen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut cfg = client_config(&server, server.quic, Transport::Tcp);
+    cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("s"))];
+    cfg.proxy = Some(format!("socks5://127.0.0.1:{port}").parse().unwrap());
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    assert_eq!(
+        client_ip(&server).to_string(),
+        OUT,
+        "the link came through the proxy"
+    );
+    let mut v = visitor(server.http).await;
+    let r = v.send_request(get("s.edge.test", "/hello")).await.unwrap();
+    assert_eq!(body_text(r).await, "hello from socks");
     client.stop().await;
     server.stop().await;
     backend.stop().await;

@@ -241,6 +241,19 @@ pub fn client_crypto(trust: &ServerTrust) -> Result<rustls::ClientConfig, TlsErr
     Ok(cfg)
 }
 
+/// A TLS client trusting the webpki roots, TLS 1.2 or 1.3: for a proxy
+/// reached over https (`--proxy https://…`).
+pub fn webpki_client_crypto() -> Result<rustls::ClientConfig, TlsError> {
+    let roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The outer TLS of the TCP transport (`quic::relay`): it only gets QUIC
 /// packets through networks that pass nothing but TLS on TCP. Any
 /// certificate is taken (its signature of the handshake still checked):

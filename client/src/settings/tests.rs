@@ -22,7 +22,7 @@ fn run(
     };
     let path = PathBuf::from("client.toml");
     let file = file.map(|t| Loaded::parse(&path, t.to_owned()).unwrap());
-    match resolve(cli(args), Some(path), file, false, &read)? {
+    match resolve(cli(args), Some(path), file, false, &read, &|_| None)? {
         Job::Run(c, ui) => Ok((*c, ui)),
         Job::Login { .. } => panic!("not a login"),
     }
@@ -168,6 +168,7 @@ fn login_writes_the_connection_and_keeps_the_rest() {
         Some(file),
         false,
         &|_| unreachable!(),
+        &|_| None,
     )
     .unwrap();
     let Job::Login { path: p, text } = job else {
@@ -184,6 +185,7 @@ fn login_writes_the_connection_and_keeps_the_rest() {
         None,
         false,
         &|_| unreachable!(),
+        &|_| None,
     )
     .err()
     .unwrap();
@@ -204,4 +206,67 @@ fn errors_have_documented_exit_codes() {
     for (e, code) in codes {
         assert_eq!(e.exit_code(), code, "{e:?}");
     }
+}
+
+#[test]
+fn a_proxy_from_the_environment_means_tcp_unless_quic_is_asked() {
+    let path = PathBuf::from("client.toml");
+    let env = |name: &str| (name == "HTTPS_PROXY").then(|| "http://proxy.corp:3128".to_string());
+    let run = |args: &[&str]| match resolve(
+        cli(args),
+        Some(path.clone()),
+        None,
+        false,
+        &|_| unreachable!(),
+        &env,
+    )
+    .unwrap()
+    {
+        Job::Run(c, _) => *c,
+        Job::Login { .. } => panic!("not a login"),
+    };
+    let c = run(&["--expose", "1", "--server", "t.example"]);
+    assert_eq!(
+        c.proxy.as_ref().map(|p| p.to_string()).as_deref(),
+        Some("http://proxy.corp:3128")
+    );
+    assert_eq!(
+        c.transport,
+        crate::Transport::Tcp,
+        "QUIC is not tried behind a proxy"
+    );
+    let c = run(&[
+        "--expose",
+        "1",
+        "--server",
+        "t.example",
+        "--transport",
+        "quic",
+    ]);
+    assert_eq!(c.transport, crate::Transport::Quic, "unless asked");
+    let c = run(&["--expose", "1", "--proxy", "socks5://s:1080"]);
+    assert_eq!(
+        c.proxy.unwrap().to_string(),
+        "socks5://s:1080",
+        "--proxy wins"
+    );
+    let no_proxy = |name: &str| match name {
+        "HTTPS_PROXY" => Some("http://proxy.corp:3128".to_string()),
+        "NO_PROXY" => Some("localhost".to_string()),
+        _ => None,
+    };
+    let c = match resolve(
+        cli(&["--expose", "1"]),
+        Some(path.clone()),
+        None,
+        false,
+        &|_| unreachable!(),
+        &no_proxy,
+    )
+    .unwrap()
+    {
+        Job::Run(c, _) => *c,
+        Job::Login { .. } => panic!(),
+    };
+    assert!(c.proxy.is_none() && c.transport == crate::Transport::Auto);
 }
