@@ -65,6 +65,8 @@ pub struct Config {
     pub server_tcp: Option<String>,
     /// The TCP transport goes through this proxy.
     pub proxy: Option<crate::proxy::Proxy>,
+    /// On TLS over TCP by `auto`'s choice, how often QUIC is tried again.
+    pub quic_retry: Duration,
 }
 
 impl Config {
@@ -136,6 +138,7 @@ impl Default for Config {
             transport: Transport::default(),
             server_tcp: None,
             proxy: None,
+            quic_retry: Duration::from_secs(300),
         }
     }
 }

@@ -137,6 +137,29 @@ pub(crate) async fn attempt(
     session(config, conn, client_id, names, monitor).await
 }
 
+/// Whether a QUIC handshake with the server completes now over UDP (the
+/// probe of a client on TLS over TCP; the connection is closed at once).
+pub(crate) async fn quic_answers(config: &Config) -> bool {
+    let probe = async {
+        let (host, port) = split_host(&config.server).ok()?;
+        let trust = trust(config, host).await.ok()?;
+        let cfg = tunnel_lib::quic::client_config(&trust, &config.tuning).ok()?;
+        let addr = match config.connect_to.first() {
+            Some(a) => *a,
+            None => tokio::net::lookup_host((host, port)).await.ok()?.next()?,
+        };
+        let ep = tunnel_lib::quic::client_endpoint(addr, &config.tuning).ok()?;
+        let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, ep.connect_with(cfg, addr, host).ok()?)
+            .await
+            .ok()?
+            .ok()?;
+        conn.close(VarInt::from_u32(close::NORMAL), b"probe");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), ep.wait_idle()).await;
+        Some(())
+    };
+    probe.await.is_some()
+}
+
 async fn session(
     config: &Config,
     conn: quinn::Connection,

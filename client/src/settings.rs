@@ -168,6 +168,10 @@ tunnel_lib::layered! {
         /// port when UDP does not answer within a second), quic, or tcp [default: auto].
         #[arg(long, value_name = "auto|quic|tcp", env = "TUNNEL_TRANSPORT", global = true)]
         pub transport: Option<crate::Transport>,
+        /// With auto on TLS over TCP, seconds between tries of QUIC again; when it answers, the
+        /// client moves back to it without losing a request [default: 300].
+        #[arg(long, value_name = "SECONDS", global = true)]
+        pub quic_retry: Option<u64>,
         /// The server's https address for the TCP transport [default: --server's host and port].
         #[arg(long, value_name = "HOST:PORT", env = "TUNNEL_SERVER_TCP", global = true)]
         pub server_tcp: Option<String>,
@@ -372,6 +376,9 @@ pub fn resolve(
         }),
         server_tcp: s.server_tcp,
         proxy,
+        quic_retry: s
+            .quic_retry
+            .map_or(d.quic_retry, |t| Duration::from_secs(t.max(1))),
         ..d
     };
     Ok(Job::Run(Box::new(config), ui))

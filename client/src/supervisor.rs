@@ -107,12 +107,7 @@ pub async fn run_with(
                     generation,
                 });
                 let outcome = serve(
-                    &mut live,
-                    &endpoints,
-                    &tracker,
-                    &shutdown,
-                    config.udp_idle,
-                    &monitor,
+                    &config, &mut live, &endpoints, &tracker, &shutdown, &monitor,
                 )
                 .await;
                 monitor.conn.store(None);
@@ -237,13 +232,14 @@ const PATH_CHECK: Duration = Duration::from_secs(1);
 /// gets one task, tracked and bounded by the QUIC stream limit this client
 /// grants (`MAX_STREAMS_PER_CLIENT`).
 async fn serve(
+    config: &Config,
     live: &mut connect::Live,
     endpoints: &transport::Endpoints,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-    udp_idle: Duration,
     monitor: &Arc<observe::Monitor>,
 ) -> Outcome {
+    let udp_idle = config.udp_idle;
     if !live.udp.is_empty() {
         tracker.spawn(udp::dispatch(
             live.conn.clone(),
@@ -267,9 +263,29 @@ async fn serve(
     let mut liveness = liveness::Liveness::new(rx(), std::time::Instant::now(), PATH_CHECK);
     monitor.set_heard(Some(liveness.heard_at()));
     let mut said_silent = false;
+    // On TLS over TCP by `auto`'s choice: QUIC is tried again now and then,
+    // and the client moves back to it make-before-break.
+    let may_move_back =
+        relayed && config.transport == crate::Transport::Auto && config.proxy.is_none();
+    let mut next_probe = tokio::time::Instant::now() + config.quic_retry;
+    let mut probe: Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send + '_>>> =
+        None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
+            _ = tokio::time::sleep_until(next_probe), if may_move_back && probe.is_none() => {
+                probe = Some(Box::pin(connect::quic_answers(config)));
+            }
+            ok = async { probe.as_mut().expect("armed").await }, if probe.is_some() => {
+                probe = None;
+                next_probe = tokio::time::Instant::now() + config.quic_retry;
+                if ok {
+                    endpoints.quic_back();
+                    let why = format!("QUIC to {} answers again: moving back from TLS over TCP", config.server);
+                    info!("{why}");
+                    return Outcome::GoingAway(why);
+                }
+            }
             _ = path_check.tick() => {
                 let silent = liveness.observe(rx(), std::time::Instant::now());
                 monitor.set_heard(Some(liveness.heard_at()));

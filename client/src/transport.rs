@@ -7,6 +7,7 @@
 //! a server, the run goes straight to TCP.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,7 +86,9 @@ pub(crate) async fn connect(
             .map(|c| (c, Used::Quic))
             .map_err(|e| udp_hint(e, config)),
         Transport::Tcp => tcp().await.map(|c| (c, Used::Tcp)),
-        Transport::Auto if endpoints.quic_failed => tcp().await.map(|c| (c, Used::Tcp)),
+        Transport::Auto if endpoints.quic_failed.load(Ordering::Relaxed) => {
+            tcp().await.map(|c| (c, Used::Tcp))
+        }
         Transport::Auto => {
             let r = auto(
                 config,
@@ -100,7 +103,7 @@ pub(crate) async fn connect(
             if matches!(r, Ok((_, Used::Tcp))) {
                 // This network drops UDP to this server: the run goes
                 // straight to TCP from now on.
-                endpoints.quic_failed = true;
+                endpoints.quic_failed.store(true, Ordering::Relaxed);
             }
             r
         }
@@ -235,8 +238,8 @@ async fn over_tcp(
 /// needed and kept across reconnects.
 pub(crate) struct Endpoints {
     /// QUIC failed for this server and TCP worked: `auto` goes straight to
-    /// TCP for the rest of the run.
-    pub(crate) quic_failed: bool,
+    /// TCP until a probe finds QUIC answering again (`quic_back`).
+    quic_failed: std::sync::atomic::AtomicBool,
     /// The levers every endpoint is made with.
     tuning: tunnel_lib::tuning::Tuning,
     v4: Option<quinn::Endpoint>,
@@ -244,9 +247,14 @@ pub(crate) struct Endpoints {
 }
 
 impl Endpoints {
+    /// QUIC answers again: `auto` tries it first from now on.
+    pub(crate) fn quic_back(&self) {
+        self.quic_failed.store(false, Ordering::Relaxed);
+    }
+
     pub(crate) fn new(tuning: tunnel_lib::tuning::Tuning) -> Endpoints {
         Endpoints {
-            quic_failed: false,
+            quic_failed: std::sync::atomic::AtomicBool::new(false),
             tuning,
             v4: None,
             v6: None,

@@ -30,6 +30,11 @@ pub const PENDING_PER_IP: usize = 8;
 /// (a QUIC Retry), so spoofed sources cannot fill the budget.
 pub const RETRY_ABOVE: usize = 16;
 
+/// How long a session replaced by a newer connection of the same client
+/// may finish its exchanges in flight (the client's own limit for an old
+/// connection is a minute too).
+const REPLACED_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What a pending connection holds until its hello is checked.
 struct Pending {
     _permit: OwnedSemaphorePermit,
@@ -195,13 +200,13 @@ async fn serve(
         }
     };
     if let Some(old) = stale {
+        // Its routes moved to this session at once; its connection is left
+        // to finish the exchanges in flight (the client closes it when they
+        // are done: make-before-break, as when it moves from TLS over TCP
+        // back to QUIC), or to time out if it is dead.
         debug!(
             session = old.id,
             "replaced by a newer connection of the same client"
-        );
-        old.conn.close(
-            VarInt::from_u32(close::DISCONNECTED),
-            b"replaced by a newer connection of the same client",
         );
     }
     info!(%remote, session = session.id, "client connected");
@@ -231,6 +236,16 @@ async fn serve(
             VarInt::from_u32(close::GOING_AWAY),
             b"server shutting down; reconnect later",
         );
+    }
+    // Replaced by a newer connection of the same client: its routes moved
+    // already; the streams in flight here finish before the client closes
+    // this connection (bounded).
+    if session.ended.is_cancelled() && conn.close_reason().is_none() {
+        tokio::select! {
+            _ = conn.closed() => {}
+            _ = tokio::time::sleep(REPLACED_GRACE) => {}
+            _ = state.drained.cancelled() => {}
+        }
     }
     // The client stopped on purpose (tunnel-client exiting): no visitor
     // is held for its return.

@@ -426,3 +426,92 @@ async fn through_a_socks5_proxy() {
     server.stop().await;
     backend.stop().await;
 }
+
+/// UDP comes back: a client that `auto` put on TLS over TCP tries QUIC
+/// again (`--quic-retry`) and moves back to it make-before-break, while a
+/// steady request loop and a long download run: no request fails.
+#[tokio::test]
+async fn back_to_quic_when_udp_returns_without_losing_a_request() {
+    use support::fault::{FaultProxy, Faults};
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(dir.path()).await;
+    let backend = Backend::start("moving").await;
+    let udp = FaultProxy::start(
+        server.quic,
+        Faults {
+            partition: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut cfg = client_config(&server, udp.addr, Transport::Auto);
+    cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("m"))];
+    cfg.quic_retry = Duration::from_millis(500);
+    let mut client = TestClient::start(cfg);
+    client.online(1).await;
+    let relayed = |s: &TestServer| {
+        tunnel_lib::quic::relay::is_relay_addr(&s.registry.sessions()[0].conn.remote_address())
+    };
+    assert!(relayed(&server), "UDP dropped: on TLS over TCP");
+
+    // A 20 MiB download that spans the move, read slowly, and a loop of
+    // small requests on their own connection.
+    const N: usize = 20 << 20;
+    let http = server.http;
+    let download = tokio::spawn(async move {
+        let mut v = visitor(http).await;
+        let r = v
+            .send_request(get("m.edge.test", &format!("/bytes/{N}")))
+            .await
+            .unwrap();
+        let mut body = r.into_body();
+        let mut got = 0usize;
+        while let Some(f) = body.frame().await {
+            got += f.unwrap().into_data().map_or(0, |d| d.len());
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        got
+    });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let looping = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, 0);
+            let mut v = visitor(http).await;
+            while !stop.is_cancelled() {
+                match v.send_request(get("m.edge.test", "/hello")).await {
+                    Ok(r) if r.status() == 200 => {
+                        body_text(r).await;
+                        ok += 1;
+                    }
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|r| r.status()));
+                        failed += 1;
+                        v = visitor(http).await;
+                    }
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // UDP is back: the probe finds QUIC and the client moves.
+    udp.set(Faults::default()).await;
+    client.online(2).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while relayed(&server) {
+        assert!(tokio::time::Instant::now() < deadline, "still on TCP");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        download.await.unwrap(),
+        N,
+        "the download in flight finished whole"
+    );
+    stop.cancel();
+    let (ok, failed) = looping.await.unwrap();
+    eprintln!("moved back to QUIC: {ok} requests in the loop, {failed} failed");
+    assert!(ok > 0 && failed == 0, "{ok} ok, {failed} failed");
+    client.stop().await;
+    server.stop().await;
+    backend.stop().await;
+}

@@ -325,8 +325,18 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
     ) -> Result<After, RelayError> {
         self.state.stats.local_retries.inc();
         let gone = || RelayError::NothingSent("the tunnel's client is gone".into());
-        // Routed again: the client may have reconnected since.
-        let Some((rule, Some(session))) = self.state.directory.route(rule.host.as_bytes()) else {
+        // Routed again: the client may have reconnected since, or be
+        // handing its tunnels to a new connection right now (a move between
+        // transports): then its return is waited for, as for a new request.
+        let directory = &self.state.directory;
+        if directory.route(rule.host.as_bytes()).is_none()
+            && directory.offline(&rule.host) == Some(crate::registry::Offline::Reconnecting)
+        {
+            directory
+                .owner_back(&rule.host, tunnel_lib::limits::OWNER_HOLD)
+                .await;
+        }
+        let Some((rule, Some(session))) = directory.route(rule.host.as_bytes()) else {
             return Err(gone());
         };
         let (mut send, recv) = upstream::open(&session.conn, &rule, &self.state.metrics)
