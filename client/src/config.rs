@@ -65,6 +65,9 @@ pub struct Config {
     pub server_tcp: Option<String>,
     /// The TCP transport goes through this proxy.
     pub proxy: Option<crate::proxy::Proxy>,
+    /// Dial these for the TCP transport instead of resolving its host, in
+    /// turn (as `connect_to` for QUIC).
+    pub tcp_connect_to: Vec<std::net::SocketAddr>,
     /// On TLS over TCP by `auto`'s choice, how often QUIC is tried again.
     pub quic_retry: Duration,
 }
@@ -138,6 +141,7 @@ impl Default for Config {
             transport: Transport::default(),
             server_tcp: None,
             proxy: None,
+            tcp_connect_to: Vec::new(),
             quic_retry: Duration::from_secs(300),
         }
     }

@@ -35,6 +35,8 @@ pub(crate) struct Live {
     pub(crate) targets: Targets,
     /// UDP tunnels: tunnel id → the local address datagrams go to.
     pub(crate) udp: Arc<HashMap<u32, SocketAddr>>,
+    /// Over TCP: cancelled when the TCP link under the connection closes.
+    pub(crate) link_down: Option<tokio_util::sync::CancellationToken>,
 }
 
 pub(crate) enum AttemptError {
@@ -123,18 +125,20 @@ pub(crate) async fn attempt(
             "{host} resolved to no address"
         )));
     }
-    let (conn, used) =
-        transport::connect(config, endpoints, tracker, client_cfg, host, addrs).await?;
-    if used == transport::Used::Tcp {
+    let link = transport::connect(config, endpoints, tracker, client_cfg, host, addrs).await?;
+    if link.used == transport::Used::Tcp {
         info!(
             "connected over {} to {}",
-            used.as_str(),
+            link.used.as_str(),
             config.tcp_server()
         );
     }
+    let conn = link.conn;
     // The hello is bounded inside `session`; registrations may take longer
     // (the server gets a new name its certificate first).
-    session(config, conn, client_id, names, monitor).await
+    let mut live = session(config, conn, client_id, names, monitor).await?;
+    live.link_down = link.down;
+    Ok(live)
 }
 
 /// Whether a QUIC handshake with the server completes now over UDP (the
@@ -353,6 +357,7 @@ async fn register(
         tunnels,
         targets: Arc::new(targets),
         udp: Arc::new(udp),
+        link_down: None,
     })
 }
 

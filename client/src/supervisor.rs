@@ -273,6 +273,10 @@ async fn serve(
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Outcome::Shutdown,
+            _ = async { match &live.link_down { Some(t) => t.cancelled().await, None => std::future::pending().await } } => {
+                live.conn.close(quinn::VarInt::from_u32(0), b"the TCP link closed");
+                return Outcome::Lost(format!("the TCP link to {} closed", config.tcp_server()));
+            }
             _ = tokio::time::sleep_until(next_probe), if may_move_back && probe.is_none() => {
                 probe = Some(Box::pin(connect::quic_answers(config)));
             }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use quinn::ConnectionError;
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
@@ -67,6 +68,14 @@ impl Used {
     }
 }
 
+/// A connection to the server and how it runs.
+pub(crate) struct Link {
+    pub(crate) conn: quinn::Connection,
+    pub(crate) used: Used,
+    /// Over TCP: cancelled when the TCP link closes.
+    pub(crate) down: Option<CancellationToken>,
+}
+
 /// Connects by the transport the settings ask for: a QUIC connection
 /// (over UDP or relayed over TCP) and which one it is. A TCP link's pump
 /// runs on `tracker` and ends with the connection's endpoint.
@@ -77,17 +86,17 @@ pub(crate) async fn connect(
     cfg: quinn::ClientConfig,
     host: &str,
     addrs: Vec<SocketAddr>,
-) -> Result<(quinn::Connection, Used), AttemptError> {
+) -> Result<Link, AttemptError> {
     let tcp_target = config.tcp_server();
     let tcp = || over_tcp(config, tracker, cfg.clone(), host, &tcp_target);
     match config.transport {
         Transport::Quic => race(interleave(addrs), endpoints, cfg, host, &config.server)
             .await
-            .map(|c| (c, Used::Quic))
+            .map(quic_link)
             .map_err(|e| udp_hint(e, config)),
-        Transport::Tcp => tcp().await.map(|c| (c, Used::Tcp)),
+        Transport::Tcp => tcp().await.map(tcp_link),
         Transport::Auto if endpoints.quic_failed.load(Ordering::Relaxed) => {
-            tcp().await.map(|c| (c, Used::Tcp))
+            tcp().await.map(tcp_link)
         }
         Transport::Auto => {
             let r = auto(
@@ -100,13 +109,29 @@ pub(crate) async fn connect(
                 &tcp_target,
             )
             .await;
-            if matches!(r, Ok((_, Used::Tcp))) {
+            if matches!(&r, Ok(l) if l.used == Used::Tcp) {
                 // This network drops UDP to this server: the run goes
                 // straight to TCP from now on.
                 endpoints.quic_failed.store(true, Ordering::Relaxed);
             }
             r
         }
+    }
+}
+
+fn quic_link(conn: quinn::Connection) -> Link {
+    Link {
+        conn,
+        used: Used::Quic,
+        down: None,
+    }
+}
+
+fn tcp_link((conn, down): (quinn::Connection, CancellationToken)) -> Link {
+    Link {
+        conn,
+        used: Used::Tcp,
+        down: Some(down),
     }
 }
 
@@ -119,9 +144,9 @@ async fn auto<F>(
     host: &str,
     addrs: Vec<SocketAddr>,
     tcp_target: &str,
-) -> Result<(quinn::Connection, Used), AttemptError>
+) -> Result<Link, AttemptError>
 where
-    F: std::future::Future<Output = Result<quinn::Connection, AttemptError>>,
+    F: std::future::Future<Output = Result<(quinn::Connection, CancellationToken), AttemptError>>,
 {
     let quic = race(interleave(addrs), endpoints, cfg, host, &config.server);
     tokio::pin!(quic);
@@ -129,7 +154,7 @@ where
     tokio::pin!(head_start);
     let quic_failed = tokio::select! {
         r = &mut quic => match r {
-            Ok(c) => return Ok((c, Used::Quic)),
+            Ok(c) => return Ok(quic_link(c)),
             Err(e @ AttemptError::Fatal(_)) => return Err(e),
             Err(e) => Some(e),
         },
@@ -146,7 +171,7 @@ where
     loop {
         tokio::select! {
             r = &mut quic, if !quic_done => match r {
-                Ok(c) => return Ok((c, Used::Quic)),
+                Ok(c) => return Ok(quic_link(c)),
                 Err(e @ AttemptError::Fatal(_)) => return Err(e),
                 Err(e) => match tcp_err.take() {
                     Some(t) => return Err(t),
@@ -154,7 +179,7 @@ where
                 },
             },
             r = &mut over, if tcp_err.is_none() => match r {
-                Ok(c) => return Ok((c, Used::Tcp)),
+                Ok(c) => return Ok(tcp_link(c)),
                 Err(e @ AttemptError::Fatal(_)) => return Err(e),
                 Err(e) if quic_done => return Err(e),
                 Err(e) => tcp_err = Some(e),
@@ -182,16 +207,33 @@ async fn over_tcp(
     cfg: quinn::ClientConfig,
     host: &str,
     target: &str,
-) -> Result<quinn::Connection, AttemptError> {
+) -> Result<(quinn::Connection, CancellationToken), AttemptError> {
     let retry = |why: String| AttemptError::Retry(format!("TLS over TCP to {target}: {why}"));
     let proxy = config.proxy.as_ref();
-    let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy::dial(proxy, target))
-        .await
-        .map_err(|_| retry(format!("no answer within {HANDSHAKE_TIMEOUT:?}")))?
-        .map_err(|e| match e {
-            crate::proxy::DialError::Retry(why) => retry(why),
-            crate::proxy::DialError::Refused(why) => AttemptError::Fatal(ClientError::Config(why)),
-        })?;
+    // Every address given (`tcp_connect_to`, as curl's --resolve) in turn:
+    // a draining server's closed port sends the client to the next one.
+    let candidates: Vec<String> = match config.tcp_connect_to.as_slice() {
+        [] => vec![target.to_owned()],
+        addrs => addrs.iter().map(ToString::to_string).collect(),
+    };
+    let mut last = None;
+    let mut tcp = None;
+    for candidate in &candidates {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, crate::proxy::dial(proxy, candidate)).await {
+            Ok(Ok(s)) => {
+                tcp = Some(s);
+                break;
+            }
+            Ok(Err(crate::proxy::DialError::Refused(why))) => {
+                return Err(AttemptError::Fatal(ClientError::Config(why)))
+            }
+            Ok(Err(crate::proxy::DialError::Retry(why))) => last = Some(retry(why)),
+            Err(_) => last = Some(retry(format!("no answer within {HANDSHAKE_TIMEOUT:?}"))),
+        }
+    }
+    let Some(tcp) = tcp else {
+        return Err(last.unwrap_or_else(|| retry("no address to try".into())));
+    };
     let tls_cfg = tunnel_lib::tls::relay_client_crypto()
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
@@ -213,9 +255,13 @@ async fn over_tcp(
     let (endpoint, ends) =
         tunnel_lib::quic::stream_endpoint(&config.tuning).map_err(|e| retry(e.to_string()))?;
     let peer = ends.peer;
-    // Ends when the stream does, or when the endpoint (and with it the
-    // socket the pump feeds) is gone.
+    // Ends when the stream does (then `down` tells the supervisor at once:
+    // a server killed mid-run is noticed now, not at the idle timeout), or
+    // when the endpoint and the socket the pump feeds are gone.
+    let down = tokio_util::sync::CancellationToken::new();
+    let link_down = down.clone().drop_guard();
     tracker.spawn(async move {
+        let _down = link_down;
         if let Err(e) = ends.run(tls).await {
             tracing::debug!("TLS over TCP link ended: {e}");
         }
@@ -226,7 +272,7 @@ async fn over_tcp(
         )))
     })?;
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting).await {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(c)) => Ok((c, down)),
         Ok(Err(e)) => Err(classify_connect(&e, target)),
         Err(_) => Err(retry(format!(
             "no QUIC handshake within {HANDSHAKE_TIMEOUT:?}"

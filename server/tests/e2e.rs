@@ -567,22 +567,46 @@ async fn a_failing_local_service_opens_the_circuit_and_a_probe_closes_it() {
 /// first server's address, then the second's, as a resolver's list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_under_load_fails_no_request() {
+    rolling_restart(false).await;
+}
+
+/// Issue 25: the same over the TCP transport (each server's https port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_over_tcp_fails_no_request() {
+    rolling_restart(true).await;
+}
+
+async fn rolling_restart(tcp: bool) {
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
     let backend = Backend::start("app").await;
-    let la = TestServer::listeners(false);
-    let lb = TestServer::listeners(false);
+    let la = TestServer::listeners(tcp);
+    let lb = TestServer::listeners(tcp);
     let edges = Arc::new([la.http.local_addr().unwrap(), lb.http.local_addr().unwrap()]);
     let b_quic = lb.quic.local_addr().unwrap();
+    let https = |l: &tunnel_server::Listeners| l.https.as_ref().map(|h| h.local_addr().unwrap());
+    let (a_https, b_https) = (https(&la), https(&lb));
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        support::tls::Made::new(&["localhost", "*.localhost"]).write(certs.path(), "edge");
     // One test address makes all the load: no per-IP limits here.
-    let config = || tunnel_server::Config {
+    let config = |https: Option<std::net::SocketAddr>| tunnel_server::Config {
         max_visitors_per_ip: 0,
         visitor_rate_per_ip: 0,
+        https,
+        edge_cert: https.map(|_| cert.clone()),
+        edge_key: https.map(|_| key.clone()),
         ..Default::default()
     };
-    let first = TestServer::start_on(config(), la).await;
+    let first = TestServer::start_on(config(a_https), la).await;
     let mut cfg = first.client_config(backend.addr, None);
     cfg.connect_to = vec![first.quic, b_quic];
+    if tcp {
+        cfg.transport = tunnel_client::Transport::Tcp;
+        cfg.tcp_connect_to = vec![a_https.unwrap(), b_https.unwrap()];
+        // Plain-http visitors, as the QUIC run has (no redirect to https).
+        cfg.tunnels[0].plain_http = true;
+    }
     let mut client = TestClient::start(cfg);
     let host = host_of(&client.online(1).await[0].url);
 
@@ -658,7 +682,7 @@ async fn a_rolling_restart_under_load_fails_no_request() {
             std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
         }
     }
-    let second = TestServer::start_in(config(), lb, dir).await;
+    let second = TestServer::start_in(config(b_https), lb, dir).await;
     client.online(2).await;
     let moved = sigterm.elapsed();
     // Load keeps flowing through the second server for a while.
@@ -693,8 +717,9 @@ async fn a_rolling_restart_under_load_fails_no_request() {
     assert!(drained.is_ok(), "the first server finished its drain");
     let total = ok.load(Ordering::Relaxed) + failures.len();
     eprintln!(
-        "{total} requests ({before} before SIGTERM), {} failed; the client was on the second server {moved:?} \
+        "{} {total} requests ({before} before SIGTERM), {} failed; the client was on the second server {moved:?} \
          after SIGTERM; the first drained in {:?}",
+        if tcp { "TCP transport:" } else { "QUIC:" },
         failures.len(),
         sigterm.elapsed()
     );

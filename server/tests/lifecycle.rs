@@ -107,8 +107,26 @@ async fn a_failing_dns_hook_is_reported_with_its_flag() {
 /// the state directory, so the restarted server's resets are recognised.
 #[tokio::test]
 async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
+    killed_and_restarted(false).await;
+}
+
+/// Issue 25: the same over the TCP transport: the TCP link's end tells the
+/// client at once, and it dials the restarted server's https port.
+#[tokio::test]
+async fn over_tcp_a_killed_server_restarted_is_back_within_seconds() {
+    killed_and_restarted(true).await;
+}
+
+async fn killed_and_restarted(tcp: bool) {
     let home = tempfile::tempdir().unwrap();
-    let start = |args: Vec<String>| {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        support::tls::Made::new(&["localhost", "*.localhost"]).write(certs.path(), "edge");
+    let start = |mut args: Vec<String>| {
+        if tcp {
+            args.extend(["--edge-cert".into(), cert.display().to_string()]);
+            args.extend(["--edge-key".into(), key.display().to_string()]);
+        }
         Proc::spawn(
             Command::new(server_bin())
                 .args(&args)
@@ -116,14 +134,28 @@ async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
                 .arg(home.path()),
         )
     };
-    let mut first = start(vec![
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--quic".into(),
-        "127.0.0.1:0".into(),
-    ]);
+    let https = |on: &str| -> Vec<String> {
+        if tcp {
+            vec!["--https".into(), on.into()]
+        } else {
+            Vec::new()
+        }
+    };
+    let mut first = start(
+        [
+            vec![
+                "--http".into(),
+                "127.0.0.1:0".into(),
+                "--quic".into(),
+                "127.0.0.1:0".into(),
+            ],
+            https("127.0.0.1:0"),
+        ]
+        .concat(),
+    );
     let ready = first.line().await;
     let (http, quic) = (field(&ready, "http="), field(&ready, "quic="));
+    let tls_port = tcp.then(|| field(&ready, "https="));
     let backend = Backend::start("again").await;
     let mut config = tunnel_client::Config {
         server: quic.clone(),
@@ -132,9 +164,14 @@ async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
         backoff_cap: std::time::Duration::from_millis(500),
         ..Default::default()
     };
+    if let Some(h) = &tls_port {
+        config.transport = tunnel_client::Transport::Tcp;
+        config.server_tcp = Some(h.clone());
+    }
     config.tunnels.push(tunnel_client::TunnelSpec {
         local: backend.addr.to_string(),
         subdomain: Some("again".into()),
+        plain_http: true,
         ..Default::default()
     });
     let mut client = TestClient::start(config);
@@ -148,12 +185,13 @@ async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
         .unwrap();
     assert!(killed.success());
     let _ = first.child.wait().await;
-    let mut second = start(vec![
-        "--http".into(),
-        http.clone(),
-        "--quic".into(),
-        quic.clone(),
-    ]);
+    let mut second = start(
+        [
+            vec!["--http".into(), http.clone(), "--quic".into(), quic.clone()],
+            https(tls_port.as_deref().unwrap_or("")),
+        ]
+        .concat(),
+    );
     second.line().await;
     let restarted = std::time::Instant::now();
     client.online(2).await;
@@ -168,7 +206,10 @@ async fn a_killed_server_restarted_on_its_ports_is_back_within_seconds() {
     )
     .await;
     assert_eq!(r.body, b"hello from again", "the same URL serves again");
-    eprintln!("serving again {back:?} after the restarted server was ready");
+    eprintln!(
+        "{}serving again {back:?} after the restarted server was ready",
+        if tcp { "TCP transport: " } else { "" }
+    );
     client.stop().await;
     let _ = second.terminate().await;
     backend.stop().await;

@@ -415,6 +415,7 @@ impl TestClient {
 /// Host part of a tunnel URL (`http://name.localhost:port` → `name.localhost:port`).
 pub fn host_of(url: &str) -> String {
     url.trim_start_matches("http://")
+        .trim_start_matches("https://")
         .trim_end_matches('/')
         .to_owned()
 }
