@@ -152,6 +152,8 @@ pub(crate) struct Scrape {
     pub(crate) visitor_tasks: TaskTracker,
     pub(crate) certs: Option<Arc<CertStore>>,
     pub(crate) stopping: CancellationToken,
+    /// Clients on the TCP transport.
+    pub(crate) relay: Arc<tunnel_lib::quic::relay::Hub>,
 }
 
 impl std::fmt::Debug for Scrape {
@@ -222,6 +224,28 @@ impl prometheus_client::collector::Collector for Scrape {
             "sessions",
             "Client sessions connected",
             sessions.len() as f64,
+        )?;
+        let relayed = sessions
+            .iter()
+            .filter(|s| tunnel_lib::quic::relay::is_relay_addr(&s.conn.remote_address()))
+            .count();
+        gauge(
+            &mut enc,
+            "sessions_over_tcp",
+            "Client sessions on the TCP transport (QUIC inside TLS on the https port); the rest are on QUIC over UDP",
+            relayed as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "tcp_transport_links",
+            "TLS links of clients on the TCP transport (a session, or a handshake on its way)",
+            self.relay.linked() as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "tcp_transport_dropped_packets",
+            "QUIC packets dropped on a full queue of the TCP transport (QUIC resends them)",
+            self.relay.dropped.load(Relaxed) as f64,
         )?;
         gauge(
             &mut enc,

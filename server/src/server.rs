@@ -236,6 +236,7 @@ impl Server {
             visitor_tasks: visitor_tasks.clone(),
             certs: tls.as_ref().map(|t| t.store.clone()),
             stopping: stopping.clone(),
+            relay: relay.clone(),
         }));
         let config_max_clients = config.max_clients;
         Ok(Server {

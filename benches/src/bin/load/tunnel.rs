@@ -306,6 +306,12 @@ impl Tunnel {
     ) -> Tunnel {
         let first = free_port();
         let tcp_ports = format!("{first}-{}", first.saturating_add(3));
+        // `TUNNEL_TRANSPORT=tcp` (read by the client itself) measures the
+        // TCP transport: the server needs its https port for it, and the
+        // plain-http scenarios then need the tunnel to serve plain http.
+        let over_tcp = std::env::var("TUNNEL_TRANSPORT").is_ok_and(|v| v == "tcp");
+        let plain_too = over_tcp && !tls;
+        let tls = tls || over_tcp;
         // Off loopback the server insists on a token.
         let token: &[&str] = if link.wrap.is_empty() {
             &[]
@@ -346,6 +352,8 @@ impl Tunnel {
         let expose = link.backend.to_string();
         let what: Vec<&str> = if raw_tcp {
             vec!["tcp", &expose]
+        } else if plain_too {
+            vec!["http", &expose, "--allow-http", "--subdomain", "bench"]
         } else {
             vec!["--expose", &expose, "--subdomain", "bench"]
         };
@@ -354,6 +362,10 @@ impl Tunnel {
                 .args(["--server", &quic])
                 .args(what)
                 .args(["--server-fingerprint", &fingerprint])
+                .args(match (over_tcp, https) {
+                    (true, Some(h)) => vec!["--server-tcp".to_string(), h.to_string()],
+                    _ => Vec::new(),
+                })
                 .args(token)
                 .env("TUNNEL_INSPECT", inspect_env())
                 .env("RUST_LOG", "warn"),
