@@ -47,6 +47,12 @@ pub const QUEUE: usize = 256;
 /// Packets read from or written to a stream in one batch.
 const BATCH: usize = 32;
 
+/// A link that carries nothing this long is given up: a live QUIC
+/// connection sends at least a keep-alive every `QUIC_KEEP_ALIVE`, and one
+/// that is gone has timed out long before. Without it, a peer that
+/// vanished without a FIN (its network gone) would hold its link's slot.
+pub const LINK_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The address quinn sees for relayed peer `id`.
 pub fn relay_addr(id: u64) -> SocketAddr {
     let s = |shift: u32| (id >> shift) as u16;
@@ -91,8 +97,16 @@ where
             if buf.capacity() - buf.len() < 2048 {
                 buf.reserve(64 * 1024);
             }
-            if rd.read_buf(&mut buf).await? == 0 {
-                return Ok::<(), io::Error>(());
+            match tokio::time::timeout(LINK_IDLE, rd.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => return Ok::<(), io::Error>(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("nothing received for {LINK_IDLE:?}"),
+                    ))
+                }
             }
         }
     };

@@ -281,6 +281,8 @@ pub(crate) fn udp_line(
             .args(["--server", &quic, "udp", &echo.to_string(), "--server-cert"])
             .arg(dir.join("cert.pem"))
             .env("TUNNEL_INSPECT", inspect_env())
+            // The UDP line measures QUIC: its server has no https port.
+            .env_remove("TUNNEL_TRANSPORT")
             .env("RUST_LOG", "warn"),
     );
     let url = client_lines
