@@ -276,12 +276,7 @@ async fn tcp_only_connects_without_trying_udp() {
         "{:?}",
         started.elapsed()
     );
-    let mut v = visitor(server.http).await;
-    let r = v.send_request(get("t.edge.test", "/hello")).await.unwrap();
-    assert_eq!(body_text(r).await, "hello from tcp-only");
-    client.stop().await;
-    server.stop().await;
-    backend.stop().await;
+    served_then_stopped(server, client, backend, "t.edge.test", "tcp-only").await;
 }
 
 /// tinyproxy on a port of its own, with `extra` configuration lines; its
@@ -332,9 +327,20 @@ async fn through_an_http_proxy_from_https_proxy() {
     );
     let needle = format!("127.0.0.1:{}", https.port());
     while !proxy.line().await.contains(&needle) {}
+    served_then_stopped(server, client, backend, "p.edge.test", "proxied").await;
+}
+
+/// `host` answers with `backend`'s hello; then everything stops.
+async fn served_then_stopped(
+    server: TestServer,
+    client: TestClient,
+    backend: Backend,
+    host: &str,
+    tag: &str,
+) {
     let mut v = visitor(server.http).await;
-    let r = v.send_request(get("p.edge.test", "/hello")).await.unwrap();
-    assert_eq!(body_text(r).await, "hello from proxied");
+    let r = v.send_request(get(host, "/hello")).await.unwrap();
+    assert_eq!(body_text(r).await, format!("hello from {tag}"));
     client.stop().await;
     server.stop().await;
     backend.stop().await;
@@ -419,12 +425,7 @@ async fn through_a_socks5_proxy() {
         OUT,
         "the link came through the proxy"
     );
-    let mut v = visitor(server.http).await;
-    let r = v.send_request(get("s.edge.test", "/hello")).await.unwrap();
-    assert_eq!(body_text(r).await, "hello from socks");
-    client.stop().await;
-    server.stop().await;
-    backend.stop().await;
+    served_then_stopped(server, client, backend, "s.edge.test", "socks").await;
 }
 
 /// UDP comes back: a client that `auto` put on TLS over TCP tries QUIC

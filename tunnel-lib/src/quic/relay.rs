@@ -177,6 +177,27 @@ fn deliver(
     }
 }
 
+/// [`deliver`] from a queue behind a mutex (the socket is shared).
+fn deliver_from(
+    cx: &mut Context,
+    rx: &Mutex<mpsc::Receiver<(SocketAddr, Bytes)>>,
+    bufs: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+) -> Poll<io::Result<usize>> {
+    let mut rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+    deliver(cx, &mut rx, bufs, meta)
+}
+
+/// Queues every packet of `transmit` on `out`; one that finds it full is
+/// dropped and counted.
+fn queue(out: &mpsc::Sender<Bytes>, transmit: &Transmit, dropped: &AtomicU64) {
+    for p in segments(transmit) {
+        if out.try_send(Bytes::copy_from_slice(p)).is_err() {
+            dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A poller that is always writable: relayed sends never wait (a full
 /// queue drops the packet, as a full UDP buffer would).
 #[derive(Debug)]
@@ -265,11 +286,7 @@ impl AsyncUdpSocket for StreamSocket {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        for p in segments(transmit) {
-            if self.outbound.try_send(Bytes::copy_from_slice(p)).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        queue(&self.outbound, transmit, &self.dropped);
         Ok(())
     }
 
@@ -279,8 +296,7 @@ impl AsyncUdpSocket for StreamSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let mut rx = self.inbound.lock().unwrap_or_else(|p| p.into_inner());
-        deliver(cx, &mut rx, bufs, meta)
+        deliver_from(cx, &self.inbound, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -360,11 +376,8 @@ impl Hub {
             .links()
             .get(&transmit.destination)
             .map(|l| l.outbound.clone());
-        let Some(out) = out else { return };
-        for p in segments(transmit) {
-            if out.try_send(Bytes::copy_from_slice(p)).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(out) = out {
+            queue(&out, transmit, &self.dropped);
         }
     }
 }
