@@ -7,8 +7,34 @@ use std::time::Duration;
 use tunnel_lib::proto::TunnelKind;
 
 use crate::target::LocalPolicy;
-use crate::transport::Transport;
 use crate::udp;
+
+pub use crate::address::split_server;
+
+/// Which transport carries the client's QUIC connection (`transport.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// QUIC first, TLS over TCP after a head start; the first one up wins.
+    #[default]
+    Auto,
+    /// UDP only.
+    Quic,
+    /// TLS over TCP only (through networks that drop UDP).
+    Tcp,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "auto" => Ok(Transport::Auto),
+            "quic" => Ok(Transport::Quic),
+            "tcp" => Ok(Transport::Tcp),
+            other => Err(format!("{other:?}: expected auto, quic or tcp")),
+        }
+    }
+}
 
 /// One tunnel to expose.
 #[derive(Debug, Clone, Default)]
@@ -84,39 +110,6 @@ impl Config {
             Err(_) => self.server.clone(),
         }
     }
-}
-
-/// `--server`: `HOST:PORT`, `[IPv6]:PORT`, or a host alone for port 443
-/// (QUIC on UDP 443 beside HTTPS on TCP 443, as a VPS is set up).
-pub fn split_server(server: &str) -> Result<(&str, u16), String> {
-    let bad = || {
-        format!(
-            "--server {server:?}: expected HOST, HOST:PORT or [IPv6]:PORT, e.g. tunnel.example.com \
-             (port 443) or tunnel.example.com:4433"
-        )
-    };
-    let (host, port) = match server.strip_prefix('[') {
-        Some(rest) => {
-            let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-            match after {
-                "" => (host, 443),
-                p => (
-                    host,
-                    p.strip_prefix(':')
-                        .and_then(|p| p.parse().ok())
-                        .ok_or_else(bad)?,
-                ),
-            }
-        }
-        None => match server.split_once(':') {
-            None => (server, 443),
-            Some((host, port)) => (host, port.parse().map_err(|_| bad())?),
-        },
-    };
-    if host.is_empty() || host.contains(char::is_whitespace) {
-        return Err(bad());
-    }
-    Ok((host, port))
 }
 
 impl Default for Config {

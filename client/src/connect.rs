@@ -39,14 +39,7 @@ pub(crate) struct Live {
     pub(crate) link_down: Option<tokio_util::sync::CancellationToken>,
 }
 
-pub(crate) enum AttemptError {
-    /// Retrying cannot help.
-    Fatal(ClientError),
-    /// A requested name is held by a live session.
-    NameTaken(String),
-    /// Worth retrying after a backoff.
-    Retry(String),
-}
+pub(crate) use crate::transport::AttemptError;
 
 fn is_local(host: &str) -> bool {
     host == "localhost"
@@ -109,7 +102,7 @@ pub(crate) async fn attempt(
     let trust = trust(config, host).await?;
     let client_cfg = tunnel_lib::quic::client_config(&trust, &config.tuning)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
-    let addrs: Vec<SocketAddr> = if config.transport == transport::Transport::Tcp {
+    let addrs: Vec<SocketAddr> = if config.transport == crate::config::Transport::Tcp {
         // No UDP: the TCP target is resolved when it is dialled.
         Vec::new()
     } else if config.connect_to.is_empty() {
@@ -120,7 +113,7 @@ pub(crate) async fn attempt(
     } else {
         config.connect_to.clone()
     };
-    if addrs.is_empty() && config.transport != transport::Transport::Tcp {
+    if addrs.is_empty() && config.transport != crate::config::Transport::Tcp {
         return Err(AttemptError::Retry(format!(
             "{host} resolved to no address"
         )));

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod address;
 pub mod app;
 mod breaker;
 mod config;
@@ -36,9 +37,9 @@ mod transport;
 pub mod tui;
 mod udp;
 
+pub use config::Transport;
 pub use config::{Config, TunnelSpec};
 pub use status::{ClientError, Status, TunnelInfo};
 pub use target::LocalPolicy;
-pub use transport::Transport;
 
 pub use supervisor::{run, run_with};

@@ -110,7 +110,7 @@ impl std::str::FromStr for Proxy {
             Kind::Https => 443,
             Kind::Socks5 => 1080,
         };
-        let (host, port) = crate::config::split_server(hostport).map_err(|_| bad("no host"))?;
+        let (host, port) = crate::address::split_server(hostport).map_err(|_| bad("no host"))?;
         let port = if hostport.ends_with(']') || !hostport.contains(':') {
             default_port
         } else {

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::ConnectionError;
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
@@ -20,33 +19,17 @@ use tracing::info;
 use tunnel_lib::limits::HANDSHAKE_TIMEOUT;
 use tunnel_lib::quic::{explain, is_version_mismatch};
 
-use crate::config::Config;
-use crate::connect::AttemptError;
+use crate::config::{Config, Transport};
 use crate::status::ClientError;
 
-/// Which transport carries the client's QUIC connection.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    /// QUIC first, TLS over TCP after a head start; the first one up wins.
-    #[default]
-    Auto,
-    /// UDP only.
-    Quic,
-    /// TLS over TCP only (through networks that drop UDP).
-    Tcp,
-}
-
-impl std::str::FromStr for Transport {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "auto" => Ok(Transport::Auto),
-            "quic" => Ok(Transport::Quic),
-            "tcp" => Ok(Transport::Tcp),
-            other => Err(format!("{other:?}: expected auto, quic or tcp")),
-        }
-    }
+/// Why a connection attempt failed.
+pub(crate) enum AttemptError {
+    /// Retrying cannot help.
+    Fatal(ClientError),
+    /// A requested name is held by a live session.
+    NameTaken(String),
+    /// Worth retrying after a backoff.
+    Retry(String),
 }
 
 /// What `auto` gives QUIC before it starts TCP as well.
@@ -234,7 +217,7 @@ async fn over_tcp(
     let Some(tcp) = tcp else {
         return Err(last.unwrap_or_else(|| retry("no address to try".into())));
     };
-    let tls_cfg = tunnel_lib::tls::relay_client_crypto()
+    let tls_cfg = tunnel_lib::tls::relay_client_crypto(tunnel_lib::quic::relay::ALPN)
         .map_err(|e| AttemptError::Fatal(ClientError::Config(e.to_string())))?;
     let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| AttemptError::Fatal(ClientError::Config(format!("--server {host}: {e}"))))?;

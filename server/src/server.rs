@@ -258,7 +258,7 @@ impl Server {
                 fairness,
                 drained: CancellationToken::new(),
                 relay,
-                links: crate::state::Links::new(config_max_clients),
+                links: crate::state::Links::new(config_max_clients + session::MAX_PENDING),
             }),
             http: listeners.http,
             https: listeners.https,

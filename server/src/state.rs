@@ -70,11 +70,11 @@ pub(crate) struct Links {
 }
 
 impl Links {
-    /// Room for every client and every pending handshake.
-    pub(crate) fn new(max_clients: usize) -> Links {
+    /// Room for `capacity` links: every client and every pending handshake.
+    pub(crate) fn new(capacity: usize) -> Links {
         Links {
             tracker: TaskTracker::new(),
-            permits: Arc::new(Semaphore::new(max_clients + crate::session::MAX_PENDING)),
+            permits: Arc::new(Semaphore::new(capacity)),
             stop: CancellationToken::new(),
         }
     }
@@ -187,7 +187,7 @@ impl State {
             metrics,
             access_log: None,
             relay: tunnel_lib::quic::relay::Hub::new(),
-            links: Links::new(config.max_clients),
+            links: Links::new(config.max_clients + crate::session::MAX_PENDING),
             config,
         })
     }

@@ -254,13 +254,14 @@ pub fn webpki_client_crypto() -> Result<rustls::ClientConfig, TlsError> {
         .with_no_client_auth())
 }
 
-/// The outer TLS of the TCP transport (`quic::relay`): it only gets QUIC
+/// The outer TLS of the TCP transport (`quic::relay`, whose ALPN is
+/// `alpn`): it only gets QUIC
 /// packets through networks that pass nothing but TLS on TCP. Any
 /// certificate is taken (its signature of the handshake still checked):
 /// the server is authenticated inside, by QUIC's own TLS with `--server-*`
 /// trust, and nothing but already-encrypted QUIC packets crosses this
 /// layer.
-pub fn relay_client_crypto() -> Result<rustls::ClientConfig, TlsError> {
+pub fn relay_client_crypto(alpn: &[u8]) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -271,7 +272,7 @@ pub fn relay_client_crypto() -> Result<rustls::ClientConfig, TlsError> {
             provider,
         }))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![crate::quic::relay::ALPN.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
 }
 
