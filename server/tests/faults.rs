@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use support::fault::{FaultProxy, Faults};
+use support::fault::{FaultProxy, Faults, TcpFaultProxy};
 use support::*;
 
 /// A server, a backend and a client whose QUIC path runs through a proxy.
@@ -21,6 +21,8 @@ struct Rig {
     client: TestClient,
     host: String,
     url: String,
+    /// On the TCP transport: its path (the UDP one is cut for good).
+    tcp: Option<(TcpFaultProxy, tempfile::TempDir)>,
 }
 
 async fn rig(faults: Faults) -> Rig {
@@ -38,10 +40,65 @@ async fn rig(faults: Faults) -> Rig {
         client,
         host: host_of(&url),
         url,
+        tcp: None,
+    }
+}
+
+/// The same on the TCP transport: UDP cut, the client's TLS over TCP path
+/// through a [`TcpFaultProxy`].
+async fn tcp_rig() -> Rig {
+    let backend = Backend::start("app").await;
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) =
+        support::tls::Made::new(&["localhost", "*.localhost"]).write(certs.path(), "edge");
+    let listeners = TestServer::listeners(true);
+    let config = tunnel_server::Config {
+        https: listeners.https.as_ref().map(|l| l.local_addr().unwrap()),
+        edge_cert: Some(cert),
+        edge_key: Some(key),
+        ..Default::default()
+    };
+    let server = TestServer::start_on(config, listeners).await;
+    let cut = Faults {
+        partition: true,
+        ..Default::default()
+    };
+    let proxy = FaultProxy::start(server.quic, cut).await;
+    let tcp = TcpFaultProxy::start(server.https.unwrap()).await;
+    let mut cfg = server.client_config(backend.addr, None);
+    cfg.server = proxy.addr.to_string();
+    cfg.transport = tunnel_client::Transport::Tcp;
+    cfg.server_tcp = Some(tcp.addr.to_string());
+    cfg.tunnels[0].plain_http = true;
+    let mut client = TestClient::start(cfg);
+    let url = client.online(1).await[0].url.clone();
+    Rig {
+        backend,
+        server,
+        proxy,
+        client,
+        host: host_of(&url),
+        url,
+        tcp: Some((tcp, certs)),
     }
 }
 
 impl Rig {
+    /// Cuts the client's path (`true`), or heals it.
+    async fn partition(&self, on: bool) {
+        match &self.tcp {
+            Some((tcp, _)) => tcp.partition(on),
+            None => {
+                self.proxy
+                    .set(Faults {
+                        partition: on,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        }
+    }
+
     async fn stop(self) {
         self.client.stop().await;
         self.server.stop().await;
@@ -185,18 +242,22 @@ async fn nat_rebinding_during_a_fifty_mib_download_keeps_the_connection() {
 
 #[tokio::test]
 async fn after_a_three_second_partition_the_tunnel_serves_within_two_seconds() {
-    let rig = rig(Faults::default()).await;
+    three_second_partition(rig(Faults::default()).await).await;
+}
+
+/// Issue 25: the same on the TCP transport (bytes wait in the stalled path).
+#[tokio::test]
+async fn over_tcp_after_a_three_second_partition_the_tunnel_serves_within_two_seconds() {
+    three_second_partition(tcp_rig().await).await;
+}
+
+async fn three_second_partition(rig: Rig) {
     // Traffic right before, so the partition starts with a live path.
     assert!(fetch(&rig, "/hello", WAIT).await.is_ok());
-    rig.proxy
-        .set(Faults {
-            partition: true,
-            ..Default::default()
-        })
-        .await;
+    rig.partition(true).await;
     // The fault's duration, not a wait for readiness.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    rig.proxy.set(Faults::default()).await;
+    rig.partition(false).await;
     let healed = Instant::now();
     loop {
         let last = match fetch(&rig, "/hello", Duration::from_millis(500)).await {
@@ -209,7 +270,14 @@ async fn after_a_three_second_partition_the_tunnel_serves_within_two_seconds() {
         );
     }
     let took = healed.elapsed();
-    eprintln!("serving again {took:?} after a 3 s partition healed");
+    eprintln!(
+        "{}serving again {took:?} after a 3 s partition healed",
+        if rig.tcp.is_some() {
+            "TCP transport: "
+        } else {
+            ""
+        }
+    );
     assert!(took <= Duration::from_secs(2), "took {took:?}");
     assert_eq!(
         rig.generation(),
@@ -221,21 +289,30 @@ async fn after_a_three_second_partition_the_tunnel_serves_within_two_seconds() {
 
 #[tokio::test]
 async fn after_a_sixty_second_partition_the_client_reconnects_with_the_same_url() {
-    let mut rig = rig(Faults::default()).await;
-    rig.proxy
-        .set(Faults {
-            partition: true,
-            ..Default::default()
-        })
-        .await;
+    sixty_second_partition(rig(Faults::default()).await).await;
+}
+
+/// Issue 25: the same on the TCP transport.
+#[tokio::test]
+async fn over_tcp_after_a_sixty_second_partition_the_client_reconnects_with_the_same_url() {
+    sixty_second_partition(tcp_rig().await).await;
+}
+
+async fn sixty_second_partition(mut rig: Rig) {
+    rig.partition(true).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    rig.proxy.set(Faults::default()).await;
+    rig.partition(false).await;
     let healed = Instant::now();
-    // Both ends gave the connection up long ago (idle timeout 20 s); the
-    // client reconnects by itself and is given its name back.
+    // Both ends gave the connection up long ago (idle timeout); the client
+    // reconnects by itself and is given its name back.
     let again = rig.client.online(2).await;
     eprintln!(
-        "online again {:?} after a 60 s partition healed",
+        "{}online again {:?} after a 60 s partition healed",
+        if rig.tcp.is_some() {
+            "TCP transport: "
+        } else {
+            ""
+        },
         healed.elapsed()
     );
     assert_eq!(again[0].url, rig.url);

@@ -180,3 +180,68 @@ fn chance(state: &mut u64, p: f64) -> bool {
     let x = state.wrapping_mul(0x2545_f491_4f6c_dd1d);
     ((x >> 11) as f64 / (1u64 << 53) as f64) < p
 }
+
+/// A TCP proxy that can be cut off, for the TCP transport's partitions:
+/// while cut, nothing passes either way (bytes wait in the proxy and the
+/// kernels, as on a stalled path) and new connections wait to be passed
+/// on. One task per connection and direction, ended with the proxy.
+pub struct TcpFaultProxy {
+    pub addr: SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl TcpFaultProxy {
+    pub async fn start(server: SocketAddr) -> TcpFaultProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((down, _)) = listener.accept().await {
+                let mut open = rx.clone();
+                conns.spawn(async move {
+                    let _ = open.wait_for(|cut| !cut).await;
+                    let Ok(up) = tokio::net::TcpStream::connect(server).await else {
+                        return;
+                    };
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::join!(pass(dr, uw, open.clone()), pass(ur, dw, open));
+                });
+            }
+        });
+        TcpFaultProxy { addr, cut, task }
+    }
+
+    /// Cuts the path (`true`) or heals it.
+    pub fn partition(&self, on: bool) {
+        let _ = self.cut.send(on);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the path is cut.
+async fn pass(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut open: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(n) if n > 0 => n,
+            _ => break,
+        };
+        if open.wait_for(|cut| !cut).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+impl Drop for TcpFaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
