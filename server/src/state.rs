@@ -62,10 +62,16 @@ pub(crate) struct State {
     pub(crate) links: Links,
 }
 
-/// The relayed clients' links: owned, bounded, stopped last.
+/// Links one source address (an IPv6 /64) may hold: a whole office's
+/// clients behind one NAT fit; one host cannot take every slot.
+pub(crate) const LINKS_PER_SOURCE: usize = 64;
+
+/// The relayed clients' links: owned, bounded (in all and per source),
+/// stopped last.
 pub(crate) struct Links {
     pub(crate) tracker: TaskTracker,
     pub(crate) permits: Arc<Semaphore>,
+    pub(crate) per_source: fairness::Fairness,
     pub(crate) stop: CancellationToken,
 }
 
@@ -75,6 +81,7 @@ impl Links {
         Links {
             tracker: TaskTracker::new(),
             permits: Arc::new(Semaphore::new(capacity)),
+            per_source: fairness::Fairness::new(LINKS_PER_SOURCE, 0),
             stop: CancellationToken::new(),
         }
     }

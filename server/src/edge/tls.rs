@@ -201,6 +201,10 @@ async fn handshake(
 /// it while visitors drain, and it stops after the endpoint is idle.
 fn link(state: &Arc<State>, stream: tokio_rustls::server::TlsStream<TcpStream>, peer: SocketAddr) {
     let links = &state.links;
+    let Ok(slot) = links.per_source.admit(peer.ip()) else {
+        debug!(%peer, "refusing a TCP-transport client: its address holds as many links as one may");
+        return;
+    };
     let Ok(permit) = links.permits.clone().try_acquire_owned() else {
         debug!(%peer, "refusing a TCP-transport client: as many links as clients and handshakes allowed");
         return;
@@ -215,7 +219,7 @@ fn link(state: &Arc<State>, stream: tokio_rustls::server::TlsStream<TcpStream>, 
             }
             _ = stop.cancelled() => {}
         }
-        drop(permit);
+        drop((permit, slot));
     });
 }
 
