@@ -134,8 +134,18 @@ impl<'de> serde::Deserialize<'de> for Proxy {
 
 /// The proxy for `host` from the environment, as curl reads it:
 /// `HTTPS_PROXY` (the tunnel's outer layer is TLS), else `ALL_PROXY`
-/// (either case), unless `NO_PROXY` lists the host (a suffix, or `*`).
+/// (either case), unless `NO_PROXY` lists the host (a suffix, or `*`). A
+/// server on this machine is never reached through a proxy.
 pub fn from_env(host: &str, var: impl Fn(&str) -> Option<String>) -> Option<Result<Proxy, String>> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = bare == "localhost"
+        || bare.ends_with(".localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
+    }
     let get = |name: &str| {
         var(name)
             .or_else(|| var(&name.to_ascii_lowercase()))
@@ -328,5 +338,9 @@ mod tests {
         )
         .is_none());
         assert!(from_env("x", env(&[])).is_none());
+        let any = &[("HTTPS_PROXY", "http://p:1")];
+        for local in ["localhost", "a.localhost", "127.0.0.1", "::1"] {
+            assert!(from_env(local, env(any)).is_none(), "{local}");
+        }
     }
 }

@@ -315,7 +315,10 @@ async fn through_an_http_proxy_from_https_proxy() {
     let mut cfg = client_config(&server, server.quic, Transport::Auto);
     cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("p"))];
     let env = |name: &str| (name == "HTTPS_PROXY").then(|| format!("http://127.0.0.1:{port}"));
-    cfg.proxy = tunnel_client::proxy::from_env("127.0.0.1", env).map(Result::unwrap);
+    // As `settings::resolve` reads it for a server by its public name (a
+    // server on this machine is never reached through a proxy, as Go's
+    // ProxyFromEnvironment does); the proxy then dials the test's loopback.
+    cfg.proxy = tunnel_client::proxy::from_env("tunnel.example.com", env).map(Result::unwrap);
     // What settings::resolve does with a proxy and no --transport.
     cfg.transport = Transport::Tcp;
     let mut client = TestClient::start(cfg);
