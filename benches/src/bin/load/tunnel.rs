@@ -330,7 +330,9 @@ impl Tunnel {
                 .args(if tls {
                     vec![
                         "--https".into(),
-                        "127.0.0.1:0".into(),
+                        // Where the client can reach it (the TCP transport
+                        // dials it across the lossy link's namespace too).
+                        SocketAddr::new(link.server_ip, 0).to_string().into(),
                         "--edge-cert".into(),
                         dir.join("edge.crt").into_os_string(),
                         "--edge-key".into(),
