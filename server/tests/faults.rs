@@ -31,6 +31,17 @@ async fn rig(faults: Faults) -> Rig {
     let proxy = FaultProxy::start(server.quic, faults).await;
     let mut cfg = server.client_config(backend.addr, None);
     cfg.server = proxy.addr.to_string();
+    online(backend, server, proxy, cfg, None).await
+}
+
+/// Starts the client with `cfg` and waits for its URL.
+async fn online(
+    backend: Backend,
+    server: TestServer,
+    proxy: FaultProxy,
+    cfg: tunnel_client::Config,
+    tcp: Option<(TcpFaultProxy, tempfile::TempDir)>,
+) -> Rig {
     let mut client = TestClient::start(cfg);
     let url = client.online(1).await[0].url.clone();
     Rig {
@@ -40,7 +51,7 @@ async fn rig(faults: Faults) -> Rig {
         client,
         host: host_of(&url),
         url,
-        tcp: None,
+        tcp,
     }
 }
 
@@ -70,17 +81,7 @@ async fn tcp_rig() -> Rig {
     cfg.transport = tunnel_client::Transport::Tcp;
     cfg.server_tcp = Some(tcp.addr.to_string());
     cfg.tunnels[0].plain_http = true;
-    let mut client = TestClient::start(cfg);
-    let url = client.online(1).await[0].url.clone();
-    Rig {
-        backend,
-        server,
-        proxy,
-        client,
-        host: host_of(&url),
-        url,
-        tcp: Some((tcp, certs)),
-    }
+    online(backend, server, proxy, cfg, Some((tcp, certs))).await
 }
 
 impl Rig {

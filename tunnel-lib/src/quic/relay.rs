@@ -251,11 +251,6 @@ impl StreamSocket {
             },
         )
     }
-
-    /// The address to connect to.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
-    }
 }
 
 impl StreamEnds {
