@@ -3,8 +3,9 @@
 //! TLS on TCP to the server's https port (`tunnel_lib::quic::relay`) when
 //! UDP does not get through. `--transport auto` (the default) starts QUIC,
 //! gives it a head start of [`QUIC_HEAD_START`] and then starts TCP too,
-//! keeping whichever connection completes first; once QUIC has failed for
-//! a server, the run goes straight to TCP.
+//! keeping whichever connection completes first (TCP at once when ICMP
+//! says the UDP port is unreachable); once QUIC has failed for a server,
+//! the run goes straight to TCP.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -131,20 +132,25 @@ async fn auto<F>(
 where
     F: std::future::Future<Output = Result<(quinn::Connection, CancellationToken), AttemptError>>,
 {
-    let quic = race(interleave(addrs), endpoints, cfg, host, &config.server);
+    let addrs_of_race = interleave(addrs);
+    let quic = race(addrs_of_race.clone(), endpoints, cfg, host, &config.server);
     tokio::pin!(quic);
     let head_start = tokio::time::sleep(QUIC_HEAD_START);
     tokio::pin!(head_start);
-    let quic_failed = tokio::select! {
+    let icmp = unreachable(&addrs_of_race);
+    tokio::pin!(icmp);
+    let (quic_failed, icmp_said) = tokio::select! {
         r = &mut quic => match r {
             Ok(c) => return Ok(quic_link(c)),
             Err(e @ AttemptError::Fatal(_)) => return Err(e),
-            Err(e) => Some(e),
+            Err(e) => (Some(e), None),
         },
-        _ = &mut head_start => None,
+        said = &mut icmp => (None, Some(said)),
+        _ = &mut head_start => (None, None),
     };
-    let why = match &quic_failed {
-        Some(AttemptError::Retry(m)) | Some(AttemptError::NameTaken(m)) => m.clone(),
+    let why = match (&quic_failed, icmp_said) {
+        (Some(AttemptError::Retry(m)) | Some(AttemptError::NameTaken(m)), _) => m.clone(),
+        (_, Some(said)) => said,
         _ => format!("no QUIC answer within {QUIC_HEAD_START:?}"),
     };
     info!("{why}; trying TLS over TCP to {tcp_target} as well");
@@ -168,6 +174,56 @@ where
                 Err(e) => tcp_err = Some(e),
             },
         }
+    }
+}
+
+/// Ends when every address in `addrs` has answered a probe datagram with
+/// an ICMP error (port, host or network unreachable: a firewall that
+/// rejects rather than drops, or no server on that UDP port), with what
+/// it said; pending otherwise. quinn does not surface ICMP, so a connected
+/// UDP socket per address sends a byte no QUIC server takes for a packet
+/// (it is under the 1200-byte minimum of an Initial and is dropped
+/// unread) and reads the error the kernel reports on that socket.
+async fn unreachable(addrs: &[SocketAddr]) -> String {
+    if addrs.is_empty() {
+        return std::future::pending().await;
+    }
+    let probes = addrs.iter().map(|&addr| async move {
+        let Ok(sock) = tokio::net::UdpSocket::bind(tunnel_lib::quic::wildcard_for(addr)).await
+        else {
+            return std::future::pending().await;
+        };
+        if sock.connect(addr).await.is_err() {
+            return std::future::pending().await;
+        }
+        let mut buf = [0u8; 64];
+        // ICMP errors are rate-limited and may be lost: a few tries.
+        for wait in [100u64, 200, 400] {
+            let error = match sock.send(&[0]).await {
+                Err(e) => Some(e),
+                Ok(_) => tokio::time::timeout(Duration::from_millis(wait), sock.recv(&mut buf))
+                    .await
+                    .ok()
+                    .and_then(Result::err),
+            };
+            if let Some(said) = error.as_ref().and_then(icmp_error) {
+                return format!("{addr}: {said}");
+            }
+        }
+        std::future::pending().await
+    });
+    let said = futures_util::future::join_all(probes).await;
+    format!("UDP {} (ICMP)", said.join(", "))
+}
+
+/// What an ICMP error reported on a connected UDP socket says.
+fn icmp_error(e: &std::io::Error) -> Option<&'static str> {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::ConnectionRefused => Some("port unreachable"),
+        ErrorKind::HostUnreachable => Some("host unreachable"),
+        ErrorKind::NetworkUnreachable => Some("network unreachable"),
+        _ => None,
     }
 }
 

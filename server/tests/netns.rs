@@ -20,22 +20,57 @@ fn exec(ns: &Netns) -> Command {
     c
 }
 
+/// A file server for `dir` on the namespace's loopback (the developer's
+/// app): the process and its port.
+async fn files_in(ns: &Netns, dir: &std::path::Path) -> (Proc, String) {
+    let mut app = Proc::spawn(
+        exec(ns)
+            .args([
+                "python3",
+                "-u",
+                "-m",
+                "http.server",
+                "0",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--directory")
+            .arg(dir),
+    );
+    let serving = app.line().await;
+    let port = serving
+        .split_whitespace()
+        .skip_while(|w| *w != "port")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no port in {serving:?}"))
+        .to_owned();
+    (app, port)
+}
+
+/// A namespace `tag` on `10.NET.x` for this test, or `None` (and the test
+/// says it is skipped) where namespaces cannot be made.
+async fn namespace(tag: &'static str, net: u8) -> Option<std::sync::Arc<Netns>> {
+    let net = format!("10.{net}.{}", std::process::id() % 250 + 1);
+    match tokio::task::spawn_blocking(move || Netns::create(tag, &net))
+        .await
+        .unwrap()
+    {
+        Ok(ns) => Some(std::sync::Arc::new(ns)),
+        Err(e) => {
+            eprintln!("SKIPPED: {e}");
+            None
+        }
+    }
+}
+
 /// Issue 9, active migration: the client's address changes in the middle
 /// of a 50 MiB download (a laptop changing networks). The client notices,
 /// moves to a new socket, QUIC migrates; the body is intact and the client
 /// never reconnects.
 #[tokio::test]
 async fn the_client_migrates_when_its_address_changes_mid_download() {
-    let net = format!("10.213.{}", std::process::id() % 250 + 1);
-    let ns = match tokio::task::spawn_blocking(move || Netns::create("mig", &net))
-        .await
-        .unwrap()
-    {
-        Ok(ns) => std::sync::Arc::new(ns),
-        Err(e) => {
-            eprintln!("SKIPPED: {e}");
-            return;
-        }
+    let Some(ns) = namespace("mig", 213).await else {
+        return;
     };
     let home = tempfile::tempdir().unwrap();
     let mut server = Proc::spawn(
@@ -61,27 +96,7 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
     tokio::fs::write(files.path().join("big.bin"), pattern(0, N))
         .await
         .unwrap();
-    let mut app = Proc::spawn(
-        exec(&ns)
-            .args([
-                "python3",
-                "-u",
-                "-m",
-                "http.server",
-                "0",
-                "--bind",
-                "127.0.0.1",
-            ])
-            .arg("--directory")
-            .arg(files.path()),
-    );
-    let serving = app.line().await;
-    let port = serving
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no port in {serving:?}"))
-        .to_owned();
+    let (app, port) = files_in(&ns, files.path()).await;
 
     let mut client = Proc::spawn(
         exec(&ns)
@@ -162,5 +177,114 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
         "the client reconnected instead of migrating:\n{log}"
     );
     let _ = app.terminate().await;
+    let _ = server.terminate().await;
+}
+
+/// Issue 25: a network whose one way out is an HTTP proxy. The client runs
+/// in a namespace where iptables drops every packet leaving it except TCP
+/// to tinyproxy (UDP included); the server and the proxy are outside.
+/// With nothing but `HTTPS_PROXY` set, the client gets its URL through the
+/// proxy and a visitor gets the app's file; a direct connection from the
+/// namespace gets nowhere.
+#[tokio::test]
+async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
+    let Some(ns) = namespace("prx", 212).await else {
+        return;
+    };
+    let here = ns.here();
+    let home = tempfile::tempdir().unwrap();
+    const TOKEN: &str = "proxy-only-token-0123456789";
+    let mut server = Proc::spawn(
+        Command::new(server_bin())
+            .args(["--http", "127.0.0.1:0", "--domain", "proxied.test"])
+            .args([
+                "--https",
+                &format!("{here}:0"),
+                "--quic",
+                &format!("{here}:0"),
+            ])
+            .env("TUNNEL_TOKENS", TOKEN)
+            .arg("--state-dir")
+            .arg(home.path()),
+    );
+    let ready = server.line().await;
+    let (https, quic) = (field(&ready, "https="), field(&ready, "quic="));
+    let fingerprint = field(&ready, "fingerprint=");
+
+    let conf = tempfile::tempdir().unwrap();
+    let allow = format!("{}.0/24", ns.net);
+    let (mut proxy, proxy_port) = support::proxy::tinyproxy(conf.path(), here, &allow, "").await;
+    let proxy_addr = std::net::SocketAddr::new(here, proxy_port);
+    let walled = ns.clone();
+    tokio::task::spawn_blocking(move || walled.only_tcp_out_to(proxy_addr))
+        .await
+        .unwrap()
+        .expect("iptables rules in the namespace (install iptables)");
+
+    let files = tempfile::tempdir().unwrap();
+    tokio::fs::write(
+        files.path().join("hello.txt"),
+        "hello from behind the proxy",
+    )
+    .await
+    .unwrap();
+    let (app, port) = files_in(&ns, files.path()).await;
+
+    // The server's own addresses, only --server-tcp beyond the defaults
+    // because this test's https port is not the QUIC one; the proxy comes
+    // from the environment alone.
+    let mut client = Proc::spawn(
+        exec(&ns)
+            .env("TUNNEL_INSPECT", "127.0.0.1:0")
+            .env("HTTPS_PROXY", format!("http://{proxy_addr}"))
+            .arg(client_bin().await)
+            .args(["--server", &quic, "--server-tcp", &https])
+            .args(["--server-fingerprint", &fingerprint, "--token", TOKEN])
+            .args(["--expose", &format!("127.0.0.1:{port}")]),
+    );
+    let url = client.line().await;
+    let host = host_of(url.split(" -> ").next().unwrap());
+    let name = host.split(':').next().unwrap().to_owned();
+    // The proxy carried the link to the server's https port.
+    while !proxy.line().await.contains(&https) {}
+
+    let pem = tokio::fs::read_to_string(home.path().join("cert.pem"))
+        .await
+        .unwrap();
+    let got = support::tls::get(
+        https.parse().unwrap(),
+        &name,
+        support::tls::visitor(&[&pem]),
+        "/hello.txt",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.head);
+    assert_eq!(got.body, b"hello from behind the proxy");
+
+    // The wall is real: straight to the server's https port from the
+    // namespace, a connection gets no answer, and iptables counted it.
+    let direct = exec(&ns)
+        .args(["python3", "-c"])
+        .arg("import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)")
+        .args([here.to_string(), https.rsplit(':').next().unwrap().to_owned()])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(
+        !direct.success(),
+        "a direct connection got out of the namespace"
+    );
+    let walled = ns.clone();
+    let dropped = tokio::task::spawn_blocking(move || walled.dropped_out())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(dropped > 0, "iptables dropped nothing");
+
+    let (_, log) = client.terminate().await;
+    assert!(log.contains("connected over TLS over TCP"), "{log}");
+    let _ = app.terminate().await;
+    let _ = proxy.terminate().await;
     let _ = server.terminate().await;
 }

@@ -153,6 +153,53 @@ impl Netns {
         Ok(())
     }
 
+    /// Only TCP to `to` leaves the namespace (a network whose one way out
+    /// is a proxy): every other packet out of the veth, UDP included, is
+    /// dropped by iptables inside the namespace.
+    pub fn only_tcp_out_to(&self, to: std::net::SocketAddr) -> Result<(), String> {
+        let (ip, port) = (to.ip().to_string(), to.port().to_string());
+        let ipt = |args: &[&str]| {
+            let mut all = vec!["ip", "netns", "exec", &self.name, "iptables"];
+            all.extend_from_slice(args);
+            run(&all)
+        };
+        ipt(&[
+            "-A",
+            "OUTPUT",
+            "-o",
+            &self.inner,
+            "-p",
+            "tcp",
+            "-d",
+            &ip,
+            "--dport",
+            &port,
+            "-j",
+            "ACCEPT",
+        ])?;
+        ipt(&["-A", "OUTPUT", "-o", &self.inner, "-j", "DROP"])
+    }
+
+    /// How many packets the namespace's iptables rules have dropped on
+    /// the way out.
+    pub fn dropped_out(&self) -> Result<u64, String> {
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", &self.name, "iptables", "-L", "OUTPUT", "-v", "-n", "-x",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .and_then(|c| c.wait_with_output())
+            .map_err(|e| format!("iptables: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(text
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("DROP"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
     /// The namespace's address moves from `NET.FROM` to `NET.TO` (a
     /// laptop changing networks): the new one is added, the old deleted.
     pub fn move_address(&self, from: u8, to: u8) -> Result<(), String> {

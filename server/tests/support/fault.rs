@@ -63,6 +63,7 @@ struct Held {
     due: Instant,
     seq: u64,
     up: bool,
+    client: SocketAddr,
     data: Vec<u8>,
 }
 
@@ -73,12 +74,14 @@ impl FaultProxy {
         let (cmds, mut rx) = mpsc::channel(16);
         let task = tokio::spawn(async move {
             let mut faults = faults;
-            let mut back = nat_socket(server).await;
-            let mut client: Option<SocketAddr> = None;
+            // A NAT's mappings: each client source gets its own socket
+            // towards the server (a second sender, such as a probe, is a
+            // flow of its own and does not take the first one's replies).
+            let mut nat = Nat::new(server);
             let mut rng = 0x9e37_79b9_7f4a_7c15u64;
             let mut held: BinaryHeap<Reverse<Held>> = BinaryHeap::new();
             let mut seq = 0u64;
-            let (mut a, mut b) = (vec![0u8; 65536], vec![0u8; 65536]);
+            let mut a = vec![0u8; 65536];
             loop {
                 let next_due = held.peek().map(|h| h.0.due);
                 let sleep = async {
@@ -87,24 +90,20 @@ impl FaultProxy {
                         None => std::future::pending().await,
                     }
                 };
-                let (up, data) = tokio::select! {
+                let (up, client, data) = tokio::select! {
                     r = front.recv_from(&mut a) => {
                         let Ok((n, from)) = r else { continue };
-                        client = Some(from);
-                        (true, a[..n].to_vec())
+                        (true, from, a[..n].to_vec())
                     }
-                    r = back.recv(&mut b) => {
-                        let Ok(n) = r else { continue };
-                        (false, b[..n].to_vec())
-                    }
+                    Some((client, data)) = nat.down.recv() => (false, client, data),
                     _ = sleep => {
                         let Reverse(h) = held.pop().unwrap();
-                        send(&front, &back, client, h.up, &h.data).await;
+                        nat.send(&front, h.client, h.up, &h.data).await;
                         continue;
                     }
                     c = rx.recv() => match c {
                         Some(Cmd::Set(f)) => { faults = f; continue }
-                        Some(Cmd::Rebind) => { back = nat_socket(server).await; continue }
+                        Some(Cmd::Rebind) => { nat.rebind().await; continue }
                         None => return,
                     },
                 };
@@ -123,13 +122,14 @@ impl FaultProxy {
                 }
                 for _ in 0..copies {
                     if delay.is_zero() {
-                        send(&front, &back, client, up, &data).await;
+                        nat.send(&front, client, up, &data).await;
                     } else if held.len() < QUEUE {
                         seq += 1;
                         held.push(Reverse(Held {
                             due: Instant::now() + delay,
                             seq,
                             up,
+                            client,
                             data: data.clone(),
                         }));
                     }
@@ -154,18 +154,72 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn nat_socket(server: SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    s.connect(server).await.unwrap();
-    s
+/// The proxy's NAT: one socket towards the server per client source (at
+/// most [`FLOWS`]), each read by a task of its own that hands what the
+/// server sends to the proxy's loop.
+struct Nat {
+    server: SocketAddr,
+    flows: Vec<(SocketAddr, std::sync::Arc<UdpSocket>)>,
+    readers: tokio::task::JoinSet<()>,
+    down_tx: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    down: mpsc::Receiver<(SocketAddr, Vec<u8>)>,
 }
 
-async fn send(front: &UdpSocket, back: &UdpSocket, client: Option<SocketAddr>, up: bool, d: &[u8]) {
-    // A full socket buffer drops, as a link would.
-    if up {
+const FLOWS: usize = 16;
+
+impl Nat {
+    fn new(server: SocketAddr) -> Nat {
+        let (down_tx, down) = mpsc::channel(QUEUE);
+        Nat {
+            server,
+            flows: Vec::new(),
+            readers: tokio::task::JoinSet::new(),
+            down_tx,
+            down,
+        }
+    }
+
+    async fn open(&mut self, client: SocketAddr) -> std::sync::Arc<UdpSocket> {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        s.connect(self.server).await.unwrap();
+        let s = std::sync::Arc::new(s);
+        let (reader, tx) = (s.clone(), self.down_tx.clone());
+        self.readers.spawn(async move {
+            let mut b = vec![0u8; 65536];
+            while let Ok(n) = reader.recv(&mut b).await {
+                // A full queue drops, as a link would.
+                let _ = tx.try_send((client, b[..n].to_vec()));
+            }
+        });
+        s
+    }
+
+    /// The NAT forgets its mappings: every flow gets a new source port.
+    async fn rebind(&mut self) {
+        self.readers.abort_all();
+        let clients: Vec<SocketAddr> = self.flows.drain(..).map(|(c, _)| c).collect();
+        for c in clients {
+            let s = self.open(c).await;
+            self.flows.push((c, s));
+        }
+    }
+
+    async fn send(&mut self, front: &UdpSocket, client: SocketAddr, up: bool, d: &[u8]) {
+        // A full socket buffer drops, as a link would.
+        if !up {
+            let _ = front.send_to(d, client).await;
+            return;
+        }
+        let back = match self.flows.iter().find(|(c, _)| *c == client) {
+            Some((_, s)) => s.clone(),
+            None if self.flows.len() < FLOWS => {
+                let s = self.open(client).await;
+                self.flows.push((client, s.clone()));
+                s
+            }
+            None => return,
+        };
         let _ = back.send(d).await;
-    } else if let Some(c) = client {
-        let _ = front.send_to(d, c).await;
     }
 }
 

@@ -731,4 +731,5 @@ pub mod acme;
 pub mod bins;
 pub mod cdp;
 pub mod fault;
+pub mod proxy;
 pub mod tls;
