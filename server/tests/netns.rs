@@ -184,8 +184,9 @@ async fn the_client_migrates_when_its_address_changes_mid_download() {
 /// in a namespace where iptables drops every packet leaving it except TCP
 /// to tinyproxy (UDP included); the server and the proxy are outside.
 /// With nothing but `HTTPS_PROXY` set, the client gets its URL through the
-/// proxy and a visitor gets the app's file; a direct connection from the
-/// namespace gets nowhere.
+/// proxy and a visitor gets the app's file (and the same through a SOCKS5
+/// proxy from `ALL_PROXY`); a direct connection from the namespace gets
+/// nowhere.
 #[tokio::test]
 async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
     let Some(ns) = namespace("prx", 212).await else {
@@ -215,8 +216,20 @@ async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
     let allow = format!("{}.0/24", ns.net);
     let (mut proxy, proxy_port) = support::proxy::tinyproxy(conf.path(), here, &allow, "").await;
     let proxy_addr = std::net::SocketAddr::new(here, proxy_port);
+    // And a SOCKS5 proxy (microsocks) beside it; it prints nothing, so it
+    // is ready when its port accepts.
+    let socks_addr = std::net::SocketAddr::new(here, tunnel_testkit::net::free_port());
+    let socks = Proc::spawn(Command::new("microsocks").args([
+        "-i",
+        &here.to_string(),
+        "-p",
+        &socks_addr.port().to_string(),
+    ]));
+    tokio::task::spawn_blocking(move || tunnel_testkit::net::wait_addr(socks_addr))
+        .await
+        .unwrap();
     let walled = ns.clone();
-    tokio::task::spawn_blocking(move || walled.only_tcp_out_to(proxy_addr))
+    tokio::task::spawn_blocking(move || walled.only_tcp_out_to(&[proxy_addr, socks_addr]))
         .await
         .unwrap()
         .expect("iptables rules in the namespace (install iptables)");
@@ -261,6 +274,29 @@ async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
     assert_eq!(got.status, 200, "{}", got.head);
     assert_eq!(got.body, b"hello from behind the proxy");
 
+    // A second client through the SOCKS5 proxy, from ALL_PROXY alone.
+    let mut socksed = Proc::spawn(
+        exec(&ns)
+            .env("TUNNEL_INSPECT", "127.0.0.1:0")
+            .env("ALL_PROXY", format!("socks5://{socks_addr}"))
+            .arg(client_bin().await)
+            .args(["--server", &quic, "--server-tcp", &https])
+            .args(["--server-fingerprint", &fingerprint, "--token", TOKEN])
+            .args(["--expose", &format!("127.0.0.1:{port}")]),
+    );
+    let url = socksed.line().await;
+    let host = host_of(url.split(" -> ").next().unwrap());
+    let got = support::tls::get(
+        https.parse().unwrap(),
+        host.split(':').next().unwrap(),
+        support::tls::visitor(&[&pem]),
+        "/hello.txt",
+    )
+    .await;
+    assert_eq!(got.body, b"hello from behind the proxy", "{}", got.head);
+    let (_, log) = socksed.terminate().await;
+    assert!(log.contains("connected over TLS over TCP"), "{log}");
+
     // The wall is real: straight to the server's https port from the
     // namespace, a connection gets no answer, and iptables counted it.
     let direct = exec(&ns)
@@ -286,5 +322,6 @@ async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
     assert!(log.contains("connected over TLS over TCP"), "{log}");
     let _ = app.terminate().await;
     let _ = proxy.terminate().await;
+    let _ = socks.terminate().await;
     let _ = server.terminate().await;
 }

@@ -153,30 +153,32 @@ impl Netns {
         Ok(())
     }
 
-    /// Only TCP to `to` leaves the namespace (a network whose one way out
-    /// is a proxy): every other packet out of the veth, UDP included, is
-    /// dropped by iptables inside the namespace.
-    pub fn only_tcp_out_to(&self, to: std::net::SocketAddr) -> Result<(), String> {
-        let (ip, port) = (to.ip().to_string(), to.port().to_string());
+    /// Only TCP to the addresses in `to` leaves the namespace (a network
+    /// whose one way out is a proxy): every other packet out of the veth,
+    /// UDP included, is dropped by iptables inside the namespace.
+    pub fn only_tcp_out_to(&self, to: &[std::net::SocketAddr]) -> Result<(), String> {
         let ipt = |args: &[&str]| {
             let mut all = vec!["ip", "netns", "exec", &self.name, "iptables"];
             all.extend_from_slice(args);
             run(&all)
         };
-        ipt(&[
-            "-A",
-            "OUTPUT",
-            "-o",
-            &self.inner,
-            "-p",
-            "tcp",
-            "-d",
-            &ip,
-            "--dport",
-            &port,
-            "-j",
-            "ACCEPT",
-        ])?;
+        for addr in to {
+            let (ip, port) = (addr.ip().to_string(), addr.port().to_string());
+            ipt(&[
+                "-A",
+                "OUTPUT",
+                "-o",
+                &self.inner,
+                "-p",
+                "tcp",
+                "-d",
+                &ip,
+                "--dport",
+                &port,
+                "-j",
+                "ACCEPT",
+            ])?;
+        }
         ipt(&["-A", "OUTPUT", "-o", &self.inner, "-j", "DROP"])
     }
 
