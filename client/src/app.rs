@@ -116,7 +116,7 @@ async fn print_urls(mut rx: watch::Receiver<Status>, print: bool) {
             let lines: Vec<String> = tunnels
                 .iter()
                 .map(|t| {
-                    if !t.url.starts_with("http") {
+                    if !t.url.starts_with("http") || t.local.starts_with("https://") {
                         format!("{} -> {}", t.url, t.local)
                     } else {
                         format!("{} -> http://{}", t.url, t.local)

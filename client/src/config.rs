@@ -39,7 +39,8 @@ impl std::str::FromStr for Transport {
 /// One tunnel to expose.
 #[derive(Debug, Clone, Default)]
 pub struct TunnelSpec {
-    /// `host:port` of the local service.
+    /// `host:port` of the local service, or `https://host:port` for one
+    /// that speaks TLS (the client re-encrypts to it).
     pub local: String,
     /// Requested subdomain (or full host name); `None` lets the server
     /// pick one.
@@ -52,6 +53,18 @@ pub struct TunnelSpec {
     pub remote_port: u16,
     /// What the server enforces on visitors (HTTP tunnels).
     pub policy: tunnel_lib::proto::Policy,
+}
+
+impl TunnelSpec {
+    /// The `host:port` the client dials.
+    pub fn address(&self) -> &str {
+        self.local.strip_prefix("https://").unwrap_or(&self.local)
+    }
+
+    /// The local service speaks https.
+    pub fn https(&self) -> bool {
+        self.local.starts_with("https://")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +109,9 @@ pub struct Config {
     pub tcp_connect_to: Vec<std::net::SocketAddr>,
     /// On TLS over TCP by `auto`'s choice, how often QUIC is tried again.
     pub quic_retry: Duration,
+    /// How local https services are verified (`--upstream-ca`,
+    /// `--upstream-insecure`); made once, kept across reconnects.
+    pub upstream: crate::upstream::UpstreamTrust,
 }
 
 impl Config {
@@ -136,6 +152,7 @@ impl Default for Config {
             proxy: None,
             tcp_connect_to: Vec::new(),
             quic_retry: Duration::from_secs(300),
+            upstream: Default::default(),
         }
     }
 }

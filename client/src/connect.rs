@@ -255,7 +255,7 @@ async fn register(
     let mut targets = HashMap::new();
     let mut udp = HashMap::new();
     for (i, spec) in config.tunnels.iter().enumerate() {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec.local.as_str())
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(spec.address())
             .await
             .map_err(|e| {
                 AttemptError::Fatal(ClientError::Config(format!("--expose {}: {e}", spec.local)))
@@ -277,10 +277,22 @@ async fn register(
             ),
             _ => (learned.unwrap_or_default(), 0),
         };
+        // A local https service: its TLS settings, before the server is
+        // asked (a bad name or CA file is the user's to fix).
+        let tls = if spec.https() {
+            let tls = config
+                .upstream
+                .for_service(spec.address(), &spec.policy.host_header)
+                .await;
+            Some(tls.map_err(|e| AttemptError::Fatal(ClientError::Config(e)))?)
+        } else {
+            None
+        };
         Control::Register {
             request_id,
             subdomain,
-            local: spec.local.clone(),
+            // What `host_header = "rewrite"` sends: the service's host:port.
+            local: spec.address().to_owned(),
             kind: spec.kind,
             plain_http: spec.plain_http,
             remote_port,
@@ -320,14 +332,13 @@ async fn register(
                     }
                 }
                 let http = spec.kind == TunnelKind::Http;
-                targets.insert(
-                    tunnel_id,
-                    Target::new(spec.local.clone(), addrs, config.local).named(
-                        &name,
-                        http,
-                        monitor.metrics.as_ref().map(|m| &m.tunnels),
-                    ),
+                let mut target = Target::new(spec.local.clone(), addrs, config.local).named(
+                    &name,
+                    http,
+                    monitor.metrics.as_ref().map(|m| &m.tunnels),
                 );
+                target.tls = tls;
+                targets.insert(tunnel_id, target);
             }
             Ok(Some(Control::Error { code, message, .. })) => {
                 conn.close(VarInt::from_u32(close::NORMAL), b"registration refused");

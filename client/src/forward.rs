@@ -1,4 +1,5 @@
-//! One data stream from the server ↔ one TCP connection to the local service.
+//! One data stream from the server ↔ one connection to the local service
+//! (TCP, or TLS to a local https service).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -13,6 +14,7 @@ use tunnel_lib::io::{read_message, splice_tapped, SpliceEnd};
 
 use crate::observe::{Monitor, Observer};
 use crate::target::{Gate, Target, Targets};
+use crate::upstream::LocalConn;
 use tunnel_lib::limits::PREFACE_TIMEOUT;
 use tunnel_lib::proto::{reset, Preface, Reply, ReplyCode};
 
@@ -89,7 +91,7 @@ pub(crate) async fn handle(
         .await;
         return;
     }
-    let tcp = match dial(target).await {
+    let local = match dial(target).await {
         Ok(t) => {
             if matches!(gate, Gate::Probe) {
                 info!("{} answers again: circuit closed", target.local);
@@ -118,12 +120,20 @@ pub(crate) async fn handle(
     }
     let observer =
         (target.http && monitor.observe).then(|| observer(&monitor, target, preface.visitor));
-    let end = splice_tapped(tcp, &mut send, &mut recv, buf.freeze(), &observer).await;
+    let first = buf.freeze();
+    let end = match local {
+        LocalConn::Tcp(tcp) => splice_tapped(tcp, &mut send, &mut recv, first, &observer)
+            .await
+            .map(|e| e.map(LocalConn::Tcp)),
+        LocalConn::Tls(tls) => splice_tapped(*tls, &mut send, &mut recv, first, &observer)
+            .await
+            .map(|e| e.map(|t| LocalConn::Tls(Box::new(t)))),
+    };
     if let Some(o) = &observer {
         o.finish();
     }
     match end {
-        Ok(SpliceEnd::Reusable(tcp)) => target.put_idle(tcp),
+        Ok(SpliceEnd::Reusable(conn)) => target.put_idle(conn),
         Ok(SpliceEnd::Closed) => {}
         Err(e) => debug!(visitor = %preface.visitor, "stream ended: {e}"),
     }
@@ -147,10 +157,24 @@ async fn reply(send: &mut SendStream, r: Reply) {
     }
 }
 
-async fn dial(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
-    if let Some(tcp) = target.take_idle() {
-        return Ok(tcp);
+/// A connection to the tunnel's local service: an idle one from the pool,
+/// else a new one (TCP, then TLS for a local https service).
+pub(crate) async fn dial(target: &Target) -> Result<LocalConn, (ReplyCode, String)> {
+    if let Some(conn) = target.take_idle() {
+        return Ok(conn);
     }
+    let tcp = dial_tcp(target).await?;
+    match &target.tls {
+        None => Ok(LocalConn::Tcp(tcp)),
+        Some(tls) => {
+            crate::upstream::handshake(tcp, tls, &target.local, target.policy.connect_timeout)
+                .await
+                .map_err(|m| (ReplyCode::TlsFailed, m))
+        }
+    }
+}
+
+async fn dial_tcp(target: &Target) -> Result<TcpStream, (ReplyCode, String)> {
     let mut last = (
         ReplyCode::Unreachable,
         format!("{} did not resolve to any address", target.local),

@@ -375,33 +375,34 @@ pub(crate) async fn replay(
     }
     let id = observer.last_id();
     let go = async {
-        let mut tcp = tokio::net::TcpStream::connect(&*ex.local)
-            .await
-            .map_err(|e| {
-                format!(
-                    "cannot connect to {}: {e}; is the local service running?",
-                    ex.local
-                )
-            })?;
-        tcp.write_all(&request)
-            .await
-            .map_err(|e| format!("sending to {}: {e}", ex.local))?;
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        loop {
-            buf.reserve(16 * 1024);
-            let n = tcp
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| format!("reading from {}: {e}", ex.local))?;
-            if n == 0 {
-                break;
+        // Through the tunnel's own dialer when it is connected (TLS to a
+        // local https service, the pool), else straight to the address.
+        let targets = monitor.targets.load_full();
+        let target = targets.as_ref().and_then(|t| {
+            t.values()
+                .find(|t| *t.local_name == *ex.local && *t.name == *ex.tunnel)
+        });
+        let conn = match target {
+            Some(t) => crate::forward::dial(t).await.map_err(|(_, m)| m)?,
+            None => crate::upstream::LocalConn::Tcp(
+                tokio::net::TcpStream::connect(&*ex.local)
+                    .await
+                    .map_err(|e| {
+                        format!(
+                            "cannot connect to {}: {e}; is the local service running?",
+                            ex.local
+                        )
+                    })?,
+            ),
+        };
+        match conn {
+            crate::upstream::LocalConn::Tcp(mut t) => {
+                exchange(&mut t, &request, &observer, &ex.local).await
             }
-            observer.toward_visitor(&buf.split().freeze());
-            if observer.idle() {
-                break;
+            crate::upstream::LocalConn::Tls(mut t) => {
+                exchange(&mut *t, &request, &observer, &ex.local).await
             }
         }
-        Ok::<(), String>(())
     };
     let outcome = tokio::time::timeout(REPLAY_TIMEOUT, go).await;
     observer.finish();
@@ -418,6 +419,36 @@ pub(crate) async fn replay(
     monitor
         .exchange(id)
         .ok_or_else(|| "the replay finished but was not recorded".to_owned())
+}
+
+/// Sends `request` on `conn` and shows the answer to `observer` until it
+/// is whole (or the service closes).
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    conn: &mut S,
+    request: &[u8],
+    observer: &Observer,
+    local: &str,
+) -> Result<(), String> {
+    use tunnel_lib::io::Tap;
+    conn.write_all(request)
+        .await
+        .map_err(|e| format!("sending to {local}: {e}"))?;
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    loop {
+        buf.reserve(16 * 1024);
+        let n = conn
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| format!("reading from {local}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        observer.toward_visitor(&buf.split().freeze());
+        if observer.idle() {
+            break;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   [`app`]: the process around the client (inspector, metrics, screen).
 //! - [`Config`], [`TunnelSpec`]: what to expose and where.
 //! - `connect`: one connection attempt: trust, handshake, hello, registrations.
-//! - `forward`: one data stream ↔ one local TCP connection.
+//! - `forward`: one data stream ↔ one local connection (TCP, or TLS to a
+//!   local https service: `upstream`).
 //! - `supervisor`: [`run`] and [`run_with`], the reconnect loop; reports
 //!   [`Status`] on a watch channel and returns only after every task it
 //!   started has ended.
@@ -36,10 +37,12 @@ mod target;
 mod transport;
 pub mod tui;
 mod udp;
+mod upstream;
 
 pub use config::Transport;
 pub use config::{Config, TunnelSpec};
 pub use status::{ClientError, Status, TunnelInfo};
 pub use target::LocalPolicy;
+pub use upstream::UpstreamTrust;
 
 pub use supervisor::{run, run_with};

@@ -179,6 +179,14 @@ tunnel_lib::layered! {
         /// https://… or socks5://… [default: HTTPS_PROXY or ALL_PROXY, minus NO_PROXY].
         #[arg(long, value_name = "URL", global = true)]
         pub proxy: Option<crate::proxy::Proxy>,
+        /// Trust this CA or certificate (PEM) for local https services (`--expose
+        /// https://localhost:8443`), besides the system's roots.
+        #[arg(long, value_name = "FILE", env = "TUNNEL_UPSTREAM_CA", global = true)]
+        pub upstream_ca: Option<PathBuf>,
+        /// Do not verify local https services at all (a dev server's self-signed certificate).
+        #[arg(long, env = "TUNNEL_UPSTREAM_INSECURE", global = true, value_parser = clap::builder::BoolishValueParser::new())]
+        #[serde(default)]
+        pub upstream_insecure: bool,
         /// Trust this certificate (PEM): a self-signed server's certificate or a private CA.
         #[arg(long, value_name = "FILE", global = true)]
         pub server_cert: Option<PathBuf>,
@@ -330,6 +338,7 @@ pub fn resolve(
         &s.tunnels,
         path,
     )
+    .and_then(upstreams)
     .map_err(config_err)?;
     let mut token = s.token.clone();
     if let (None, Some(tf)) = (&token, &s.token_file) {
@@ -379,6 +388,7 @@ pub fn resolve(
         quic_retry: s
             .quic_retry
             .map_or(d.quic_retry, |t| Duration::from_secs(t.max(1))),
+        upstream: crate::upstream::UpstreamTrust::new(s.upstream_ca.clone(), s.upstream_insecure),
         ..d
     };
     Ok(Job::Run(Box::new(config), ui))
@@ -475,21 +485,68 @@ fn ui(s: &Settings, interactive: bool) -> Result<Ui, String> {
     })
 }
 
-/// `8080` is `localhost:8080`; `HOST:PORT` is kept; anything else is an
-/// error that shows both forms.
+/// `8080` is `localhost:8080`; `HOST:PORT` (or `http://HOST:PORT`) is
+/// kept; `https://HOST[:PORT]` is a local https service (port 443 unless
+/// given); anything else is an error that shows the forms.
 pub fn local_target(expose: &str) -> Result<String, String> {
     let expose = expose.trim();
+    let bad = || {
+        format!(
+            "{expose:?}: expected a port (8080), HOST:PORT (127.0.0.1:8080) or \
+             https://HOST:PORT (a local https service) of the local service"
+        )
+    };
+    if let Some(rest) = expose.strip_prefix("https://") {
+        let rest = rest.trim_end_matches('/');
+        let with_port = match rest.rsplit_once(':') {
+            Some((_, p)) if p.parse::<u16>().is_ok() && !rest.ends_with(']') => rest.to_owned(),
+            _ => format!("{rest}:443"),
+        };
+        return match with_port.rsplit_once(':') {
+            Some((host, _)) if !host.is_empty() && !host.contains('/') => {
+                Ok(format!("https://{with_port}"))
+            }
+            _ => Err(bad()),
+        };
+    }
+    let expose = expose
+        .strip_prefix("http://")
+        .unwrap_or(expose)
+        .trim_end_matches('/');
     if let Ok(port) = expose.parse::<u16>() {
         return Ok(format!("localhost:{port}"));
     }
     match expose.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+        Some((host, port))
+            if !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok() =>
+        {
             Ok(expose.to_owned())
         }
-        _ => Err(format!(
-            "{expose:?}: expected a port (8080) or HOST:PORT (127.0.0.1:8080) of the local service"
-        )),
+        _ => Err(bad()),
     }
+}
+
+/// A local https service is for HTTP tunnels (a `tls` tunnel passes TLS
+/// through as it is); it gets its own name as the Host unless the tunnel's
+/// host-header rule says otherwise (as the SNI the client sends).
+fn upstreams(mut specs: Vec<TunnelSpec>) -> Result<Vec<TunnelSpec>, String> {
+    for spec in &mut specs {
+        if !spec.https() {
+            continue;
+        }
+        if spec.kind != TunnelKind::Http {
+            return Err(format!(
+                "{}: an https:// local service is for http tunnels (the client re-encrypts to \
+                 it); a tls tunnel passes TLS through to {} as it is",
+                spec.local,
+                spec.address()
+            ));
+        }
+        if spec.policy.host_header.is_empty() {
+            spec.policy.host_header = "rewrite".into();
+        }
+    }
+    Ok(specs)
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::net::TcpStream;
 use tunnel_lib::limits::{LOCAL_CONNECT_TIMEOUT, LOCAL_POOL_IDLE, LOCAL_POOL_MAX};
 
 use crate::breaker::Breaker;
 pub(crate) use crate::breaker::Gate;
+use crate::upstream::{LocalConn, UpstreamTls};
 
 /// Where one tunnel forwards to: the addresses `local` resolved to when the
 /// tunnel was registered (so no DNS per connection), tried in order.
@@ -27,7 +27,9 @@ pub(crate) struct Target {
     pub(crate) preferred: AtomicUsize,
     /// Idle local connections handed back at a clean HTTP boundary (the
     /// server said `REUSE`), newest last. Touched only in synchronous code.
-    pub(crate) idle: Mutex<Vec<(TcpStream, Instant)>>,
+    pub(crate) idle: Mutex<Vec<(LocalConn, Instant)>>,
+    /// A local https service: each connection is TLS (`upstream`).
+    pub(crate) tls: Option<UpstreamTls>,
     /// Fails fast while the local service keeps failing (synchronous only).
     breaker: Mutex<Breaker>,
     pub(crate) policy: LocalPolicy,
@@ -69,6 +71,7 @@ impl Target {
             addrs,
             preferred: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
+            tls: None,
             breaker: Mutex::new(Breaker::default()),
             policy,
             name: Arc::from(""),
@@ -118,29 +121,26 @@ impl Target {
     }
 
     /// A recently idle connection that is still open, if any.
-    pub(crate) fn take_idle(&self) -> Option<TcpStream> {
+    pub(crate) fn take_idle(&self) -> Option<LocalConn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((tcp, since)) = idle.pop() {
+        while let Some((mut conn, since)) = idle.pop() {
             if since.elapsed() > LOCAL_POOL_IDLE {
                 // Older ones are older still.
                 idle.clear();
                 return None;
             }
             // Closed by the app while idle (EOF), or sending unasked: drop it.
-            let mut probe = [0u8; 1];
-            if let Err(e) = tcp.try_read(&mut probe) {
-                if e.kind() == std::io::ErrorKind::WouldBlock {
-                    return Some(tcp);
-                }
+            if conn.still_idle() {
+                return Some(conn);
             }
         }
         None
     }
 
-    pub(crate) fn put_idle(&self, tcp: TcpStream) {
+    pub(crate) fn put_idle(&self, conn: LocalConn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < LOCAL_POOL_MAX {
-            idle.push((tcp, Instant::now()));
+            idle.push((conn, Instant::now()));
         }
     }
 }

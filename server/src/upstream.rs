@@ -87,6 +87,12 @@ pub(crate) async fn read_reply(recv: &mut RecvStream, host: &str) -> Result<Byte
                     host,
                     "the local service did not accept the connection in time",
                 ),
+                ReplyCode::TlsFailed => respond::local_failed(
+                    host,
+                    "the tunnel client could not open TLS to the local https service (most \
+                     often its certificate is not trusted: the client's log says which, and \
+                     --upstream-ca FILE or --upstream-insecure is the fix)",
+                ),
                 ReplyCode::CircuitOpen => respond::local_failed(
                     host,
                     "the local service failed its last connection attempts, so the tunnel \

@@ -491,13 +491,60 @@ impl SendOrder {
 
 /// How a splice ended.
 #[derive(Debug)]
-pub enum SpliceEnd {
+pub enum SpliceEnd<S = TcpStream> {
     /// Both directions ran to their end (or the local side closed).
     Closed,
     /// The server ended the stream with `REUSE` at a clean HTTP boundary and
     /// nothing was left in flight: the local connection can serve the next
     /// stream.
-    Reusable(tokio::net::TcpStream),
+    Reusable(S),
+}
+
+impl<S> SpliceEnd<S> {
+    /// The same end around another type of connection.
+    pub fn map<U>(self, f: impl FnOnce(S) -> U) -> SpliceEnd<U> {
+        match self {
+            SpliceEnd::Closed => SpliceEnd::Closed,
+            SpliceEnd::Reusable(s) => SpliceEnd::Reusable(f(s)),
+        }
+    }
+}
+
+/// A connection to a local service the splice runs on: plain TCP (its two
+/// halves borrowed, no lock), or TLS to a local https service (split
+/// through tokio's lock, as the edge's TLS is).
+pub trait Local: Send + Sized {
+    type Rd<'a>: LeanRead
+    where
+        Self: 'a;
+    type Wr<'a>: AsyncWrite + Unpin + Send
+    where
+        Self: 'a;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>);
+    /// The TCP connection underneath.
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Local for TcpStream {
+    type Rd<'a> = tokio::net::tcp::ReadHalf<'a>;
+    type Wr<'a> = tokio::net::tcp::WriteHalf<'a>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        self.split()
+    }
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Local for tokio_rustls::client::TlsStream<TcpStream> {
+    type Rd<'a> = tokio::io::ReadHalf<&'a mut Self>;
+    type Wr<'a> = tokio::io::WriteHalf<&'a mut Self>;
+    fn halves(&mut self) -> (Self::Rd<'_>, Self::Wr<'_>) {
+        tokio::io::split(self)
+    }
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
 }
 
 /// Splices a QUIC stream with a TCP connection both ways. Half-closes
@@ -515,19 +562,19 @@ pub async fn splice(
 }
 
 /// [`splice`], showing every chunk to `tap` on its way.
-pub async fn splice_tapped<T: Tap>(
-    mut tcp: tokio::net::TcpStream,
+pub async fn splice_tapped<T: Tap, S: Local>(
+    mut tcp: S,
     send: &mut SendStream,
     recv: &mut RecvStream,
     first: Bytes,
     tap: &T,
-) -> Result<SpliceEnd, StreamError> {
+) -> Result<SpliceEnd<S>, StreamError> {
     use std::sync::atomic::{AtomicBool, Ordering};
     // Set while bytes read from the local service are not yet handed to the
     // stream: a reuse then would lose them, so it is refused.
     let local_busy = AtomicBool::new(false);
     let outcome = {
-        let (mut rd, mut wr) = tcp.split();
+        let (mut rd, mut wr) = tcp.halves();
         let to_local = async {
             match quic_to_tcp_tapped(recv, first, &mut wr, tap).await {
                 Err(StreamError::Read(quinn::ReadError::Reset(code)))
@@ -577,7 +624,7 @@ pub async fn splice_tapped<T: Tap>(
             let _ = recv.stop(VarInt::from_u32(reset::CANCELLED));
             // A cut exchange reaches the local service as a reset (RST), not
             // as a clean end of its request.
-            let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            let _ = socket2::SockRef::from(tcp.tcp()).set_linger(Some(std::time::Duration::ZERO));
             Err(e)
         }
     }

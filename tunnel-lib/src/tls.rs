@@ -5,7 +5,9 @@
 //! (`--server-cert`: a self-signed certificate or a private CA, with the
 //! host name checked), or a pinned SHA-256 fingerprint of the server's
 //! certificate (`--server-fingerprint`, and the dev certificate the client
-//! finds on the same machine). There is no "accept anything" mode.
+//! finds on the same machine). There is no "accept anything" mode for the
+//! server; a local https service may be taken unverified, when the user
+//! says so (`upstream_client_crypto`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -252,6 +254,36 @@ pub fn webpki_client_crypto() -> Result<rustls::ClientConfig, TlsError> {
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// How the client verifies a local https service (`--expose
+/// https://…`): against `roots` (the system's and `--upstream-ca`'s), or
+/// not at all when the user said `--upstream-insecure` (a local dev
+/// certificate; the handshake's signature is still checked). TLS 1.2 or
+/// 1.3 (dev servers speak both), ALPN `http/1.1`.
+pub fn upstream_client_crypto(
+    roots: Vec<CertificateDer<'static>>,
+    insecure: bool,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut cfg = if insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+                pins: None,
+                provider,
+            }))
+            .with_no_client_auth()
+    } else {
+        let mut store = rustls::RootCertStore::empty();
+        store.add_parsable_certificates(roots);
+        builder.with_root_certificates(store).with_no_client_auth()
+    };
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(cfg)
 }
 
 /// The outer TLS of the TCP transport (`quic::relay`, whose ALPN is

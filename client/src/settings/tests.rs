@@ -94,10 +94,7 @@ fn what_to_expose_comes_from_one_place() {
     let cases: [(&[&str], &str); 4] = [
         (&[], "nothing to expose"),
         (&["--expose", "1", "http", "2"], "pass one"),
-        (
-            &["--expose", "eighty"],
-            "expected a port (8080) or HOST:PORT",
-        ),
+        (&["--expose", "eighty"], "expected a port (8080), HOST:PORT"),
         (
             &["start", "--subdomain", "x"],
             "--subdomain is for one tunnel",
@@ -269,4 +266,52 @@ fn a_proxy_from_the_environment_means_tcp_unless_quic_is_asked() {
         Job::Login { .. } => panic!(),
     };
     assert!(c.proxy.is_none() && c.transport == crate::Transport::Auto);
+}
+
+/// `https://` local services: the forms, the port 443 default, the Host
+/// and SNI from the local name, and only for http tunnels.
+#[test]
+fn an_https_local_service_is_parsed_and_checked() {
+    for (given, want) in [
+        ("https://localhost:8443", "https://localhost:8443"),
+        ("https://localhost:8443/", "https://localhost:8443"),
+        ("https://dev.test", "https://dev.test:443"),
+        ("https://[::1]:8443", "https://[::1]:8443"),
+        ("http://localhost:3000", "localhost:3000"),
+        ("3000", "localhost:3000"),
+    ] {
+        assert_eq!(local_target(given).unwrap(), want, "{given}");
+    }
+    for bad in ["https://", "https://:1", "https://a/b:1", "ftp://a:1"] {
+        assert!(local_target(bad).is_err(), "{bad}");
+    }
+    let (c, _) = run(&["http", "https://localhost:8443"], None, &[]).unwrap();
+    let t = &c.tunnels[0];
+    assert!(t.https());
+    assert_eq!(t.address(), "localhost:8443");
+    assert_eq!(t.policy.host_header, "rewrite");
+    let (c, _) = run(
+        &[
+            "http",
+            "https://localhost:8443",
+            "--host-header",
+            "app.test",
+        ],
+        None,
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.tunnels[0].policy.host_header, "app.test");
+    let e = run(&["tls", "https://localhost:8443"], None, &[])
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("is for http tunnels"), "{e}");
+    let e = run(
+        &["start"],
+        Some("[tunnels.a]\nkind = \"tcp\"\nlocal = \"https://localhost:1\"\n"),
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("is for http tunnels"), "{e}");
 }

@@ -116,6 +116,9 @@ pub enum ReplyCode {
     Unreachable,
     /// Recent dials failed: the client answers at once for a while.
     CircuitOpen,
+    /// TLS with a local https service failed (most often: its
+    /// certificate is not trusted by the client).
+    TlsFailed,
     Other(u16),
 }
 
@@ -127,6 +130,7 @@ impl ReplyCode {
             Self::UnknownTunnel => 3,
             Self::Unreachable => 4,
             Self::CircuitOpen => 5,
+            Self::TlsFailed => 6,
             Self::Other(c) => c,
         }
     }
@@ -137,6 +141,7 @@ impl ReplyCode {
             3 => Self::UnknownTunnel,
             4 => Self::Unreachable,
             5 => Self::CircuitOpen,
+            6 => Self::TlsFailed,
             c => Self::Other(c),
         }
     }
