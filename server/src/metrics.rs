@@ -58,6 +58,8 @@ pub(crate) struct Metrics {
     pub(crate) streams_opened: Counter,
     pub(crate) stream_failures: Counter,
     pub(crate) access_log_dropped: Counter,
+    /// Visitor connections that spoke HTTP/2 (h2 or h2c).
+    pub(crate) http2_connections: Counter,
     pub(crate) tunnels: Arc<tunnel_lib::metrics::Tunnels>,
 }
 
@@ -86,6 +88,7 @@ impl Metrics {
             streams_opened: Counter::default(),
             stream_failures: Counter::default(),
             access_log_dropped: Counter::default(),
+            http2_connections: Counter::default(),
             tunnels: tunnel_lib::metrics::Tunnels::register(prom),
         };
         prom.register(
@@ -102,6 +105,11 @@ impl Metrics {
             "local_responses",
             "Responses the server wrote itself (404, 502, 429, redirects...), by status and code",
             m.pages.clone(),
+        );
+        prom.register(
+            "http2_connections",
+            "Visitor connections that spoke HTTP/2 (h2 by ALPN, or h2c with prior knowledge)",
+            m.http2_connections.clone(),
         );
         prom.register(
             "streams_opened",

@@ -76,11 +76,16 @@ impl ErrorPage {
 
     /// The whole response. `close`: add `Connection: close`. `head`: the
     /// request was HEAD (headers only).
-    pub fn render(&self, close: bool, head: bool) -> Bytes {
-        let (body, content_type) = match &self.text {
+    /// The page's body and its content type (every HTTP version).
+    pub fn body(&self) -> (String, &'static str) {
+        match &self.text {
             Some(t) => (t.clone(), "text/plain"),
             None => (self.html(), "text/html; charset=utf-8"),
-        };
+        }
+    }
+
+    pub fn render(&self, close: bool, head: bool) -> Bytes {
+        let (body, content_type) = self.body();
         let mut out = BytesMut::with_capacity(body.len() + 240);
         out.put_slice(
             format!(

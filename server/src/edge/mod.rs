@@ -29,6 +29,7 @@
 //! the visitor gets the error page in its turn.
 
 mod halves;
+pub(crate) mod http2;
 mod request;
 mod response;
 // #[tokio::test] expands to a block_on outside any runtime.
@@ -145,13 +146,32 @@ pub(crate) async fn serve_tcp(
             matches!(timeout(FIRST_REQUEST_GRACE, tcp.peek(&mut probe)).await, Ok(Ok(n)) if n > 0)
         }
     };
-    if spoke {
+    if !spoke {
+        return;
+    }
+    // h2c with prior knowledge opens with `PRI * HTTP/2.0`: read until the
+    // preface is whole or differs (HTTP/1 then goes on with those bytes).
+    let mut buf = BytesMut::new();
+    if probe[0] == http2::PREFACE[0] {
+        let mut tcp = tcp;
+        let deadline = tokio::time::Instant::now() + state.config.timeouts.head;
+        while buf.len() < http2::PREFACE.len() && http2::PREFACE.starts_with(&buf) {
+            match tokio::time::timeout_at(deadline, tcp.read_lean(&mut buf, 64)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        if buf.starts_with(http2::PREFACE) {
+            let io = http2::Rewound::new(buf.freeze(), tcp);
+            Box::pin(http2::serve(state, io, peer, Scheme::Http, None, soft)).await;
+            return;
+        }
         let (rd, wr) = tcp.into_split();
-        Box::pin(serve_stream(
+        return Box::pin(serve_stream(
             state,
             rd,
             wr,
-            BytesMut::new(),
+            buf,
             peer,
             Scheme::Http,
             None,
@@ -159,6 +179,18 @@ pub(crate) async fn serve_tcp(
         ))
         .await;
     }
+    let (rd, wr) = tcp.into_split();
+    Box::pin(serve_stream(
+        state,
+        rd,
+        wr,
+        buf,
+        peer,
+        Scheme::Http,
+        None,
+        soft,
+    ))
+    .await;
 }
 
 /// One visitor connection over any stream: `buf` holds bytes already read
@@ -195,6 +227,42 @@ pub(crate) async fn serve_stream<R, W>(
     // The response side decides when the connection ends (close after a
     // response, an upgrade relay finished, a write failed).
     halves::run(requests, responses).await;
+}
+
+/// How one forwarded exchange went, whatever the HTTP version.
+pub(super) struct Exchanged {
+    pub(super) status: u16,
+    pub(super) bytes_out: u64,
+    pub(super) started: tokio::time::Instant,
+    pub(super) first_byte: Option<tokio::time::Instant>,
+}
+
+/// Counts an exchange that just ended in the tunnel's and the server's
+/// metrics, and logs it with an access log (`line`: `METHOD target`).
+pub(super) fn record(
+    state: &State,
+    rule: &Rule,
+    peer: SocketAddr,
+    x: Exchanged,
+    line: Option<Box<str>>,
+) {
+    let now = tokio::time::Instant::now();
+    let duration = now - x.started;
+    let ttfb = x.first_byte.map(|t| t - x.started);
+    rule.metrics.request(x.status);
+    rule.metrics.bytes_out.inc_by(x.bytes_out);
+    state.metrics.tunnels.observe(duration, ttfb);
+    if let (Some(log), Some(request)) = (&state.access_log, line) {
+        log.log(crate::access_log::Entry {
+            at: std::time::SystemTime::now(),
+            tunnel: rule.host.clone(),
+            client: peer,
+            request,
+            status: x.status,
+            bytes_out: x.bytes_out,
+            duration,
+        });
+    }
 }
 
 /// What the two halves of a visitor connection share besides the queue.

@@ -33,16 +33,29 @@ use crate::upstream;
 /// What the request side keeps of a routed head.
 #[derive(Clone, Copy)]
 pub(super) struct Facts {
-    body: BodyKind,
+    pub(super) body: BodyKind,
     keep_alive: bool,
-    is_head: bool,
+    pub(super) is_head: bool,
     upgrade_websocket: bool,
     /// Safe to send again (RFC 9110 §9.2.2) and bodiless.
     replayable: bool,
     http10: bool,
 }
 
-enum Action {
+/// What routing a request needs of the connection it came on: the
+/// server, who asks, and how (HTTP/1 and HTTP/2 alike).
+pub(super) struct Front<'a> {
+    pub(super) state: &'a State,
+    pub(super) peer: SocketAddr,
+    /// The listener's scheme: `X-Forwarded-Proto`, and whether plain
+    /// requests are redirected to https.
+    pub(super) scheme: Scheme,
+    /// The TLS server name: a request for another host on this session is
+    /// misdirected (421), never served under the other name's certificate.
+    pub(super) sni: Option<&'a str>,
+}
+
+pub(super) enum Action {
     /// The server answers with its own page.
     Answer(ErrorPage),
     /// The rendered head goes to the tunnel's client (with `METHOD target`
@@ -202,14 +215,14 @@ impl<R: LeanRead> RequestSide<R> {
             // future then holds a few facts and the rendered bytes, not the
             // parsed head (568 bytes, which an async fn would keep twice).
             first = false;
-            let (mut facts, mut action) = self.route(head, true);
+            let (mut facts, mut action) = route(&self.front(), head, true);
             if let Action::AwaitOwner(head, host) = action {
                 let directory = self.state.directory.clone();
                 tokio::select! {
                     _ = directory.owner_back(&host, OWNER_HOLD) => {}
                     _ = soft.cancelled() => {}
                 }
-                (facts, action) = self.route(*head, false);
+                (facts, action) = route(&self.front(), *head, false);
             }
             let keep_alive = facts.keep_alive;
             let result = match action {
@@ -231,108 +244,14 @@ impl<R: LeanRead> RequestSide<R> {
         let _ = self.tx.push(Pending::End { send }).await;
     }
 
-    /// Routes a head by its Host: the server's own page, or the forwarded
-    /// head rendered for the tunnel.
-    fn route(&self, head: RequestHead, may_hold: bool) -> (Facts, Action) {
-        let facts = Facts {
-            body: head.body,
-            keep_alive: head.keep_alive,
-            is_head: head.is_head(),
-            upgrade_websocket: head.upgrade_websocket,
-            replayable: head.body == BodyKind::None
-                && !head.upgrade_websocket
-                && matches!(
-                    head.method(),
-                    b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
-                ),
-            http10: head.version() == tunnel_lib::http1::Version::Http10,
-        };
-        if self.scheme == Scheme::Http {
-            if let Some(page) = self.plain_only(&head) {
-                return (facts, Action::Answer(page));
-            }
+    /// What routing needs of this connection.
+    fn front(&self) -> Front<'_> {
+        Front {
+            state: &self.state,
+            peer: self.peer,
+            scheme: self.scheme,
+            sni: self.sni.as_deref(),
         }
-        if let Some(sni) = &self.sni {
-            if normalise_host(head.host()).is_some_and(|h| *h != **sni) {
-                return (
-                    facts,
-                    Action::Answer(respond::misdirected(&host_text(&head), sni)),
-                );
-            }
-        }
-        let action = match self.state.directory.route(head.host()) {
-            None => {
-                let offline = normalise_host(head.host())
-                    .and_then(|h| Some((self.state.directory.offline(&h)?, h)));
-                match offline {
-                    Some((Offline::Reconnecting, h)) if may_hold => {
-                        let h: Box<str> = h.as_ref().into();
-                        return (facts, Action::AwaitOwner(Box::new(head), h));
-                    }
-                    Some((_, h)) => Action::Answer(respond::client_gone(&h)),
-                    None => Action::Answer(respond::not_found(&host_text(&head))),
-                }
-            }
-            Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
-            // A passthrough tunnel is reached by its SNI only.
-            Some((rule, _)) if rule.kind() == TunnelKind::Tls => {
-                Action::Answer(match self.scheme {
-                    Scheme::Http if self.state.https_port.is_some() => {
-                        respond::to_https(self.state.https_url(&head))
-                    }
-                    _ => respond::passthrough_only(&rule.host),
-                })
-            }
-            Some((rule, _)) if self.scheme == Scheme::Http && self.redirects(&rule) => {
-                Action::Answer(respond::to_https(self.state.https_url(&head)))
-            }
-            Some((rule, Some(session))) => {
-                let mut forwarded = Forwarded::plain(self.peer.ip(), self.scheme.as_str());
-                if let Some(p) = rule.policy() {
-                    // The tunnel's gate, before any stream is opened.
-                    if let Err(page) = p.admit(
-                        &rule.host,
-                        self.peer.ip(),
-                        head.header_values("authorization").next(),
-                    ) {
-                        return (facts, Action::Answer(page));
-                    }
-                    forwarded.host = p.host.as_deref();
-                    forwarded.remove = &p.remove;
-                    forwarded.add = &p.add;
-                }
-                let mut fwd = BytesMut::new();
-                head.write_forwarded(&mut fwd, &forwarded);
-                let line = self.state.access_log.as_ref().map(|_| {
-                    format!(
-                        "{} {}",
-                        String::from_utf8_lossy(head.method()),
-                        String::from_utf8_lossy(head.target())
-                    )
-                    .into_boxed_str()
-                });
-                Action::Forward(fwd.freeze(), rule, session, line)
-            }
-        };
-        (facts, action)
-    }
-
-    /// What only the plain listener answers: ACME HTTP-01 challenges.
-    fn plain_only(&self, head: &RequestHead) -> Option<ErrorPage> {
-        let token = head
-            .target()
-            .strip_prefix(b"/.well-known/acme-challenge/")?;
-        let tls = self.state.tls.as_ref()?;
-        let token = std::str::from_utf8(token).ok()?;
-        tls.store
-            .http01_response(token)
-            .map(respond::acme_challenge)
-    }
-
-    /// Whether a request for `rule` on the plain listener gets a 308 to
-    /// https: with an https listener, unless the tunnel opted out.
-    fn redirects(&self, rule: &Rule) -> bool {
-        self.state.https_port.is_some() && !rule.plain_http()
     }
 
     /// Reads the next head: an idle timeout until its first byte, then one
@@ -559,6 +478,108 @@ impl<R: LeanRead> RequestSide<R> {
         }
         Ok(())
     }
+}
+
+/// Routes a head by its Host: the server's own page, or the forwarded
+/// head rendered for the tunnel.
+pub(super) fn route(front: &Front<'_>, head: RequestHead, may_hold: bool) -> (Facts, Action) {
+    let facts = Facts {
+        body: head.body,
+        keep_alive: head.keep_alive,
+        is_head: head.is_head(),
+        upgrade_websocket: head.upgrade_websocket,
+        replayable: head.body == BodyKind::None
+            && !head.upgrade_websocket
+            && matches!(
+                head.method(),
+                b"GET" | b"HEAD" | b"OPTIONS" | b"TRACE" | b"PUT" | b"DELETE"
+            ),
+        http10: head.version() == tunnel_lib::http1::Version::Http10,
+    };
+    if front.scheme == Scheme::Http {
+        if let Some(page) = plain_only(front, &head) {
+            return (facts, Action::Answer(page));
+        }
+    }
+    if let Some(sni) = &front.sni {
+        if normalise_host(head.host()).is_some_and(|h| *h != **sni) {
+            return (
+                facts,
+                Action::Answer(respond::misdirected(&host_text(&head), sni)),
+            );
+        }
+    }
+    let action = match front.state.directory.route(head.host()) {
+        None => {
+            let offline = normalise_host(head.host())
+                .and_then(|h| Some((front.state.directory.offline(&h)?, h)));
+            match offline {
+                Some((Offline::Reconnecting, h)) if may_hold => {
+                    let h: Box<str> = h.as_ref().into();
+                    return (facts, Action::AwaitOwner(Box::new(head), h));
+                }
+                Some((_, h)) => Action::Answer(respond::client_gone(&h)),
+                None => Action::Answer(respond::not_found(&host_text(&head))),
+            }
+        }
+        Some((rule, None)) => Action::Answer(respond::client_gone(&rule.host)),
+        // A passthrough tunnel is reached by its SNI only.
+        Some((rule, _)) if rule.kind() == TunnelKind::Tls => Action::Answer(match front.scheme {
+            Scheme::Http if front.state.https_port.is_some() => {
+                respond::to_https(front.state.https_url(&head))
+            }
+            _ => respond::passthrough_only(&rule.host),
+        }),
+        Some((rule, _)) if front.scheme == Scheme::Http && redirects(front, &rule) => {
+            Action::Answer(respond::to_https(front.state.https_url(&head)))
+        }
+        Some((rule, Some(session))) => {
+            let mut forwarded = Forwarded::plain(front.peer.ip(), front.scheme.as_str());
+            if let Some(p) = rule.policy() {
+                // The tunnel's gate, before any stream is opened.
+                if let Err(page) = p.admit(
+                    &rule.host,
+                    front.peer.ip(),
+                    head.header_values("authorization").next(),
+                ) {
+                    return (facts, Action::Answer(page));
+                }
+                forwarded.host = p.host.as_deref();
+                forwarded.remove = &p.remove;
+                forwarded.add = &p.add;
+            }
+            let mut fwd = BytesMut::new();
+            head.write_forwarded(&mut fwd, &forwarded);
+            let line = front.state.access_log.as_ref().map(|_| {
+                format!(
+                    "{} {}",
+                    String::from_utf8_lossy(head.method()),
+                    String::from_utf8_lossy(head.target())
+                )
+                .into_boxed_str()
+            });
+            Action::Forward(fwd.freeze(), rule, session, line)
+        }
+    };
+    (facts, action)
+}
+
+/// What only the plain listener answers: ACME HTTP-01 challenges.
+fn plain_only(front: &Front<'_>, head: &RequestHead) -> Option<ErrorPage> {
+    let token = head
+        .target()
+        .strip_prefix(b"/.well-known/acme-challenge/")?;
+    let tls = front.state.tls.as_ref()?;
+    let token = std::str::from_utf8(token).ok()?;
+    tls.store
+        .http01_response(token)
+        .map(respond::acme_challenge)
+}
+
+/// Whether a request for `rule` on the plain listener gets a 308 to
+/// https: with an https listener, unless the tunnel opted out.
+fn redirects(front: &Front<'_>, rule: &Rule) -> bool {
+    front.state.https_port.is_some() && !rule.plain_http()
 }
 
 fn host_text(head: &RequestHead) -> String {

@@ -95,23 +95,18 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
 
     /// Counts the exchange that just ended (and logs it, with an access log).
     fn record(&mut self, rule: &Rule, started: tokio::time::Instant, line: Option<Box<str>>) {
-        let now = tokio::time::Instant::now();
-        let duration = now - started;
-        let ttfb = self.first_byte.map(|t| t - started);
-        rule.metrics.request(self.status);
-        rule.metrics.bytes_out.inc_by(self.bytes_out);
-        self.state.metrics.tunnels.observe(duration, ttfb);
-        if let (Some(log), Some(request)) = (&self.state.access_log, line) {
-            log.log(crate::access_log::Entry {
-                at: std::time::SystemTime::now(),
-                tunnel: rule.host.clone(),
-                client: self.peer,
-                request,
+        super::record(
+            &self.state,
+            rule,
+            self.peer,
+            super::Exchanged {
                 status: self.status,
                 bytes_out: self.bytes_out,
-                duration,
-            });
-        }
+                started,
+                first_byte: self.first_byte,
+            },
+            line,
+        );
     }
 
     /// Writes one of the server's pages in place of a response.

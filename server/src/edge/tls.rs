@@ -9,10 +9,9 @@
 //! (`StartHandshake::from_parts`), so nothing is parsed twice.
 //!
 //! [`alpn_protocols`] is the one place where the application protocol is
-//! decided: `http/1.1` today, `acme-tls/1` for validations, and
-//! `tunnel-tcp/1` for tunnel clients on the TCP transport (their session is
-//! handed to the relay, [`link`]); HTTP/2 is added there and in
-//! [`serve`]'s match on the negotiated protocol.
+//! decided: `h2` first (HTTP/2, `super::http2`), `http/1.1`, `acme-tls/1`
+//! for validations, and `tunnel-tcp/1` for tunnel clients on the TCP
+//! transport (their session is handed to the relay, [`link`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +48,7 @@ const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
 /// order.
 pub(crate) fn alpn_protocols() -> Vec<Vec<u8>> {
     vec![
+        b"h2".to_vec(),
         b"http/1.1".to_vec(),
         ACME_TLS_ALPN.to_vec(),
         relay::ALPN.to_vec(),
@@ -177,6 +177,18 @@ async fn handshake(
         // A validation only needs the handshake.
         Some(p) if p == ACME_TLS_ALPN => {}
         Some(p) if p == relay::ALPN => link(&state, stream, peer),
+        Some(b"h2") => {
+            let sni = sni.map(String::into_boxed_str);
+            Box::pin(super::http2::serve(
+                state,
+                stream,
+                peer,
+                Scheme::Https,
+                sni,
+                soft,
+            ))
+            .await;
+        }
         // `http/1.1` or none: HTTP/1.
         _ => {
             let (rd, wr) = tokio::io::split(stream);

@@ -42,6 +42,11 @@ impl Browser {
     /// Starts a headless browser with an empty page; `None` when none is
     /// installed.
     pub async fn launch(width: u32, height: u32) -> Option<Browser> {
+        Browser::launch_with(width, height, &[]).await
+    }
+
+    /// [`launch`](Self::launch) with more command-line flags.
+    pub async fn launch_with(width: u32, height: u32, extra: &[&str]) -> Option<Browser> {
         let bin = binary()?;
         let profile = tempfile::tempdir().unwrap();
         let mut child = Command::new(bin)
@@ -56,6 +61,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 &format!("--window-size={width},{height}"),
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(std::process::Stdio::null())

@@ -1,0 +1,434 @@
+//! Issue 26: HTTP/2 for visitors. Real processes throughout: the server,
+//! the client, a Node origin (HTTP/1.1, chunked bodies with trailers, an
+//! echo), and clients nobody here wrote: curl (h2 by ALPN, h2c with prior
+//! knowledge), h2load (nghttp2) for 100 streams on one connection, and
+//! Python's `h2` (Debian's python3-h2) sending the attacks frame by frame.
+
+// #[tokio::test] expands to a block_on outside any runtime: allowed in tests.
+#![allow(clippy::disallowed_methods)]
+
+mod support;
+
+use std::process::Stdio;
+
+use support::bins::*;
+use support::*;
+use tokio::process::Command;
+
+/// The Node origin: `/trailers` answers chunked with `grpc-status` and
+/// `grpc-message` trailers; `/echo` sends the request body back (chunked);
+/// `/slow` sends its headers and the rest after 30 s (a request the
+/// visitor gives up on; the origin logs `closed /slow` when its connection
+/// is cut); `/big` 64 MiB; `/page` a page of 100 assets (`/asset/N`,
+/// `asset N;` a thousand times); anything else a small fixed body.
+const ORIGIN: &str = r#"
+const http = require('http');
+const s = http.createServer((req, res) => {
+  if (req.url.startsWith('/trailers')) {
+    res.writeHead(200, {'Content-Type': 'application/grpc', 'Trailer': 'grpc-status, grpc-message'});
+    res.write('part1;');
+    res.addTrailers({'grpc-status': '0', 'grpc-message': 'all good'});
+    res.end('part2');
+  } else if (req.url.startsWith('/echo')) {
+    res.writeHead(200, {'Content-Type': 'application/octet-stream'});
+    req.pipe(res);
+  } else if (req.url.startsWith('/slow')) {
+    req.socket.on('close', () => console.log('closed /slow'));
+    res.writeHead(200, {'Content-Type': 'text/plain'});
+    res.flushHeaders();
+    setTimeout(() => res.end('late'), 30000);
+  } else if (req.url === '/page') {
+    let html = '<!doctype html><title>assets</title>';
+    for (let i = 0; i < 100; i++) html += '<link rel="preload" as="fetch" crossorigin href="/asset/' + i + '">';
+    res.writeHead(200, {'Content-Type': 'text/html', 'Content-Length': Buffer.byteLength(html)});
+    res.end(html);
+  } else if (req.url.startsWith('/asset/')) {
+    const body = ('asset ' + req.url.slice(7) + ';').repeat(1000);
+    res.writeHead(200, {'Content-Type': 'text/plain', 'Content-Length': body.length, 'Cache-Control': 'no-store'});
+    res.end(body);
+  } else if (req.url.startsWith('/big')) {
+    res.writeHead(200, {'Content-Length': 64 * 1024 * 1024});
+    const chunk = Buffer.alloc(1024 * 1024, 120);
+    let left = 64;
+    const more = () => { while (left > 0) { left--; if (!res.write(chunk)) { res.once('drain', more); return; } } res.end(); };
+    more();
+  } else {
+    const body = 'node says ' + req.method + ' ' + req.url + ' host=' + req.headers.host +
+      ' proto=' + req.headers['x-forwarded-proto'] + ' cookie=' + req.headers.cookie;
+    res.writeHead(200, {'Content-Length': Buffer.byteLength(body)});
+    res.end(body);
+  }
+});
+s.listen(0, '127.0.0.1', () => console.log(s.address().port));
+"#;
+
+struct Rig {
+    server: Proc,
+    client: Proc,
+    origin: Proc,
+    /// `https://NAME.localhost:PORT` and the plain listener's address.
+    https_port: String,
+    http: String,
+    name: String,
+    _home: tempfile::TempDir,
+}
+
+impl Rig {
+    /// A server with https, the Node origin, and a client exposing it
+    /// (plain http allowed too, for h2c).
+    async fn start() -> Rig {
+        let home = tempfile::tempdir().unwrap();
+        let mut origin = Proc::spawn(Command::new("node").args(["-e", ORIGIN]));
+        let port = origin.line().await;
+        let (server, ready) = https_server(home.path(), &[]).await;
+        let (quic, http) = (field(&ready, "quic="), field(&ready, "http="));
+        let https_port = field(&ready, "https=")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let mut client = Proc::spawn(
+            client_cmd()
+                .await
+                .args(["--server", &quic])
+                .args(["http", &format!("127.0.0.1:{port}"), "--allow-http"])
+                .env("HOME", home.path())
+                .env("TUNNEL_STATE_DIR", home.path()),
+        );
+        let url = client.line().await;
+        let host = host_of(url.split(" -> ").next().unwrap());
+        let name = host.split(':').next().unwrap().to_owned();
+        Rig {
+            server,
+            client,
+            origin,
+            https_port,
+            http,
+            name,
+            _home: home,
+        }
+    }
+
+    /// curl over https to the tunnel, with `args` before the URL path.
+    fn curl(&self, args: &[&str], path: &str) -> Command {
+        let mut c = Command::new("curl");
+        c.args(["-sSk", "--max-time", "60"])
+            .arg("--resolve")
+            .arg(format!("{}:{}:127.0.0.1", self.name, self.https_port))
+            .args(args)
+            .arg(format!("https://{}:{}{path}", self.name, self.https_port));
+        c
+    }
+
+    async fn stop(self) {
+        for p in [self.client, self.server, self.origin] {
+            let _ = p.terminate().await;
+        }
+    }
+}
+
+async fn output(c: &mut Command) -> String {
+    let out = c.stderr(Stdio::inherit()).output().await.unwrap();
+    assert!(out.status.success(), "{c:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// curl negotiates h2 by ALPN and gets the body (the request went out as
+/// HTTP/1.1 with the same forwarded facts); with prior knowledge on the
+/// plain port too; split cookies are joined again.
+#[tokio::test]
+async fn curl_gets_h2_by_alpn_and_h2c_by_prior_knowledge() {
+    let rig = Rig::start().await;
+    let got = output(&mut rig.curl(
+        &[
+            "--http2",
+            "-w",
+            "\n%{http_version}",
+            "-H",
+            "cookie: a=1",
+            "-H",
+            "cookie: b=2",
+        ],
+        "/hello?x=1",
+    ))
+    .await;
+    assert_eq!(
+        got,
+        format!(
+            "node says GET /hello?x=1 host={}:{} proto=https cookie=a=1; b=2\n2",
+            rig.name, rig.https_port
+        )
+    );
+    let plain_port = rig.http.rsplit(':').next().unwrap();
+    let got = output(
+        Command::new("curl")
+            .args(["-sS", "--http2-prior-knowledge", "-w", "\n%{http_version}"])
+            .arg("--resolve")
+            .arg(format!("{}:{plain_port}:127.0.0.1", rig.name))
+            .arg(format!("http://{}:{plain_port}/plain", rig.name)),
+    )
+    .await;
+    assert!(
+        got.starts_with("node says GET /plain")
+            && got.contains("proto=http ")
+            && got.ends_with("\n2"),
+        "{got}"
+    );
+    // An HTTP/1.1 visitor on the same https port still gets HTTP/1.1.
+    let got = output(&mut rig.curl(&["--http1.1", "-w", "\n%{http_version}"], "/one")).await;
+    assert!(got.ends_with("\n1.1"), "{got}");
+    rig.stop().await;
+}
+
+/// A chunked response's trailers arrive as HTTP/2 trailers (what gRPC's
+/// status needs); 20 MiB go up and come back intact, both ways at once.
+#[tokio::test]
+async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
+    let rig = Rig::start().await;
+    let got = output(&mut rig.curl(&["--http2", "-D", "-"], "/trailers")).await;
+    assert!(got.starts_with("HTTP/2 200"), "{got}");
+    let (_, after) = got.split_once("part1;part2").expect("the body");
+    assert!(
+        after.contains("grpc-status: 0") && after.contains("grpc-message: all good"),
+        "the trailers after the body: {got}"
+    );
+    // Headers of the local hop never reach an HTTP/2 visitor.
+    assert!(
+        !got.to_ascii_lowercase().contains("transfer-encoding"),
+        "{got}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("up.bin");
+    tokio::fs::write(&file, pattern(0, 20 << 20)).await.unwrap();
+    let mut c = rig.curl(
+        &[
+            "--http2",
+            "--data-binary",
+            &format!("@{}", file.display()),
+            "-H",
+            "content-type: application/octet-stream",
+        ],
+        "/echo",
+    );
+    let out = c.output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), 20 << 20);
+    assert!(out.stdout == pattern(0, 20 << 20), "the echo differs");
+    rig.stop().await;
+}
+
+/// h2load: 100 concurrent streams on each of 4 connections, every request
+/// answered (the tunnel opens a stream per request; the client pools the
+/// local connections).
+#[tokio::test]
+async fn h2load_with_100_streams_per_connection_has_no_failures() {
+    if !tool("h2load") {
+        return;
+    }
+    let rig = Rig::start().await;
+    let got = output(
+        Command::new("h2load")
+            .args(["-n", "4000", "-c", "4", "-m", "100", "-H"])
+            .arg(format!(":authority: {}:{}", rig.name, rig.https_port))
+            .arg(format!("https://127.0.0.1:{}/load", rig.https_port)),
+    )
+    .await;
+    eprintln!("{got}");
+    assert!(
+        got.contains("4000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{got}"
+    );
+    assert!(got.contains("status codes: 4000 2xx"), "{got}");
+    assert!(got.contains("h2"), "{got}");
+    rig.stop().await;
+}
+
+/// Whether a tool the test needs is here (CI installs it; with
+/// TUNNEL_TEST_REQUIRE_UI set, a missing one fails the test).
+fn tool(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
+            "{name} is required here (TUNNEL_TEST_REQUIRE_UI is set)"
+        );
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}
+
+/// Runs one mode of `support/h2_attacks.py` against the rig with Debian's
+/// Python (where python3-h2 lives); its one line of output.
+async fn attack(rig: &Rig, mode: &str) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/h2_attacks.py");
+    let authority = format!("{}:{}", rig.name, rig.https_port);
+    let out = Command::new(PYTHON_H2)
+        .args([script, mode, &rig.https_port, &authority])
+        .stderr(Stdio::inherit())
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{mode} failed");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    eprintln!("{mode}: {text}");
+    text
+}
+
+/// Debian's interpreter, which has python3-h2 (a pyenv one may not).
+const PYTHON_H2: &str = "/usr/bin/python3";
+
+fn python_h2() -> bool {
+    let found = std::process::Command::new(PYTHON_H2)
+        .args(["-c", "import h2, hpack, hyperframe"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
+            "python3-h2 is required here (TUNNEL_TEST_REQUIRE_UI is set)"
+        );
+        eprintln!("SKIPPED: python3-h2 is not installed");
+    }
+    found
+}
+
+/// A `kB` field of the server's `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
+fn memory(p: &Proc, field: &str) -> u64 {
+    tunnel_testkit::procfs::status_kib(p.child.id().unwrap(), field)
+}
+
+/// A visitor that is not attacking is served while and after each attack.
+async fn still_serves(rig: &Rig) {
+    let got = output(&mut rig.curl(&["--http2"], "/after")).await;
+    assert!(got.starts_with("node says GET /after"), "{got}");
+}
+
+/// Each attack of the h2 CVEs is stopped: rapid reset and MadeYouReset end
+/// the connection with ENHANCE_YOUR_CALM, a CONTINUATION flood is cut
+/// before 1 MiB, streams past 100 are refused, a header list over 64 KiB
+/// gets 431; PING and SETTINGS floods and a window that never opens cost
+/// the server a bounded amount of memory; other visitors are served
+/// throughout.
+#[tokio::test]
+async fn the_h2_attacks_are_refused_and_cost_bounded_memory() {
+    if !python_h2() {
+        return;
+    }
+    let rig = Rig::start().await;
+    still_serves(&rig).await;
+    let before = memory(&rig.server, "VmRSS:");
+    assert!(before > 0);
+    // From here the peak counts (a spike freed again counts too).
+    tunnel_testkit::procfs::reset_peak(rig.server.child.id().unwrap());
+
+    let said = attack(&rig, "rapid-reset").await;
+    assert!(said.starts_with("GOAWAY:ENHANCE_YOUR_CALM"), "{said}");
+    still_serves(&rig).await;
+
+    let said = attack(&rig, "made-you-reset").await;
+    assert!(said.starts_with("GOAWAY:ENHANCE_YOUR_CALM"), "{said}");
+    still_serves(&rig).await;
+
+    let said = attack(&rig, "continuation").await;
+    let sent: u64 = said.trim_start_matches("sent ").parse().unwrap();
+    assert!(sent < 1 << 20, "the CONTINUATION flood ran to {sent} bytes");
+    still_serves(&rig).await;
+
+    let said = attack(&rig, "too-many-streams").await;
+    assert_eq!(said, "answered 100 refused 50", "{said}");
+    still_serves(&rig).await;
+
+    let said = attack(&rig, "huge-headers").await;
+    assert!(said.contains("STATUS:431"), "{said}");
+    still_serves(&rig).await;
+
+    for flood in ["ping-flood", "settings-flood", "stalled-window"] {
+        attack(&rig, flood).await;
+        still_serves(&rig).await;
+    }
+    let peak = memory(&rig.server, "VmHWM:");
+    eprintln!("server RSS {before} KiB before the attacks, peak {peak} KiB during them");
+    assert!(
+        peak < before + 32 * 1024,
+        "the attacks cost {} KiB",
+        peak - before
+    );
+    rig.stop().await;
+}
+
+/// A visitor's RST_STREAM cancels the local request: the local service's
+/// connection is cut (Node sees it close) instead of running to its end.
+#[tokio::test]
+async fn a_visitor_reset_cancels_the_local_request() {
+    if !python_h2() {
+        return;
+    }
+    let mut rig = Rig::start().await;
+    let said = attack(&rig, "cancel").await;
+    assert_eq!(said, "reset");
+    let closed = tokio::time::timeout(WAIT, async {
+        loop {
+            let l = rig.origin.line().await;
+            if l.contains("closed /slow") {
+                return l;
+            }
+        }
+    })
+    .await
+    .expect("the local request was cut");
+    assert_eq!(closed, "closed /slow");
+    still_serves(&rig).await;
+    rig.stop().await;
+}
+
+/// Headless Chromium loads a page of 100 assets through the tunnel: the
+/// page and every asset over h2 (the DevTools protocol's
+/// `nextHopProtocol`), each asset intact.
+#[tokio::test]
+async fn chromium_loads_a_page_of_100_assets_over_h2() {
+    let rig = Rig::start().await;
+    let Some(mut browser) =
+        support::cdp::Browser::launch_with(800, 600, &["--ignore-certificate-errors"]).await
+    else {
+        assert!(
+            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
+            "chromium is required here (TUNNEL_TEST_REQUIRE_UI is set)"
+        );
+        eprintln!("SKIPPED: chromium is not installed");
+        return;
+    };
+    browser
+        .goto(&format!("https://{}:{}/page", rig.name, rig.https_port))
+        .await;
+    let nav = browser
+        .eval("performance.getEntriesByType('navigation')[0].nextHopProtocol")
+        .await;
+    assert_eq!(nav, "h2");
+    let intact = browser
+        .eval(
+            "Promise.all([...Array(100).keys()].map(i => fetch('/asset/' + i).then(r => r.text()) \
+               .then(t => t === ('asset ' + i + ';').repeat(1000)))).then(all => all.filter(x => x).length)",
+        )
+        .await;
+    assert_eq!(intact, 100, "assets intact");
+    let protocols = browser
+        .until(
+            "100 resource entries",
+            "(() => { const e = performance.getEntriesByType('resource'); \
+               return e.length >= 100 && e.map(x => x.nextHopProtocol); })()",
+        )
+        .await;
+    let protocols = protocols.as_array().unwrap();
+    assert!(
+        protocols.iter().all(|p| p == "h2"),
+        "every asset over h2: {protocols:?}"
+    );
+    browser.close().await;
+    rig.stop().await;
+}
