@@ -53,6 +53,8 @@ pub mod admin;
 #[cfg(feature = "io")]
 pub mod backoff;
 #[cfg(feature = "io")]
+pub mod h2x;
+#[cfg(feature = "io")]
 pub mod io;
 #[cfg(feature = "io")]
 pub mod logging;

@@ -38,8 +38,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use tunnel_lib::h2x;
 use tunnel_lib::http1::{
-    encode::chunk_size_line, BodyKind, ChunkStep, ChunkedDecoder, RequestReader, ResponseBody,
+    encode::chunk_size_line, BodyKind, BodyParts, Framing, RequestReader, ResponseBody,
     ResponseHead,
 };
 use tunnel_lib::limits::{IO_CHUNK, OWNER_HOLD};
@@ -309,10 +310,11 @@ fn render_head(parts: &http::request::Parts, ends: bool) -> Result<Bytes, ErrorP
     let mut cookies: Vec<&[u8]> = Vec::new();
     let mut has_length = false;
     for (name, value) in &parts.headers {
+        if h2x::is_connection_specific(name.as_str(), value.as_bytes()) {
+            continue;
+        }
         match name.as_str() {
-            "host" | "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding"
-            | "upgrade" => continue,
-            "te" if value.as_bytes() != b"trailers" => continue,
+            "host" => continue,
             "cookie" => {
                 cookies.push(value.as_bytes());
                 continue;
@@ -490,15 +492,8 @@ impl Up<'_> {
                 Ok(Ok(t)) => t,
                 _ => return false,
             };
-            let mut end = BytesMut::from(&b"0\r\n"[..]);
-            for (name, value) in trailers.iter().flatten() {
-                end.put_slice(name.as_str().as_bytes());
-                end.put_slice(b": ");
-                end.put_slice(value.as_bytes());
-                end.put_slice(b"\r\n");
-            }
-            end.put_slice(b"\r\n");
-            if order.write(send, write(end.freeze())).await.is_err() {
+            let end = h2x::last_chunk(trailers.as_ref());
+            if order.write(send, write(end)).await.is_err() {
                 return false;
             }
         }
@@ -573,31 +568,34 @@ impl Up<'_> {
             down.reusable &= buf.is_empty();
             return Some(down);
         }
-        let mut body = Body::new(head.body, &state.config.http_limits);
+        let framing = match head.body {
+            ResponseBody::Length(n) => Framing::Length(n),
+            ResponseBody::Chunked => Framing::Chunked,
+            _ => Framing::UntilClose,
+        };
+        let mut body = BodyParts::new(framing, &state.config.http_limits);
+        let idle = state.config.timeouts.body_idle;
         let mut pending = buf.freeze();
         loop {
             // Frames out of what has arrived; then more from the tunnel.
-            let step = body.take(&mut pending);
-            let Ok(step) = step else {
+            let Ok(parts) = body.take(&mut pending) else {
                 stream.send_reset(Reason::INTERNAL_ERROR);
                 return Some(Down {
                     reusable: false,
                     ..down
                 });
             };
-            for data in step.data {
+            for data in parts.data {
                 down.bytes_out += data.len() as u64;
-                if send_data(&mut stream, data, state.config.timeouts.body_idle)
-                    .await
-                    .is_err()
-                {
+                if h2x::send_data(&mut stream, data, idle).await.is_err() {
                     return None;
                 }
             }
-            if let Some(trailers) = step.end {
-                let sent = match trailers {
-                    Some(t) => stream.send_trailers(t),
-                    None => stream.send_data(Bytes::new(), true),
+            if let Some(lines) = parts.end {
+                let trailers = h2x::fields(&lines);
+                let sent = match trailers.is_empty() {
+                    false => stream.send_trailers(trailers),
+                    true => stream.send_data(Bytes::new(), true),
                 };
                 down.reusable &= pending.is_empty() && sent.is_ok();
                 return Some(down);
@@ -609,7 +607,7 @@ impl Up<'_> {
             match more {
                 Ok(Some(c)) => pending = c.bytes,
                 // The end of a body that runs until the close.
-                Ok(None) if head.body == ResponseBody::UntilClose => {
+                Ok(None) if framing == Framing::UntilClose => {
                     let _ = stream.send_data(Bytes::new(), true);
                     down.reusable = false;
                     return Some(down);
@@ -654,29 +652,16 @@ impl Up<'_> {
         let mut headers = HeaderMap::with_capacity(res.headers.len() + 2);
         for h in res.headers.iter() {
             let lower = h.name.to_ascii_lowercase();
-            let hop = matches!(
-                lower.as_str(),
-                "connection"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "transfer-encoding"
-                    | "upgrade"
-                    | "te"
-            ) || listed.contains(&lower);
+            let hop = h2x::is_connection_specific(&lower, h.value) || listed.contains(&lower);
             let framing = lower == "content-length" && body == ResponseBody::Chunked;
-            if hop || framing || removed(&lower) {
+            if hop || framing || lower == "te" || removed(&lower) {
                 continue;
             }
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(lower.as_bytes()),
-                HeaderValue::from_bytes(h.value),
-            ) {
-                headers.append(n, v);
-            }
+            h2x::append(&mut headers, &lower, h.value);
         }
         if let Some(p) = policy {
             for line in &p.response_add {
-                add_line(&mut headers, line);
+                headers.extend(h2x::fields(line.strip_suffix(b"\r\n").unwrap_or(line)));
             }
         }
         if let (Scheme::Https, Some(age)) = (self.cx.scheme, self.cx.state.config.hsts) {
@@ -689,149 +674,6 @@ impl Up<'_> {
         *r.headers_mut() = headers;
         Some(r)
     }
-}
-
-/// A rendered `Name: value\r\n` line into `headers`.
-fn add_line(headers: &mut HeaderMap, line: &[u8]) {
-    let text = String::from_utf8_lossy(line);
-    if let Some((n, v)) = text.trim_end().split_once(':') {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(n.trim().to_ascii_lowercase().as_bytes()),
-            HeaderValue::from_str(v.trim()),
-        ) {
-            headers.append(n, v);
-        }
-    }
-}
-
-/// A response body being taken apart into DATA frames and trailers.
-struct Body {
-    kind: ResponseBody,
-    /// Bytes left of a `Length` body.
-    left: u64,
-    chunks: ChunkedDecoder,
-    /// Framing since the last chunk's data: the trailer section is in it
-    /// when the body ends. Bounded by the decoder's trailer limit.
-    tail: BytesMut,
-}
-
-/// What one [`Body::take`] yields.
-struct Step {
-    data: Vec<Bytes>,
-    /// The body ended: with trailers, or without.
-    end: Option<Option<HeaderMap>>,
-}
-
-impl Body {
-    fn new(kind: ResponseBody, limits: &tunnel_lib::http1::Limits) -> Body {
-        Body {
-            kind,
-            left: match kind {
-                ResponseBody::Length(n) => n,
-                _ => 0,
-            },
-            chunks: ChunkedDecoder::new(limits.max_chunk_ext, limits.max_trailer),
-            tail: BytesMut::new(),
-        }
-    }
-
-    /// Takes what it can of `input` (slices of it: no copy of the data).
-    fn take(&mut self, input: &mut Bytes) -> Result<Step, ()> {
-        let mut step = Step {
-            data: Vec::new(),
-            end: None,
-        };
-        match self.kind {
-            ResponseBody::Length(_) => {
-                let n = (input.len() as u64).min(self.left) as usize;
-                if n > 0 {
-                    step.data.push(input.split_to(n));
-                }
-                self.left -= n as u64;
-                if self.left == 0 {
-                    step.end = Some(None);
-                }
-            }
-            ResponseBody::UntilClose => {
-                if !input.is_empty() {
-                    step.data.push(std::mem::take(input));
-                }
-            }
-            ResponseBody::Chunked => {
-                while !input.is_empty() && step.end.is_none() {
-                    match self.chunks.step(input).map_err(|_| ())? {
-                        ChunkStep::Data(n) => {
-                            self.tail.clear();
-                            step.data.push(input.split_to(n));
-                        }
-                        ChunkStep::Framing(n) => {
-                            self.tail.extend_from_slice(&input[..n]);
-                            input.advance(n);
-                        }
-                        ChunkStep::Done(n) => {
-                            self.tail.extend_from_slice(&input[..n]);
-                            input.advance(n);
-                            step.end = Some(trailers(&self.tail));
-                        }
-                    }
-                }
-            }
-            ResponseBody::None | ResponseBody::Upgrade => step.end = Some(None),
-        }
-        Ok(step)
-    }
-}
-
-/// The trailer fields in the framing that ended a chunked body (after the
-/// last chunk's size line), as HTTP/2 trailers; `None` when there are none.
-fn trailers(tail: &[u8]) -> Option<HeaderMap> {
-    let tail = tail.strip_prefix(b"\r\n").unwrap_or(tail);
-    let at = tail.windows(2).position(|w| w == b"\r\n")? + 2;
-    let fields = &tail[at..];
-    let mut storage = [httparse::EMPTY_HEADER; 64];
-    let httparse::Status::Complete((_, parsed)) =
-        httparse::parse_headers(fields, &mut storage).ok()?
-    else {
-        return None;
-    };
-    let mut map = HeaderMap::new();
-    for h in parsed {
-        let lower = h.name.to_ascii_lowercase();
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) {
-            map.append(n, v);
-        }
-    }
-    (!map.is_empty()).then_some(map)
-}
-
-/// Sends `data` within the visitor's flow-control window, waiting for it
-/// to open (the download waits with it: back-pressure to the tunnel). A
-/// window that stays shut for `idle` ends the exchange.
-async fn send_data(
-    stream: &mut h2::SendStream<Bytes>,
-    mut data: Bytes,
-    idle: std::time::Duration,
-) -> Result<(), ()> {
-    while !data.is_empty() {
-        stream.reserve_capacity(data.len());
-        let granted = match tokio::time::timeout(idle, poll_fn(|c| stream.poll_capacity(c))).await {
-            Ok(Some(Ok(n))) => n,
-            Err(_) => {
-                stream.send_reset(Reason::CANCEL);
-                return Err(());
-            }
-            _ => return Err(()),
-        };
-        if granted == 0 {
-            continue;
-        }
-        let piece = data.split_to(granted.min(data.len()));
-        stream.send_data(piece, false).map_err(|_| ())?;
-    }
-    Ok(())
 }
 
 fn interim(status: u16) -> Response<()> {

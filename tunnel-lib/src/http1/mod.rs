@@ -34,6 +34,7 @@
 mod chunked;
 pub mod encode;
 pub mod host;
+mod parts;
 mod reader;
 mod request;
 mod response;
@@ -41,6 +42,7 @@ pub mod scan;
 
 pub use chunked::{ChunkError, ChunkStep, ChunkedDecoder, Progress};
 pub use host::normalise_host;
+pub use parts::{BodyParts, Framing, Parts};
 pub use reader::RequestReader;
 pub use request::{BodyKind, Forwarded, HeadError, RequestHead};
 pub use response::{relay_head, ResponseBody, ResponseError, ResponseHead};
