@@ -36,6 +36,31 @@ impl std::str::FromStr for Transport {
     }
 }
 
+/// What a local HTTP service speaks (`--upstream`, config `upstream`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upstream {
+    /// HTTP/1.1 (the bytes are spliced as they come).
+    #[default]
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge (a gRPC server's usual port).
+    H2c,
+    /// HTTP/2 over TLS (an `https://` local, ALPN `h2`).
+    H2,
+}
+
+impl std::str::FromStr for Upstream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "http1" | "http/1.1" => Ok(Upstream::Http1),
+            "h2c" => Ok(Upstream::H2c),
+            "h2" => Ok(Upstream::H2),
+            other => Err(format!("{other:?}: expected http1, h2c or h2")),
+        }
+    }
+}
+
 /// One tunnel to expose.
 #[derive(Debug, Clone, Default)]
 pub struct TunnelSpec {
@@ -53,6 +78,8 @@ pub struct TunnelSpec {
     pub remote_port: u16,
     /// What the server enforces on visitors (HTTP tunnels).
     pub policy: tunnel_lib::proto::Policy,
+    /// What the local service speaks (HTTP tunnels).
+    pub upstream: Upstream,
 }
 
 impl TunnelSpec {

@@ -51,6 +51,9 @@ pub struct Tunnel {
     #[serde(default)]
     pub allow_http: bool,
     pub remote_port: Option<Spanned<u16>>,
+    /// What the local service speaks: http1, h2c or h2 (http tunnels).
+    #[serde(default)]
+    pub upstream: crate::config::Upstream,
     // Visitor policy (http tunnels), as the `http` command's flags.
     #[serde(default)]
     pub basic_auth: Vec<String>,
@@ -201,6 +204,7 @@ pub fn tunnels<T>(
                 plain_http: t.allow_http,
                 remote_port: t.remote_port.as_ref().map_or(0, |p| *p.get_ref()),
                 policy,
+                upstream: t.upstream,
             },
         ));
     }

@@ -280,9 +280,10 @@ async fn register(
         // A local https service: its TLS settings, before the server is
         // asked (a bad name or CA file is the user's to fix).
         let tls = if spec.https() {
+            let h2 = spec.upstream == crate::config::Upstream::H2;
             let tls = config
                 .upstream
-                .for_service(spec.address(), &spec.policy.host_header)
+                .for_service(spec.address(), &spec.policy.host_header, h2)
                 .await;
             Some(tls.map_err(|e| AttemptError::Fatal(ClientError::Config(e)))?)
         } else {
@@ -338,6 +339,9 @@ async fn register(
                     monitor.metrics.as_ref().map(|m| &m.tunnels),
                 );
                 target.tls = tls;
+                if spec.upstream != crate::config::Upstream::Http1 {
+                    target.h2 = Some(crate::h2local::H2Pool::default());
+                }
                 targets.insert(tunnel_id, target);
             }
             Ok(Some(Control::Error { code, message, .. })) => {

@@ -91,7 +91,13 @@ pub(crate) async fn handle(
         .await;
         return;
     }
-    let local = match dial(target).await {
+    // A local HTTP/2 service gets a pooled connection's stream; any other
+    // a connection of its own.
+    let dialled = match &target.h2 {
+        Some(pool) => pool.sender(target).await.map(Local::H2),
+        None => dial(target).await.map(Local::Conn),
+    };
+    let local = match dialled {
         Ok(t) => {
             if matches!(gate, Gate::Probe) {
                 info!("{} answers again: circuit closed", target.local);
@@ -122,12 +128,25 @@ pub(crate) async fn handle(
         (target.http && monitor.observe).then(|| observer(&monitor, target, preface.visitor));
     let first = buf.freeze();
     let end = match local {
-        LocalConn::Tcp(tcp) => splice_tapped(tcp, &mut send, &mut recv, first, &observer)
-            .await
-            .map(|e| e.map(LocalConn::Tcp)),
-        LocalConn::Tls(tls) => splice_tapped(*tls, &mut send, &mut recv, first, &observer)
-            .await
-            .map(|e| e.map(|t| LocalConn::Tls(Box::new(t)))),
+        Local::Conn(LocalConn::Tcp(tcp)) => {
+            splice_tapped(tcp, &mut send, &mut recv, first, &observer)
+                .await
+                .map(|e| e.map(LocalConn::Tcp))
+        }
+        Local::Conn(LocalConn::Tls(tls)) => {
+            splice_tapped(*tls, &mut send, &mut recv, first, &observer)
+                .await
+                .map(|e| e.map(|t| LocalConn::Tls(Box::new(t))))
+        }
+        Local::H2(sender) => {
+            let scheme = if target.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            crate::h2local::serve(sender, scheme, &mut send, &mut recv, first, &observer).await;
+            Ok(SpliceEnd::Closed)
+        }
     };
     if let Some(o) = &observer {
         o.finish();
@@ -157,12 +176,25 @@ async fn reply(send: &mut SendStream, r: Reply) {
     }
 }
 
+/// What a stream is forwarded over.
+enum Local {
+    Conn(LocalConn),
+    /// A stream of a pooled HTTP/2 connection (`h2local`).
+    H2(h2::client::SendRequest<bytes::Bytes>),
+}
+
 /// A connection to the tunnel's local service: an idle one from the pool,
-/// else a new one (TCP, then TLS for a local https service).
+/// else a new one.
 pub(crate) async fn dial(target: &Target) -> Result<LocalConn, (ReplyCode, String)> {
     if let Some(conn) = target.take_idle() {
         return Ok(conn);
     }
+    dial_new(target).await
+}
+
+/// A new connection to the tunnel's local service: TCP, then TLS for a
+/// local https service.
+pub(crate) async fn dial_new(target: &Target) -> Result<LocalConn, (ReplyCode, String)> {
     let tcp = dial_tcp(target).await?;
     match &target.tls {
         None => Ok(LocalConn::Tcp(tcp)),

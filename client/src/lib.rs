@@ -25,6 +25,7 @@ mod config;
 pub mod config_file;
 mod connect;
 mod forward;
+mod h2local;
 pub mod inspector;
 pub mod liveness;
 pub mod metrics;
@@ -39,8 +40,8 @@ pub mod tui;
 mod udp;
 mod upstream;
 
-pub use config::Transport;
 pub use config::{Config, TunnelSpec};
+pub use config::{Transport, Upstream};
 pub use status::{ClientError, Status, TunnelInfo};
 pub use target::LocalPolicy;
 pub use upstream::UpstreamTrust;

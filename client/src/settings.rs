@@ -61,6 +61,10 @@ pub enum Command {
         /// Also serve plain-http visitors instead of redirecting them to https.
         #[arg(long)]
         allow_http: bool,
+        /// What the local service speaks: http1, h2c (HTTP/2 without TLS: a gRPC server) or h2
+        /// (HTTP/2 over TLS, with an https:// local) [default: http1].
+        #[arg(long, value_name = "http1|h2c|h2")]
+        upstream: Option<crate::config::Upstream>,
         #[command(flatten)]
         policy: PolicyArgs,
     },
@@ -405,6 +409,7 @@ fn tunnels(
     path: Option<PathBuf>,
 ) -> Result<Vec<TunnelSpec>, String> {
     let none = tunnel_lib::proto::Policy::default;
+    let mut upstream = crate::config::Upstream::default();
     let (local, kind, plain_http, remote_port, policy) = match (command, expose) {
         (Some(_), Some(_)) => {
             return Err("--expose and a command (http, tcp, tls, start) both say what to expose: pass one".into())
@@ -425,7 +430,8 @@ fn tunnels(
             let specs = config_file::tunnels(l, tables, &names, local_target)?;
             return Ok(specs.into_iter().map(|(_, t)| t).collect());
         }
-        (Some(Command::Http { local, allow_http, policy }), None) => {
+        (Some(Command::Http { local, allow_http, upstream: u, policy }), None) => {
+            upstream = u.unwrap_or_default();
             (local, TunnelKind::Http, allow_http, 0, policy.policy()?)
         }
         (Some(Command::Tls { local }), None) => (local, TunnelKind::Tls, false, 0, none()),
@@ -451,6 +457,7 @@ fn tunnels(
         plain_http,
         remote_port,
         policy,
+        upstream,
     }])
 }
 
@@ -530,7 +537,31 @@ pub fn local_target(expose: &str) -> Result<String, String> {
 /// through as it is); it gets its own name as the Host unless the tunnel's
 /// host-header rule says otherwise (as the SNI the client sends).
 fn upstreams(mut specs: Vec<TunnelSpec>) -> Result<Vec<TunnelSpec>, String> {
+    use crate::config::Upstream;
     for spec in &mut specs {
+        match (spec.upstream, spec.https()) {
+            (Upstream::Http1, _) => {}
+            _ if spec.kind != TunnelKind::Http => {
+                return Err(format!(
+                    "{}: --upstream (upstream) is for http tunnels",
+                    spec.local
+                ))
+            }
+            (Upstream::H2c, true) => {
+                return Err(format!(
+                    "{}: h2c is HTTP/2 without TLS; for an https:// service say --upstream h2",
+                    spec.local
+                ))
+            }
+            (Upstream::H2, false) => {
+                return Err(format!(
+                    "{}: h2 is HTTP/2 over TLS: give the service as https://HOST:PORT, or say \
+                     --upstream h2c for one without TLS",
+                    spec.local
+                ))
+            }
+            _ => {}
+        }
         if !spec.https() {
             continue;
         }

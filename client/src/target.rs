@@ -30,6 +30,8 @@ pub(crate) struct Target {
     pub(crate) idle: Mutex<Vec<(LocalConn, Instant)>>,
     /// A local https service: each connection is TLS (`upstream`).
     pub(crate) tls: Option<UpstreamTls>,
+    /// A local HTTP/2 service (`--upstream h2c|h2`): its connections.
+    pub(crate) h2: Option<crate::h2local::H2Pool>,
     /// Fails fast while the local service keeps failing (synchronous only).
     breaker: Mutex<Breaker>,
     pub(crate) policy: LocalPolicy,
@@ -72,6 +74,7 @@ impl Target {
             preferred: AtomicUsize::new(0),
             idle: Mutex::new(Vec::new()),
             tls: None,
+            h2: None,
             breaker: Mutex::new(Breaker::default()),
             policy,
             name: Arc::from(""),

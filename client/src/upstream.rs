@@ -100,8 +100,15 @@ impl UpstreamTrust {
         &self,
         address: &str,
         host_header: &str,
+        h2: bool,
     ) -> Result<UpstreamTls, String> {
-        let cfg = self.config().await?;
+        let mut cfg = self.config().await?;
+        if h2 {
+            // HTTP/2 only (`--upstream h2`).
+            let mut c = rustls::ClientConfig::clone(&cfg);
+            c.alpn_protocols = vec![b"h2".to_vec()];
+            cfg = Arc::new(c);
+        }
         let host = match host_header {
             "" | "rewrite" => address,
             h => h,

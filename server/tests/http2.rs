@@ -128,8 +128,13 @@ impl Rig {
 }
 
 async fn output(c: &mut Command) -> String {
-    let out = c.stderr(Stdio::inherit()).output().await.unwrap();
-    assert!(out.status.success(), "{c:?} failed");
+    let out = c.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -431,4 +436,92 @@ async fn chromium_loads_a_page_of_100_assets_over_h2() {
     );
     browser.close().await;
     rig.stop().await;
+}
+
+/// gRPC end to end with grpcio (PyPI) on both sides: a gRPC server behind
+/// `--upstream h2c`, called through the https edge (h2 by ALPN) and the
+/// plain one (h2c): the four call kinds, an error status with details, a
+/// deadline, a 4 MiB message, metadata both ways, and a cancelled
+/// streaming call that the local server sees cancelled.
+#[tokio::test]
+async fn grpc_calls_of_every_kind_over_h2_and_h2c() {
+    if !grpcio() {
+        return;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_calls.py");
+    let home = tempfile::tempdir().unwrap();
+    let mut origin = Proc::spawn(Command::new("python3").args(["-u", script, "serve"]));
+    let port = origin.line().await;
+    let domain = std::ffi::OsStr::new("--domain");
+    let (server, ready) =
+        https_server(home.path(), &[domain, std::ffi::OsStr::new("grpc.test")]).await;
+    let quic = field(&ready, "quic=");
+    let (https, http) = (field(&ready, "https="), field(&ready, "http="));
+    let mut client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", &quic, "--subdomain", "api"])
+            .args(["http", &format!("127.0.0.1:{port}"), "--allow-http"])
+            .args(["--upstream", "h2c"])
+            .env("HOME", home.path())
+            .env("TUNNEL_STATE_DIR", home.path()),
+    );
+    let url = client.line().await;
+    assert!(url.starts_with("https://api.grpc.test:"), "{url}");
+    let ca = home.path().join("cert.pem");
+    let port_of = |a: &str| a.rsplit(':').next().unwrap().to_owned();
+    for (addr, tls) in [(&https, true), (&http, false)] {
+        let authority = format!("api.grpc.test:{}", port_of(addr));
+        let mut call = Command::new("python3");
+        call.args(["-u", script, "call", addr, &authority]);
+        if tls {
+            call.arg(&ca);
+        }
+        let said = output(&mut call).await;
+        eprintln!("{said}");
+        for kind in [
+            "ok unary and metadata both ways",
+            "ok server streaming",
+            "ok client streaming",
+            "ok bidirectional",
+            "ok error status with details",
+            "ok deadline exceeded",
+            "ok 4 MiB message",
+            "ok cancelled a streaming call",
+        ] {
+            assert!(said.contains(kind), "{kind} (tls: {tls}):\n{said}");
+        }
+        // The local server saw the visitor's cancel.
+        let seen = tokio::time::timeout(WAIT, async {
+            loop {
+                if origin.line().await.contains("endless: cancelled") {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "the cancel did not reach the local service (tls: {tls})"
+        );
+    }
+    for p in [client, server, origin] {
+        let _ = p.terminate().await;
+    }
+}
+
+fn grpcio() -> bool {
+    let found = std::process::Command::new("python3")
+        .args(["-c", "import grpc"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
+            "grpcio is required here (TUNNEL_TEST_REQUIRE_UI is set): pip install grpcio"
+        );
+        eprintln!("SKIPPED: grpcio is not installed");
+    }
+    found
 }
