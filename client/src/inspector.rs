@@ -171,6 +171,7 @@ pub(crate) fn summary(e: &Exchange) -> Value {
         "at": e.at.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
         "replay_of": e.replay_of,
         "size": e.response_body.total,
+        "protocol": e.protocol,
     })
 }
 
@@ -195,6 +196,10 @@ fn detail(e: &Exchange, secrets: bool) -> Value {
     o.insert(
         "response_body".into(),
         body(&e.response_head, &e.response_body),
+    );
+    o.insert(
+        "response_trailers".into(),
+        json!(head_text(&e.response_trailers, secrets)),
     );
     o.insert(
         "replayable".into(),
@@ -383,6 +388,13 @@ pub(crate) async fn replay(
                 .find(|t| *t.local_name == *ex.local && *t.name == *ex.tunnel)
         });
         let conn = match target {
+            Some(t) if t.h2.is_some() => {
+                return Err(format!(
+                    "{} speaks HTTP/2 (--upstream): replaying to it is not supported yet; \
+                     replay works for HTTP/1.1 services, whatever the visitor spoke",
+                    ex.local
+                ))
+            }
             Some(t) => crate::forward::dial(t).await.map_err(|(_, m)| m)?,
             None => crate::upstream::LocalConn::Tcp(
                 tokio::net::TcpStream::connect(&*ex.local)

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwapOption;
 use bytes::{Bytes, BytesMut};
 
-use tunnel_lib::http1::{BodyKind, ChunkStep, ChunkedDecoder, Limits, ResponseBody, ResponseHead};
+use tunnel_lib::http1::{BodyKind, BodyParts, Framing, Limits, ResponseBody, ResponseHead};
 
 mod monitor;
 pub use monitor::{ClientMetrics, Counters, Monitor};
@@ -73,19 +73,15 @@ pub struct Exchange {
     pub status: u16,
     pub response_head: Bytes,
     pub response_body: Capture,
+    /// The response's trailer fields (`name: value` lines), if any.
+    pub response_trailers: Bytes,
+    /// How the visitor spoke: `HTTP/1.1`, or `HTTP/2` (the server says so
+    /// with `Via: 2 tunnel`).
+    pub protocol: &'static str,
     pub ttfb: Option<Duration>,
     pub duration: Duration,
     /// The exchange this one replayed.
     pub replay_of: Option<u64>,
-}
-
-/// A body being followed.
-#[derive(Debug)]
-enum Body {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    /// Until the stream ends (a response without framing).
-    UntilEnd,
 }
 
 /// Where a body's bytes are kept while it is read.
@@ -117,49 +113,24 @@ impl Keep {
     }
 }
 
-impl Body {
-    fn of_request(kind: BodyKind, limits: &Limits) -> Option<Body> {
-        match kind {
-            BodyKind::None | BodyKind::Length(0) => None,
-            BodyKind::Length(n) => Some(Body::Length(n)),
-            BodyKind::Chunked => Some(Body::Chunked(ChunkedDecoder::new(
-                limits.max_chunk_ext,
-                limits.max_trailer,
-            ))),
-        }
+/// A request body to follow, if it has one.
+fn request_body(kind: BodyKind, limits: &Limits) -> Option<BodyParts> {
+    match kind {
+        BodyKind::None | BodyKind::Length(0) => None,
+        BodyKind::Length(n) => Some(BodyParts::new(Framing::Length(n), limits)),
+        BodyKind::Chunked => Some(BodyParts::new(Framing::Chunked, limits)),
     }
+}
 
-    /// Follows `data`: payload goes to `keep`. `Ok(Some(n))`: the body
-    /// ended after `n` bytes of `data`; `Ok(None)`: all of it was body.
-    fn feed(&mut self, data: &[u8], keep: &mut Keep) -> Result<Option<usize>, ()> {
-        match self {
-            Body::Length(left) => {
-                let take = (*left).min(data.len() as u64) as usize;
-                keep.add(&data[..take]);
-                *left -= take as u64;
-                Ok((*left == 0).then_some(take))
-            }
-            Body::UntilEnd => {
-                keep.add(data);
-                Ok(None)
-            }
-            Body::Chunked(dec) => {
-                let mut at = 0;
-                while at < data.len() {
-                    match dec.step(&data[at..]).map_err(|_| ())? {
-                        ChunkStep::Data(0) | ChunkStep::Framing(0) => return Ok(None),
-                        ChunkStep::Data(n) => {
-                            keep.add(&data[at..at + n]);
-                            at += n;
-                        }
-                        ChunkStep::Framing(n) => at += n,
-                        ChunkStep::Done(n) => return Ok(Some(at + n)),
-                    }
-                }
-                Ok(None)
-            }
-        }
+/// Follows `data`: payload goes to `keep`. `Ok(Some((n, trailers)))`: the
+/// body ended after `n` bytes of `data`; `Ok(None)`: all of it was body.
+fn feed(body: &mut BodyParts, data: &Bytes, keep: &mut Keep) -> Result<Option<(usize, Bytes)>, ()> {
+    let mut rest = data.clone();
+    let got = body.take(&mut rest).map_err(|_| ())?;
+    for d in &got.data {
+        keep.add(d);
     }
+    Ok(got.end.map(|trailers| (data.len() - rest.len(), trailers)))
 }
 
 /// What the observer needs of a request head. The server sends canonical,
@@ -172,6 +143,8 @@ struct Head {
     path: String,
     body: BodyKind,
     upgrade: bool,
+    /// The visitor spoke HTTP/2 (`Via: 2 …`).
+    h2: bool,
 }
 
 /// Most header lines followed in a head (the server forwards at most 100).
@@ -187,7 +160,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<Head>, ()> {
         _ => return Err(()),
     };
     let mut body = BodyKind::None;
-    let (mut upgrade, mut connection_upgrade) = (false, false);
+    let (mut upgrade, mut connection_upgrade, mut h2) = (false, false, false);
     for h in req.headers.iter() {
         let v = std::str::from_utf8(h.value).map_err(|_| ())?.trim();
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -201,6 +174,8 @@ fn parse_request(buf: &[u8]) -> Result<Option<Head>, ()> {
             }
         } else if h.name.eq_ignore_ascii_case("upgrade") {
             upgrade = true;
+        } else if h.name.eq_ignore_ascii_case("via") {
+            h2 |= v.starts_with("2 ");
         } else if h.name.eq_ignore_ascii_case("connection") {
             connection_upgrade |= v
                 .split(',')
@@ -213,6 +188,7 @@ fn parse_request(buf: &[u8]) -> Result<Option<Head>, ()> {
         path: req.path.unwrap_or("").to_owned(),
         body,
         upgrade: upgrade && connection_upgrade,
+        h2,
     }))
 }
 
@@ -229,7 +205,7 @@ struct Open {
 #[derive(Debug)]
 enum Dir {
     Head,
-    Body(Body),
+    Body(BodyParts),
     /// After an upgrade (or an unframed response): not HTTP any more.
     Raw,
 }
@@ -395,6 +371,8 @@ impl Flow {
                             status: 0,
                             response_head: Bytes::new(),
                             response_body: Capture::default(),
+                            response_trailers: Bytes::new(),
+                            protocol: if head.h2 { "HTTP/2" } else { "HTTP/1.1" },
                             ttfb: None,
                             duration: Duration::ZERO,
                             replay_of: self.replay_of,
@@ -408,7 +386,7 @@ impl Flow {
                     self.req = if head.upgrade {
                         Dir::Raw
                     } else {
-                        match Body::of_request(head.body, &self.limits) {
+                        match request_body(head.body, &self.limits) {
                             Some(b) => Dir::Body(b),
                             None => Dir::Head,
                         }
@@ -424,9 +402,9 @@ impl Flow {
                         // Already answered (an early response): only followed.
                         None => &mut scratch,
                     };
-                    match body.feed(&data, keep) {
+                    match feed(body, &data, keep) {
                         Ok(None) => return,
-                        Ok(Some(n)) => {
+                        Ok(Some((n, _))) => {
                             data = data.slice(n..);
                             self.req = Dir::Head;
                         }
@@ -481,12 +459,15 @@ impl Flow {
                     }
                     self.resp = match head.body {
                         ResponseBody::None | ResponseBody::Length(0) => Dir::Head,
-                        ResponseBody::Length(n) => Dir::Body(Body::Length(n)),
-                        ResponseBody::Chunked => Dir::Body(Body::Chunked(ChunkedDecoder::new(
-                            self.limits.max_chunk_ext,
-                            self.limits.max_trailer,
-                        ))),
-                        ResponseBody::UntilClose => Dir::Body(Body::UntilEnd),
+                        ResponseBody::Length(n) => {
+                            Dir::Body(BodyParts::new(Framing::Length(n), &self.limits))
+                        }
+                        ResponseBody::Chunked => {
+                            Dir::Body(BodyParts::new(Framing::Chunked, &self.limits))
+                        }
+                        ResponseBody::UntilClose => {
+                            Dir::Body(BodyParts::new(Framing::UntilClose, &self.limits))
+                        }
                         // Switched protocols: the exchange is the 101.
                         ResponseBody::Upgrade => Dir::Raw,
                     };
@@ -501,9 +482,12 @@ impl Flow {
                         self.lost = true;
                         return;
                     };
-                    match body.feed(&data, &mut front.response_keep) {
+                    match feed(body, &data, &mut front.response_keep) {
                         Ok(None) => return,
-                        Ok(Some(n)) => {
+                        Ok(Some((n, trailers))) => {
+                            if self.monitor.capture {
+                                front.ex.response_trailers = trailers;
+                            }
                             data = data.slice(n..);
                             self.resp = Dir::Head;
                             if let Some(o) = self.open.pop_front() {

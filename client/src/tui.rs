@@ -255,6 +255,11 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
             ratatui::text::Text::raw(e.path.clone()),
             ratatui::text::Text::styled(status_text, Style::new().fg(status_color(e.status))),
             ratatui::text::Text::raw(format!("{:.1}ms", e.duration.as_secs_f64() * 1000.0)),
+            // How the visitor spoke.
+            ratatui::text::Text::styled(
+                if e.protocol == "HTTP/2" { "h2" } else { "1.1" },
+                Style::new().fg(Color::DarkGray),
+            ),
         ]));
     }
     let requests = Table::new(
@@ -264,6 +269,7 @@ pub fn draw(f: &mut Frame, monitor: &Monitor, status: &Status, facts: &Facts) {
             Constraint::Min(20),
             Constraint::Length(5),
             Constraint::Length(10),
+            Constraint::Length(3),
         ],
     )
     .block(ratatui::widgets::Block::new().title(Line::raw("HTTP Requests").fg(Color::DarkGray)));

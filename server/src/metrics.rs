@@ -43,6 +43,11 @@ pub(crate) enum Listener {
 const LISTENERS: [&str; 3] = ["http", "https", "tcp"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabel {
+    protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Page {
     status: u16,
     code: &'static str,
@@ -60,6 +65,9 @@ pub(crate) struct Metrics {
     pub(crate) access_log_dropped: Counter,
     /// Visitor connections that spoke HTTP/2 (h2 or h2c).
     pub(crate) http2_connections: Counter,
+    /// Forwarded exchanges by the visitor's protocol: HTTP/1.1, then
+    /// HTTP/2 (made once: no label lookup per exchange).
+    pub(crate) exchanges_by_protocol: [Counter; 2],
     pub(crate) tunnels: Arc<tunnel_lib::metrics::Tunnels>,
 }
 
@@ -75,6 +83,7 @@ impl Drop for VisitorGuard {
 impl Metrics {
     pub(crate) fn register(prom: &mut Prom, stats: &crate::state::Stats) -> Metrics {
         let visitors_open = Family::<ListenerLabel, Gauge>::default();
+        let by_protocol = Family::<ProtocolLabel, Counter>::default();
         let visitors_total = Family::<ListenerLabel, Counter>::default();
         let m = Metrics {
             visitors: LISTENERS.map(|listener| {
@@ -89,6 +98,9 @@ impl Metrics {
             stream_failures: Counter::default(),
             access_log_dropped: Counter::default(),
             http2_connections: Counter::default(),
+            // The family holds the same counters the edge bumps.
+            exchanges_by_protocol: ["http/1.1", "h2"]
+                .map(|protocol| by_protocol.get_or_create_owned(&ProtocolLabel { protocol })),
             tunnels: tunnel_lib::metrics::Tunnels::register(prom),
         };
         prom.register(
@@ -110,6 +122,11 @@ impl Metrics {
             "http2_connections",
             "Visitor connections that spoke HTTP/2 (h2 by ALPN, or h2c with prior knowledge)",
             m.http2_connections.clone(),
+        );
+        prom.register(
+            "visitor_exchanges",
+            "Exchanges forwarded to clients, by the visitor's protocol (http/1.1, h2)",
+            by_protocol,
         );
         prom.register(
             "streams_opened",

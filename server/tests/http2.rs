@@ -189,7 +189,7 @@ async fn curl_gets_h2_by_alpn_and_h2c_by_prior_knowledge() {
 /// status needs); 20 MiB go up and come back intact, both ways at once.
 #[tokio::test]
 async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
-    let rig = Rig::start().await;
+    let mut rig = Rig::start().await;
     let got = output(&mut rig.curl(&["--http2", "-D", "-"], "/trailers")).await;
     assert!(got.starts_with("HTTP/2 200"), "{got}");
     let (_, after) = got.split_once("part1;part2").expect("the body");
@@ -201,6 +201,29 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
     assert!(
         !got.to_ascii_lowercase().contains("transfer-encoding"),
         "{got}"
+    );
+    // The client's inspector shows the exchange as HTTP/2, with its trailers.
+    let line = rig.client.log_until("inspector: http://").await;
+    let inspector = line.split("inspector: ").nth(1).unwrap().trim().to_owned();
+    let list =
+        output(Command::new("curl").args(["-sS", &format!("{inspector}/api/requests")])).await;
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let ex = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "/trailers")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(ex["protocol"], "HTTP/2", "{ex}");
+    let detail = output(
+        Command::new("curl").args(["-sS", &format!("{inspector}/api/requests/{}", ex["id"])]),
+    )
+    .await;
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    let trailers = detail["response_trailers"].as_str().unwrap();
+    assert!(
+        trailers.contains("grpc-status: 0") && trailers.contains("grpc-message: all good"),
+        "{detail}"
     );
 
     let dir = tempfile::tempdir().unwrap();

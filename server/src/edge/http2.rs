@@ -327,6 +327,9 @@ fn render_head(parts: &http::request::Parts, ends: bool) -> Result<Bytes, ErrorP
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
+    // The protocol it came in (RFC 9110 §7.6.3): the client's inspector
+    // shows it.
+    out.put_slice(b"via: 2 tunnel\r\n");
     if !cookies.is_empty() {
         out.put_slice(b"cookie: ");
         out.put_slice(&cookies.join(&b"; "[..]));
@@ -410,6 +413,7 @@ impl Up<'_> {
                 &self.rule,
                 self.cx.peer,
                 super::Exchanged {
+                    h2: true,
                     status: d.status,
                     bytes_out: d.bytes_out,
                     started: self.started,

@@ -231,6 +231,8 @@ pub(crate) async fn serve_stream<R, W>(
 
 /// How one forwarded exchange went, whatever the HTTP version.
 pub(super) struct Exchanged {
+    /// The visitor spoke HTTP/2.
+    pub(super) h2: bool,
     pub(super) status: u16,
     pub(super) bytes_out: u64,
     pub(super) started: tokio::time::Instant,
@@ -251,6 +253,7 @@ pub(super) fn record(
     let ttfb = x.first_byte.map(|t| t - x.started);
     rule.metrics.request(x.status);
     rule.metrics.bytes_out.inc_by(x.bytes_out);
+    state.metrics.exchanges_by_protocol[usize::from(x.h2)].inc();
     state.metrics.tunnels.observe(duration, ttfb);
     if let (Some(log), Some(request)) = (&state.access_log, line) {
         log.log(crate::access_log::Entry {

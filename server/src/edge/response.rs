@@ -100,6 +100,7 @@ impl<W: AsyncWrite + Unpin + Send> ResponseSide<W> {
             rule,
             self.peer,
             super::Exchanged {
+                h2: false,
                 status: self.status,
                 bytes_out: self.bytes_out,
                 started,
