@@ -21,6 +21,8 @@
 //! against this build, alternating, as ratios new/old; `--ab-server-args
 //! "ARGS"` adds server flags to this build only (`--metrics 127.0.0.1:0`).
 //!
+//! `--h2` replaces it with HTTP/2 visitors (h2load): through this tunnel's
+//! h2 edge, nginx's own h2 and a raw TCP tunnel to it (`h2.rs`).
 //! `--peers` replaces it with this tunnel beside bore and rathole (plain
 //! and Noise), built from crates.io into `target/peers` once: a closed-loop
 //! table, oha at fixed rates, and a lossy link in a network namespace
@@ -48,6 +50,9 @@ use std::time::{Duration, Instant};
 
 #[path = "load/ab.rs"]
 mod ab;
+// `--h2`: HTTP/2 visitors with h2load.
+#[path = "load/h2.rs"]
+mod h2;
 #[path = "load/long.rs"]
 mod long;
 #[path = "load/peers.rs"]
@@ -79,6 +84,8 @@ struct Opts {
     ab_server_args: Vec<String>,
     /// `--peers`: bore and rathole beside this tunnel (`peers.rs`).
     peers: bool,
+    /// `--h2`: HTTP/2 visitors with h2load (`h2.rs`).
+    h2: bool,
 }
 
 fn opts() -> Opts {
@@ -92,6 +99,7 @@ fn opts() -> Opts {
         ab: None,
         ab_server_args: Vec::new(),
         peers: false,
+        h2: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -123,6 +131,7 @@ fn opts() -> Opts {
             }
             "--slowloris" => o.slowloris = true,
             "--peers" => o.peers = true,
+            "--h2" => o.h2 = true,
             "--ab" => o.ab = Some(PathBuf::from(args.next().expect("--ab OLD_BIN_DIR"))),
             "--ab-server-args" => {
                 o.ab_server_args = args
@@ -224,6 +233,27 @@ fn main() {
     }
     if o.slowloris {
         slowloris(&server_bin, &client_bin, &dir, backend_port, host);
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    if o.h2 {
+        let (Some(tls_port), true) = (backend_tls, have("h2load")) else {
+            eprintln!("--h2 needs nginx and h2load: apt-get install -y nginx-light nghttp2-client");
+            std::process::exit(1);
+        };
+        let out = h2::table(
+            &o,
+            &server_bin,
+            &client_bin,
+            &dir,
+            backend_port,
+            tls_port,
+            tck,
+        );
+        println!("{out}");
+        if let Some(path) = &o.markdown {
+            std::fs::write(path, &out).unwrap();
+        }
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }

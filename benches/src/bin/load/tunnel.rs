@@ -45,7 +45,7 @@ pub(crate) fn start_nginx_on(dir: &Path, link: &Link) -> (Proc, u16, u16) {
          events {{ worker_connections 8192; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 10000000;\n  keepalive_timeout 120s;\n\
          client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f; uwsgi_temp_path {d}/u; scgi_temp_path {d}/s;\n\
-         server {{\n    listen {listen}:{port} backlog=4096;\n    listen {listen}:{tls_port} ssl backlog=4096;\n\
+         server {{\n    listen {listen}:{port} backlog=4096;\n    listen {listen}:{tls_port} ssl http2 backlog=4096;\n\
          ssl_certificate {d}/edge.crt; ssl_certificate_key {d}/edge.key;\n    root {d};\n\
          location = /100 {{ default_type text/plain; return 200 \"{body}\"; }}\n\
          location = /1m {{ default_type application/octet-stream; try_files /1m.bin =404; }}\n\
