@@ -30,7 +30,7 @@ const MAX_EDIT: usize = 1024 * 1024;
 const PAGE: &str = include_str!("inspector.html");
 
 mod access;
-pub use access::Access;
+pub use access::{Access, CSRF_HEADER};
 
 /// Serves the inspector until `shutdown`, to the requests `access` lets in.
 pub async fn serve(

@@ -225,6 +225,26 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
         trailers.contains("grpc-status: 0") && trailers.contains("grpc-message: all good"),
         "{detail}"
     );
+    // Replaying the HTTP/2 visitor's exchange from the inspector works (the
+    // app speaks HTTP/1.1: the capture is what it got).
+    let replayed = output(Command::new("curl").args([
+        "-sS",
+        "-X",
+        "POST",
+        "-H",
+        &format!("{CSRF}: 1"),
+        &format!("{inspector}/api/requests/{}/replay", ex["id"]),
+    ]))
+    .await;
+    let replayed: serde_json::Value = serde_json::from_str(&replayed).unwrap();
+    assert_eq!(replayed["status"], 200, "{replayed}");
+    assert_eq!(replayed["replay_of"], ex["id"], "{replayed}");
+    assert!(
+        replayed["response_trailers"]
+            .as_str()
+            .is_some_and(|t| t.contains("grpc-status: 0")),
+        "{replayed}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("up.bin");
@@ -246,15 +266,28 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
     rig.stop().await;
 }
 
-/// h2load: 100 concurrent streams on each of 4 connections, every request
-/// answered (the tunnel opens a stream per request; the client pools the
-/// local connections).
+/// h2load: 100 000 requests on 20 connections × 20 streams, then 100
+/// concurrent streams on each of 4 connections, every request answered
+/// (the tunnel opens a stream per request; the client pools the local
+/// connections).
 #[tokio::test]
 async fn h2load_with_100_streams_per_connection_has_no_failures() {
     if !tool("h2load") {
         return;
     }
     let rig = Rig::start().await;
+    let big = output(
+        Command::new("h2load")
+            .args(["-n", "100000", "-c", "20", "-m", "20", "-H"])
+            .arg(format!(":authority: {}:{}", rig.name, rig.https_port))
+            .arg(format!("https://127.0.0.1:{}/load", rig.https_port)),
+    )
+    .await;
+    eprintln!("{big}");
+    assert!(
+        big.contains("100000 succeeded, 0 failed, 0 errored, 0 timeout"),
+        "{big}"
+    );
     let got = output(
         Command::new("h2load")
             .args(["-n", "4000", "-c", "4", "-m", "100", "-H"])
@@ -307,6 +340,9 @@ async fn attack(rig: &Rig, mode: &str) -> String {
     text
 }
 
+/// The header the inspector wants on a change (its CSRF guard).
+const CSRF: &str = tunnel_client::inspector::CSRF_HEADER;
+
 /// Debian's interpreter, which has python3-h2 (a pyenv one may not).
 const PYTHON_H2: &str = "/usr/bin/python3";
 
@@ -333,8 +369,14 @@ fn memory(p: &Proc, field: &str) -> u64 {
 
 /// A visitor that is not attacking is served while and after each attack.
 async fn still_serves(rig: &Rig) {
-    let got = output(&mut rig.curl(&["--http2"], "/after")).await;
+    let got = output(&mut rig.curl(&["--http2", "-w", "\n%{time_total}"], "/after")).await;
     assert!(got.starts_with("node says GET /after"), "{got}");
+    // The figure for the note: a visitor's whole request (a new TLS
+    // connection included) right after each attack.
+    eprintln!(
+        "a visitor's request: {} s",
+        got.rsplit('\n').next().unwrap_or("?")
+    );
 }
 
 /// Each attack of the h2 CVEs is stopped: rapid reset and MadeYouReset end
