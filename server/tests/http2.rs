@@ -308,17 +308,26 @@ async fn h2load_with_100_streams_per_connection_has_no_failures() {
 /// Whether a tool the test needs is here (CI installs it; with
 /// TUNNEL_TEST_REQUIRE_UI set, a missing one fails the test).
 fn tool(name: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
+    needed(
+        name,
+        std::process::Command::new("sh").args(["-c", &format!("command -v {name}")]),
+    )
+}
+
+/// Whether `check` succeeds: `what` is installed. Where it is not, the test
+/// is skipped, or fails when TUNNEL_TEST_REQUIRE_UI is set (CI).
+fn needed(what: &str, check: &mut std::process::Command) -> bool {
+    let found = check
         .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
         assert!(
             std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
-            "{name} is required here (TUNNEL_TEST_REQUIRE_UI is set)"
+            "{what} is required here (TUNNEL_TEST_REQUIRE_UI is set)"
         );
-        eprintln!("SKIPPED: {name} is not installed");
+        eprintln!("SKIPPED: {what} is not installed");
     }
     found
 }
@@ -347,19 +356,10 @@ const CSRF: &str = tunnel_client::inspector::CSRF_HEADER;
 const PYTHON_H2: &str = "/usr/bin/python3";
 
 fn python_h2() -> bool {
-    let found = std::process::Command::new(PYTHON_H2)
-        .args(["-c", "import h2, hpack, hyperframe"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
-            "python3-h2 is required here (TUNNEL_TEST_REQUIRE_UI is set)"
-        );
-        eprintln!("SKIPPED: python3-h2 is not installed");
-    }
-    found
+    needed(
+        "python3-h2",
+        std::process::Command::new(PYTHON_H2).args(["-c", "import h2, hpack, hyperframe"]),
+    )
 }
 
 /// A `kB` field of the server's `/proc/PID/status` (`VmRSS:`, `VmHWM:`).
@@ -576,17 +576,8 @@ async fn grpc_calls_of_every_kind_over_h2_and_h2c() {
 }
 
 fn grpcio() -> bool {
-    let found = std::process::Command::new("python3")
-        .args(["-c", "import grpc"])
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var_os("TUNNEL_TEST_REQUIRE_UI").is_none(),
-            "grpcio is required here (TUNNEL_TEST_REQUIRE_UI is set): pip install grpcio"
-        );
-        eprintln!("SKIPPED: grpcio is not installed");
-    }
-    found
+    needed(
+        "grpcio (pip install grpcio)",
+        std::process::Command::new("python3").args(["-c", "import grpc"]),
+    )
 }

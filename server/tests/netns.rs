@@ -246,54 +246,49 @@ async fn behind_only_an_http_proxy_the_client_gets_its_url_from_https_proxy() {
     // The server's own addresses, only --server-tcp beyond the defaults
     // because this test's https port is not the QUIC one; the proxy comes
     // from the environment alone.
-    let mut client = Proc::spawn(
-        exec(&ns)
-            .env("TUNNEL_INSPECT", "127.0.0.1:0")
-            .env("HTTPS_PROXY", format!("http://{proxy_addr}"))
-            .arg(client_bin().await)
-            .args(["--server", &quic, "--server-tcp", &https])
-            .args(["--server-fingerprint", &fingerprint, "--token", TOKEN])
-            .args(["--expose", &format!("127.0.0.1:{port}")]),
-    );
-    let url = client.line().await;
-    let host = host_of(url.split(" -> ").next().unwrap());
-    let name = host.split(':').next().unwrap().to_owned();
-    // The proxy carried the link to the server's https port.
-    while !proxy.line().await.contains(&https) {}
-
     let pem = tokio::fs::read_to_string(home.path().join("cert.pem"))
         .await
         .unwrap();
-    let got = support::tls::get(
-        https.parse().unwrap(),
-        &name,
-        support::tls::visitor(&[&pem]),
-        "/hello.txt",
-    )
-    .await;
-    assert_eq!(got.status, 200, "{}", got.head);
-    assert_eq!(got.body, b"hello from behind the proxy");
-
+    // A client in the namespace with one proxy variable set, online, and a
+    // visitor served through it.
+    let through = |var: &'static str, proxy: String| {
+        let (ns, quic, https, fingerprint, pem) = (
+            ns.clone(),
+            quic.clone(),
+            https.clone(),
+            fingerprint.clone(),
+            pem.clone(),
+        );
+        let port = port.clone();
+        async move {
+            let mut client = Proc::spawn(
+                exec(&ns)
+                    .env("TUNNEL_INSPECT", "127.0.0.1:0")
+                    .env(var, proxy)
+                    .arg(client_bin().await)
+                    .args(["--server", &quic, "--server-tcp", &https])
+                    .args(["--server-fingerprint", &fingerprint, "--token", TOKEN])
+                    .args(["--expose", &format!("127.0.0.1:{port}")]),
+            );
+            let url = client.line().await;
+            let host = host_of(url.split(" -> ").next().unwrap());
+            let got = support::tls::get(
+                https.parse().unwrap(),
+                host.split(':').next().unwrap(),
+                support::tls::visitor(&[&pem]),
+                "/hello.txt",
+            )
+            .await;
+            assert_eq!(got.status, 200, "{}", got.head);
+            assert_eq!(got.body, b"hello from behind the proxy");
+            client
+        }
+    };
+    let client = through("HTTPS_PROXY", format!("http://{proxy_addr}")).await;
+    // The proxy carried the link to the server's https port.
+    while !proxy.line().await.contains(&https) {}
     // A second client through the SOCKS5 proxy, from ALL_PROXY alone.
-    let mut socksed = Proc::spawn(
-        exec(&ns)
-            .env("TUNNEL_INSPECT", "127.0.0.1:0")
-            .env("ALL_PROXY", format!("socks5://{socks_addr}"))
-            .arg(client_bin().await)
-            .args(["--server", &quic, "--server-tcp", &https])
-            .args(["--server-fingerprint", &fingerprint, "--token", TOKEN])
-            .args(["--expose", &format!("127.0.0.1:{port}")]),
-    );
-    let url = socksed.line().await;
-    let host = host_of(url.split(" -> ").next().unwrap());
-    let got = support::tls::get(
-        https.parse().unwrap(),
-        host.split(':').next().unwrap(),
-        support::tls::visitor(&[&pem]),
-        "/hello.txt",
-    )
-    .await;
-    assert_eq!(got.body, b"hello from behind the proxy", "{}", got.head);
+    let socksed = through("ALL_PROXY", format!("socks5://{socks_addr}")).await;
     let (_, log) = socksed.terminate().await;
     assert!(log.contains("connected over TLS over TCP"), "{log}");
 

@@ -82,7 +82,15 @@ pub async fn send_data(
 ) -> Result<(), Stalled> {
     while !data.is_empty() {
         stream.reserve_capacity(data.len());
-        let granted = match tokio::time::timeout(idle, poll_fn(|c| stream.poll_capacity(c))).await {
+        // Capacity, or the peer's reset while waiting for it (a window
+        // that never opens again would otherwise hold the wait for `idle`).
+        let room = poll_fn(|c| {
+            if stream.poll_reset(c).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            stream.poll_capacity(c)
+        });
+        let granted = match tokio::time::timeout(idle, room).await {
             Ok(Some(Ok(n))) => n,
             Err(_) => {
                 stream.send_reset(h2::Reason::CANCEL);

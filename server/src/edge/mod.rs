@@ -166,19 +166,19 @@ pub(crate) async fn serve_tcp(
             Box::pin(http2::serve(state, io, peer, Scheme::Http, None, soft)).await;
             return;
         }
-        let (rd, wr) = tcp.into_split();
-        return Box::pin(serve_stream(
-            state,
-            rd,
-            wr,
-            buf,
-            peer,
-            Scheme::Http,
-            None,
-            soft,
-        ))
-        .await;
+        return serve_plain(state, tcp, buf, peer, soft).await;
     }
+    serve_plain(state, tcp, buf, peer, soft).await;
+}
+
+/// A plain HTTP/1 visitor connection, `buf` holding what was read of it.
+async fn serve_plain(
+    state: Arc<State>,
+    tcp: TcpStream,
+    buf: BytesMut,
+    peer: SocketAddr,
+    soft: CancellationToken,
+) {
     let (rd, wr) = tcp.into_split();
     Box::pin(serve_stream(
         state,
