@@ -19,7 +19,7 @@ use tokio::process::Command;
 /// `grpc-message` trailers; `/echo` sends the request body back (chunked);
 /// `/slow` sends its headers and the rest after 30 s (a request the
 /// visitor gives up on; the origin logs `closed /slow` when its connection
-/// is cut); `/big` 64 MiB; `/page` a page of 100 assets (`/asset/N`,
+/// is cut); `/ticks` 20 lines 100 ms apart; `/big` 64 MiB; `/page` a page of 100 assets (`/asset/N`,
 /// `asset N;` a thousand times); anything else a small fixed body.
 const ORIGIN: &str = r#"
 const http = require('http');
@@ -37,6 +37,11 @@ const s = http.createServer((req, res) => {
     res.writeHead(200, {'Content-Type': 'text/plain'});
     res.flushHeaders();
     setTimeout(() => res.end('late'), 30000);
+  } else if (req.url === '/ticks') {
+    console.log('ticking');
+    res.writeHead(200, {'Content-Type': 'text/plain'});
+    let n = 0;
+    const t = setInterval(() => { res.write('tick ' + n + '\n'); if (++n === 20) { clearInterval(t); res.end(); } }, 100);
   } else if (req.url === '/page') {
     let html = '<!doctype html><title>assets</title>';
     for (let i = 0; i < 100; i++) html += '<link rel="preload" as="fetch" crossorigin href="/asset/' + i + '">';
@@ -580,4 +585,30 @@ fn grpcio() -> bool {
         "grpcio (pip install grpcio)",
         std::process::Command::new("python3").args(["-c", "import grpc"]),
     )
+}
+
+/// The server's drain reaches HTTP/2 visitors: a response in flight when
+/// it is told to stop runs to its end (20 ticks over 2 s), and the server
+/// exits once it has.
+#[tokio::test]
+async fn a_drain_lets_an_h2_response_in_flight_finish() {
+    let mut rig = Rig::start().await;
+    let download = rig.curl(&["--http2"], "/ticks").output();
+    let download = tokio::spawn(download);
+    // The request reached the app: stop the server now.
+    while rig.origin.line().await != "ticking" {}
+    let pid = rig.server.child.id().unwrap().to_string();
+    assert!(run(&["kill", "-TERM", &pid]).await);
+    let out = download.await.unwrap().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 20, "{text}");
+    assert!(text.ends_with("tick 19\n"), "{text}");
+    let status = tokio::time::timeout(WAIT, rig.server.child.wait())
+        .await
+        .expect("the server exited after the drain")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let _ = rig.client.terminate().await;
+    let _ = rig.origin.terminate().await;
 }
