@@ -338,10 +338,16 @@ async fn register(
                     http,
                     monitor.metrics.as_ref().map(|m| &m.tunnels),
                 );
-                target.tls = tls;
-                if spec.upstream != crate::config::Upstream::Http1 {
+                // An https service may pick HTTP/2 by ALPN; `--upstream`
+                // says so from the start.
+                let said_h2 = spec.upstream != crate::config::Upstream::Http1;
+                if said_h2 || tls.is_some() {
                     target.h2 = Some(crate::h2local::H2Pool::default());
                 }
+                if said_h2 {
+                    target.set_speaks_h2();
+                }
+                target.tls = tls;
                 targets.insert(tunnel_id, target);
             }
             Ok(Some(Control::Error { code, message, .. })) => {

@@ -92,10 +92,20 @@ pub(crate) async fn handle(
         return;
     }
     // A local HTTP/2 service gets a pooled connection's stream; any other
-    // a connection of its own.
+    // a connection of its own. An https service chooses by ALPN on the
+    // first connection; an upgrade always goes on HTTP/1.1.
+    let upgrade = upgrades(&buf);
     let dialled = match &target.h2 {
-        Some(pool) => pool.sender(target).await.map(Local::H2),
-        None => dial(target).await.map(Local::Conn),
+        Some(pool) if !upgrade && target.speaks_h2() => pool.sender(target).await.map(Local::H2),
+        Some(pool) if !upgrade => match dial(target).await {
+            Ok(c) if c.is_h2() => {
+                target.set_speaks_h2();
+                pool.adopt(target, c).await.map(Local::H2)
+            }
+            other => other.map(Local::Conn),
+        },
+        _ if upgrade && target.tls.is_some() => dial_with(target, true).await.map(Local::Conn),
+        _ => dial(target).await.map(Local::Conn),
     };
     let local = match dialled {
         Ok(t) => {
@@ -192,14 +202,34 @@ pub(crate) async fn dial(target: &Target) -> Result<LocalConn, (ReplyCode, Strin
     dial_new(target).await
 }
 
+/// Whether the first request on a stream (its head at the front of `buf`)
+/// asks to upgrade (a WebSocket): it needs an HTTP/1.1 connection.
+fn upgrades(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(_)) => req
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade")),
+        _ => false,
+    }
+}
+
 /// A new connection to the tunnel's local service: TCP, then TLS for a
 /// local https service.
 pub(crate) async fn dial_new(target: &Target) -> Result<LocalConn, (ReplyCode, String)> {
+    dial_with(target, false).await
+}
+
+/// [`dial_new`]; `h1_only`: TLS offers HTTP/1.1 alone.
+async fn dial_with(target: &Target, h1_only: bool) -> Result<LocalConn, (ReplyCode, String)> {
     let tcp = dial_tcp(target).await?;
     match &target.tls {
         None => Ok(LocalConn::Tcp(tcp)),
         Some(tls) => {
-            crate::upstream::handshake(tcp, tls, &target.local, target.policy.connect_timeout)
+            let limit = target.policy.connect_timeout;
+            crate::upstream::handshake(tcp, tls, &target.local, limit, h1_only)
                 .await
                 .map_err(|m| (ReplyCode::TlsFailed, m))
         }

@@ -1,6 +1,6 @@
-//! Local services that speak HTTP/2 only, gRPC servers above all:
-//! `--upstream h2c` (prior knowledge on TCP) or `--upstream h2` with an
-//! `https://` local (TLS, ALPN `h2`).
+//! Local services that speak HTTP/2, gRPC servers above all: `--upstream
+//! h2c` (prior knowledge on TCP), `--upstream h2` with an `https://` local
+//! (TLS, ALPN `h2` alone), or an `https://` local that picks `h2` by ALPN.
 //!
 //! The tunnel stream carries HTTP/1.1 as for every HTTP tunnel: a head, a
 //! body (chunked when it has no length) and its trailers. Here the client
@@ -107,8 +107,31 @@ impl H2Pool {
         })
     }
 
+    /// Takes a connection on which the service chose HTTP/2 into the pool.
+    pub(crate) async fn adopt(
+        &self,
+        target: &Target,
+        conn: LocalConn,
+    ) -> Result<SendRequest<Bytes>, (ReplyCode, String)> {
+        let s = self.start(target, conn).await?;
+        let mut conns = self.conns();
+        if conns.len() < MAX_CONNECTIONS {
+            conns.push(s.clone());
+        }
+        Ok(s)
+    }
+
     async fn dial(&self, target: &Target) -> Result<SendRequest<Bytes>, (ReplyCode, String)> {
         let conn = crate::forward::dial_new(target).await?;
+        self.start(target, conn).await
+    }
+
+    /// The HTTP/2 handshake on a connection, its driver started.
+    async fn start(
+        &self,
+        target: &Target,
+        conn: LocalConn,
+    ) -> Result<SendRequest<Bytes>, (ReplyCode, String)> {
         let handshake = async {
             let mut b = h2::client::Builder::new();
             b.initial_window_size(256 * 1024)
@@ -188,6 +211,12 @@ pub(crate) async fn serve<T: Tap>(
             BodyKind::Chunked => Framing::Chunked,
         };
         let is_head = head.is_head();
+        if head.upgrade_websocket {
+            // Not on an HTTP/2 connection; the first request of a stream
+            // that upgrades goes on HTTP/1.1 (`forward::upgrades`).
+            tracing::debug!("an upgrade after other requests on one stream: not over HTTP/2");
+            return cut(send, recv);
+        }
         let Some(request) = request(&head, scheme) else {
             return cut(send, recv);
         };

@@ -30,8 +30,12 @@ pub(crate) struct Target {
     pub(crate) idle: Mutex<Vec<(LocalConn, Instant)>>,
     /// A local https service: each connection is TLS (`upstream`).
     pub(crate) tls: Option<UpstreamTls>,
-    /// A local HTTP/2 service (`--upstream h2c|h2`): its connections.
+    /// A local service that may speak HTTP/2 (`--upstream h2c|h2`, or an
+    /// https one that picks it by ALPN): its HTTP/2 connections.
     pub(crate) h2: Option<crate::h2local::H2Pool>,
+    /// It does speak HTTP/2: said at registration (`--upstream`), or
+    /// learnt from the first TLS connection's ALPN.
+    speaks_h2: std::sync::atomic::AtomicBool,
     /// Fails fast while the local service keeps failing (synchronous only).
     breaker: Mutex<Breaker>,
     pub(crate) policy: LocalPolicy,
@@ -75,6 +79,7 @@ impl Target {
             idle: Mutex::new(Vec::new()),
             tls: None,
             h2: None,
+            speaks_h2: std::sync::atomic::AtomicBool::new(false),
             breaker: Mutex::new(Breaker::default()),
             policy,
             name: Arc::from(""),
@@ -96,6 +101,16 @@ impl Target {
         self.http = http;
         self.metrics = tunnels.map(|t| Arc::new(t.tunnel(name)));
         self
+    }
+
+    /// Whether streams go to the HTTP/2 pool without asking the service.
+    pub(crate) fn speaks_h2(&self) -> bool {
+        self.speaks_h2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_speaks_h2(&self) {
+        self.speaks_h2
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// While the circuit is open: how long until the next probe.

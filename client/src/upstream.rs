@@ -2,7 +2,11 @@
 //! the client re-encrypts each exchange to them, verifying them against
 //! the system's roots plus `--upstream-ca`, or not at all when the user
 //! said `--upstream-insecure`. A connection to a local service is then
-//! either plain TCP or TLS ([`LocalConn`]); the splice runs on both.
+//! either plain TCP or TLS ([`LocalConn`]); the splice runs on both. ALPN
+//! offers `h2` and `http/1.1`: a service that picks HTTP/2 is spoken to
+//! through `h2local` (a gRPC server over TLS needs it), one that picks
+//! HTTP/1.1 gets the splice; a WebSocket upgrade always goes on an
+//! HTTP/1.1-only connection.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +26,11 @@ pub(crate) enum LocalConn {
 }
 
 impl LocalConn {
+    /// A TLS connection on which the service chose HTTP/2 (ALPN `h2`).
+    pub(crate) fn is_h2(&self) -> bool {
+        matches!(self, LocalConn::Tls(t) if t.get_ref().1.alpn_protocol() == Some(b"h2"))
+    }
+
     /// Whether an idle pooled connection may serve again: still open and
     /// not sending unasked (a TLS record such as a session ticket is read
     /// by rustls and is neither).
@@ -41,6 +50,9 @@ impl LocalConn {
 #[derive(Clone)]
 pub(crate) struct UpstreamTls {
     connector: tokio_rustls::TlsConnector,
+    /// ALPN `http/1.1` only: for a request that upgrades (a WebSocket),
+    /// which an HTTP/2 connection cannot carry.
+    connector_h1: tokio_rustls::TlsConnector,
     name: ServerName<'static>,
     /// Said in errors: how the service is verified.
     insecure: bool,
@@ -100,15 +112,22 @@ impl UpstreamTrust {
         &self,
         address: &str,
         host_header: &str,
-        h2: bool,
+        h2_only: bool,
     ) -> Result<UpstreamTls, String> {
-        let mut cfg = self.config().await?;
-        if h2 {
-            // HTTP/2 only (`--upstream h2`).
-            let mut c = rustls::ClientConfig::clone(&cfg);
-            c.alpn_protocols = vec![b"h2".to_vec()];
-            cfg = Arc::new(c);
-        }
+        let base = self.config().await?;
+        let with = |alpn: &[&[u8]]| {
+            let mut c = rustls::ClientConfig::clone(&base);
+            c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            tokio_rustls::TlsConnector::from(Arc::new(c))
+        };
+        // The service picks: HTTP/2 when it speaks it, else HTTP/1.1
+        // (`--upstream h2` offers HTTP/2 alone).
+        let connector = if h2_only {
+            with(&[b"h2"])
+        } else {
+            with(&[b"h2", b"http/1.1"])
+        };
+        let connector_h1 = with(&[b"http/1.1"]);
         let host = match host_header {
             "" | "rewrite" => address,
             h => h,
@@ -120,7 +139,8 @@ impl UpstreamTrust {
             format!("https://{address}: {host:?} is not a name TLS can verify: {e}")
         })?;
         Ok(UpstreamTls {
-            connector: tokio_rustls::TlsConnector::from(cfg),
+            connector,
+            connector_h1,
             name,
             insecure: self.insecure,
         })
@@ -155,8 +175,14 @@ pub(crate) async fn handshake(
     tls: &UpstreamTls,
     local: &str,
     limit: Duration,
+    h1_only: bool,
 ) -> Result<LocalConn, String> {
-    match tokio::time::timeout(limit, tls.connector.connect(tls.name.clone(), tcp)).await {
+    let connector = if h1_only {
+        &tls.connector_h1
+    } else {
+        &tls.connector
+    };
+    match tokio::time::timeout(limit, connector.connect(tls.name.clone(), tcp)).await {
         Ok(Ok(s)) => Ok(LocalConn::Tls(Box::new(s))),
         Ok(Err(e)) => {
             let untrusted = e

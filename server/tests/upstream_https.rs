@@ -131,3 +131,75 @@ async fn a_local_https_service_is_refused_untrusted_and_served_with_its_ca_or_in
         let _ = p.terminate().await;
     }
 }
+
+/// An https service that speaks HTTP/2 and HTTP/1.1 (Node's
+/// `http2.createSecureServer` with `allowHTTP1`, as Vite's https dev server
+/// is): with no `--upstream`, ALPN picks HTTP/2 for requests (Node sees
+/// `2.0`), and a WebSocket upgrade still goes through on an HTTP/1.1
+/// connection (Node's `upgrade`, then raw bytes both ways).
+#[tokio::test]
+async fn an_https_service_that_picks_h2_by_alpn_still_takes_upgrades() {
+    let home = tempfile::tempdir().unwrap();
+    let (cert, key) = Made::new(&["localhost"]).write(home.path(), "h2origin");
+    const SCRIPT: &str = r#"
+const http2 = require('http2'); const fs = require('fs');
+const s = http2.createSecureServer({allowHTTP1: true, key: fs.readFileSync(process.argv[2]),
+                                    cert: fs.readFileSync(process.argv[1])},
+  (req, res) => res.end('version=' + req.httpVersion + ' path=' + req.url));
+s.on('upgrade', (req, socket) => {
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+  socket.pipe(socket);
+});
+s.listen(0, '127.0.0.1', () => console.log(s.address().port));
+"#;
+    let mut origin = Proc::spawn(
+        tokio::process::Command::new("node")
+            .args(["-e", SCRIPT])
+            .arg(&cert)
+            .arg(&key),
+    );
+    let port: u16 = origin.line().await.trim().parse().unwrap();
+    let (server, http, quic) = ready_server(&mut server_cmd(home.path())).await;
+    let (client, host) = client(home.path(), &quic, port, &["--upstream-insecure"]).await;
+    let http: std::net::SocketAddr = http.parse().unwrap();
+    let mut v = visitor(http).await;
+    for path in ["/a", "/b"] {
+        let r = v.send_request(get(&host, path)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(body_text(r).await, format!("version=2.0 path={path}"));
+    }
+    // A WebSocket upgrade: 101, then bytes echoed both ways.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The 101's head (no body follows a 101: read to its blank line).
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tokio::time::timeout(WAIT, tcp.read_exact(&mut b))
+            .await
+            .expect("the 101 in time")
+            .unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tcp.write_all(b"echo me").await.unwrap();
+    let mut got = [0u8; 7];
+    tokio::time::timeout(WAIT, tcp.read_exact(&mut got))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    assert_eq!(&got, b"echo me");
+    for p in [client, origin, server] {
+        let _ = p.terminate().await;
+    }
+}
