@@ -182,6 +182,48 @@ impl H2Pool {
     }
 }
 
+/// Where the HTTP/1.1 requests come from: a tunnel stream, or the
+/// inspector's replay.
+pub(crate) trait Source: Send {
+    /// The next bytes; `None` at the end (or when the server handed the
+    /// stream back with `REUSE`).
+    fn next(&mut self) -> impl std::future::Future<Output = Result<Option<Bytes>, String>> + Send;
+    /// Stops reading: the exchange was cut.
+    fn stop(&mut self);
+}
+
+/// Where the HTTP/1.1 responses go.
+pub(crate) trait Sink: Send {
+    fn put(&mut self, bytes: Bytes)
+        -> impl std::future::Future<Output = Result<(), String>> + Send;
+    /// Resets: the exchange was cut.
+    fn reset(&mut self);
+}
+
+impl Source for RecvStream {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        match self.read_chunk(IO_CHUNK, true).await {
+            Ok(c) => Ok(c.map(|c| c.bytes)),
+            Err(quinn::ReadError::Reset(code)) if code == VarInt::from_u32(reset::REUSE) => {
+                Ok(None)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+    fn stop(&mut self) {
+        let _ = RecvStream::stop(self, VarInt::from_u32(reset::CANCELLED));
+    }
+}
+
+impl Sink for SendStream {
+    async fn put(&mut self, bytes: Bytes) -> Result<(), String> {
+        self.write_chunk(bytes).await.map_err(|e| e.to_string())
+    }
+    fn reset(&mut self) {
+        let _ = SendStream::reset(self, VarInt::from_u32(reset::LOCAL_RESET));
+    }
+}
+
 /// Serves the HTTP/1.1 requests of one tunnel stream (one, or several in
 /// a row on a kept-alive stream) over HTTP/2 to the local service. Each
 /// request's bytes are shown to `tap` as they came, each response as it
@@ -189,12 +231,16 @@ impl H2Pool {
 pub(crate) async fn serve<T: Tap>(
     mut sender: SendRequest<Bytes>,
     scheme: &str,
-    send: &mut SendStream,
-    recv: &mut RecvStream,
+    send: &mut impl Sink,
+    recv: &mut impl Source,
     first: Bytes,
     tap: &T,
 ) {
     let limits = Limits::default();
+    // What came with the stream's preface is the first request's start.
+    if !first.is_empty() {
+        tap.toward_local(&first);
+    }
     let mut buf = BytesMut::from(&first[..]);
     loop {
         let head = match read_head(recv, &mut buf, &limits, tap).await {
@@ -256,15 +302,15 @@ pub(crate) async fn serve<T: Tap>(
 
 /// Resets both directions of the tunnel stream (the visitor then sees its
 /// stream reset too).
-fn cut(send: &mut SendStream, recv: &mut RecvStream) {
-    let _ = send.reset(VarInt::from_u32(reset::LOCAL_RESET));
-    let _ = recv.stop(VarInt::from_u32(reset::CANCELLED));
+fn cut(send: &mut impl Sink, recv: &mut impl Source) {
+    send.reset();
+    recv.stop();
 }
 
 /// The next request head on the stream; `None` when the stream ended (or
 /// the server handed it back with `REUSE`) between requests.
 async fn read_head<T: Tap>(
-    recv: &mut RecvStream,
+    recv: &mut impl Source,
     buf: &mut BytesMut,
     limits: &Limits,
     tap: &T,
@@ -276,17 +322,13 @@ async fn read_head<T: Tap>(
                 return Ok(Some(h));
             }
         }
-        match recv.read_chunk(IO_CHUNK, true).await {
-            Ok(Some(c)) => {
-                tap.toward_local(&c.bytes);
-                buf.extend_from_slice(&c.bytes);
+        match recv.next().await? {
+            Some(c) => {
+                tap.toward_local(&c);
+                buf.extend_from_slice(&c);
             }
-            Ok(None) if buf.is_empty() => return Ok(None),
-            Err(quinn::ReadError::Reset(code)) if code == VarInt::from_u32(reset::REUSE) => {
-                return Ok(None)
-            }
-            Ok(None) => return Err("the stream ended inside a request head".into()),
-            Err(e) => return Err(e.to_string()),
+            None if buf.is_empty() => return Ok(None),
+            None => return Err("the stream ended inside a request head".into()),
         }
     }
 }
@@ -327,7 +369,7 @@ fn request(head: &RequestHead, scheme: &str) -> Option<http::Request<()>> {
 /// The request body from the tunnel stream to the local stream, its
 /// trailers last. What followed the body (a next request) is returned.
 async fn upload<T: Tap>(
-    recv: &mut RecvStream,
+    recv: &mut impl Source,
     mut pending: Bytes,
     framing: Framing,
     mut tx: h2::SendStream<Bytes>,
@@ -354,13 +396,13 @@ async fn upload<T: Tap>(
             sent.map_err(|e| e.to_string())?;
             return Ok(pending);
         }
-        match tokio::time::timeout(IDLE, recv.read_chunk(IO_CHUNK, true)).await {
+        match tokio::time::timeout(IDLE, recv.next()).await {
             Ok(Ok(Some(c))) => {
-                tap.toward_local(&c.bytes);
-                pending = c.bytes;
+                tap.toward_local(&c);
+                pending = c;
             }
             Ok(Ok(None)) => return Err("the request body was cut".into()),
-            Ok(Err(e)) => return Err(e.to_string()),
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err("the request body stalled".into()),
         }
     }
@@ -371,7 +413,7 @@ async fn upload<T: Tap>(
 /// the stream), its trailers after the last chunk.
 async fn download<T: Tap>(
     response: h2::client::ResponseFuture,
-    send: &mut SendStream,
+    send: &mut impl Sink,
     head_request: bool,
     tap: &T,
 ) -> Result<(), String> {
@@ -410,7 +452,7 @@ async fn download<T: Tap>(
     head.put_slice(b"\r\n");
     let head = head.freeze();
     tap.toward_visitor(&head);
-    send.write_chunk(head).await.map_err(|e| e.to_string())?;
+    send.put(head).await?;
     if ends {
         return Ok(());
     }
@@ -429,7 +471,7 @@ async fn download<T: Tap>(
                 let framed = [chunk.freeze(), d, Bytes::from_static(b"\r\n")];
                 for piece in framed {
                     tap.toward_visitor(&piece);
-                    send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+                    send.put(piece).await?;
                 }
                 let _ = body.flow_control().release_capacity(n);
             }
@@ -440,6 +482,6 @@ async fn download<T: Tap>(
     let trailers = body.trailers().await.map_err(|e| e.to_string())?;
     let end = h2x::last_chunk(trailers.as_ref());
     tap.toward_visitor(&end);
-    send.write_chunk(end).await.map_err(|e| e.to_string())?;
+    send.put(end).await?;
     Ok(())
 }

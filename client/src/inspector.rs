@@ -388,12 +388,17 @@ pub(crate) async fn replay(
                 .find(|t| *t.local_name == *ex.local && *t.name == *ex.tunnel)
         });
         let conn = match target {
-            Some(t) if t.h2.is_some() => {
-                return Err(format!(
-                    "{} speaks HTTP/2 (--upstream): replaying to it is not supported yet; \
-                     replay works for HTTP/1.1 services, whatever the visitor spoke",
-                    ex.local
-                ))
+            // A local HTTP/2 service: the request goes as HTTP/2 on its
+            // pool, as a visitor's would.
+            Some(t) if t.speaks_h2() && t.h2.is_some() => {
+                let pool = t.h2.as_ref().expect("checked");
+                let sender = pool.sender(t).await.map_err(|(_, m)| m)?;
+                let scheme = if t.tls.is_some() { "https" } else { "http" };
+                let mut answer = ToObserver(&observer);
+                let mut asked = Once(Some(request.clone()));
+                crate::h2local::serve(sender, scheme, &mut answer, &mut asked, Bytes::new(), &())
+                    .await;
+                return Ok(());
             }
             Some(t) => crate::forward::dial(t).await.map_err(|(_, m)| m)?,
             None => crate::upstream::LocalConn::Tcp(
@@ -431,6 +436,28 @@ pub(crate) async fn replay(
     monitor
         .exchange(id)
         .ok_or_else(|| "the replay finished but was not recorded".to_owned())
+}
+
+/// A replayed request, given once.
+struct Once(Option<Bytes>);
+
+impl crate::h2local::Source for Once {
+    async fn next(&mut self) -> Result<Option<Bytes>, String> {
+        Ok(self.0.take())
+    }
+    fn stop(&mut self) {}
+}
+
+/// A replay's answer, shown to its observer.
+struct ToObserver<'a>(&'a Observer);
+
+impl crate::h2local::Sink for ToObserver<'_> {
+    async fn put(&mut self, bytes: Bytes) -> Result<(), String> {
+        use tunnel_lib::io::Tap;
+        self.0.toward_visitor(&bytes);
+        Ok(())
+    }
+    fn reset(&mut self) {}
 }
 
 /// Sends `request` on `conn` and shows the answer to `observer` until it

@@ -575,6 +575,54 @@ async fn grpc_calls_of_every_kind_over_h2_and_h2c() {
             "the cancel did not reach the local service (tls: {tls})"
         );
     }
+    // The inspector replays a gRPC call to the HTTP/2 service (as HTTP/2,
+    // through the client's pool) and shows its trailers.
+    let line = client.log_until("inspector: http://").await;
+    let inspector = line.split("inspector: ").nth(1).unwrap().trim().to_owned();
+    let api = |path: String| {
+        let url = format!("{inspector}{path}");
+        async move {
+            let got = output(Command::new("curl").args(["-sS", &url])).await;
+            serde_json::from_str::<serde_json::Value>(&got).unwrap()
+        }
+    };
+    let list = api("/api/requests".into()).await;
+    let mut replayable = None;
+    for e in list.as_array().unwrap() {
+        if e["path"] != "/t.S/Unary" {
+            continue;
+        }
+        let d = api(format!("/api/requests/{}", e["id"])).await;
+        let ok = d["response_trailers"]
+            .as_str()
+            .is_some_and(|t| t.contains("grpc-status: 0"));
+        if ok && d["replayable"] == true {
+            replayable = Some(d);
+            break;
+        }
+    }
+    let original = replayable.expect("a replayable unary call in the inspector");
+    let replayed = output(Command::new("curl").args([
+        "-sS",
+        "-X",
+        "POST",
+        "-H",
+        &format!("{CSRF}: 1"),
+        &format!("{inspector}/api/requests/{}/replay", original["id"]),
+    ]))
+    .await;
+    let replayed: serde_json::Value = serde_json::from_str(&replayed).unwrap();
+    assert_eq!(replayed["status"], 200, "{replayed}");
+    assert!(
+        replayed["response_trailers"]
+            .as_str()
+            .is_some_and(|t| t.contains("grpc-status: 0")),
+        "{replayed}"
+    );
+    assert_eq!(
+        replayed["response_body"], original["response_body"],
+        "{replayed}"
+    );
     for p in [client, server, origin] {
         let _ = p.terminate().await;
     }
