@@ -208,11 +208,8 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
         "{got}"
     );
     // The client's inspector shows the exchange as HTTP/2, with its trailers.
-    let line = rig.client.log_until("inspector: http://").await;
-    let inspector = line.split("inspector: ").nth(1).unwrap().trim().to_owned();
-    let list =
-        output(Command::new("curl").args(["-sS", &format!("{inspector}/api/requests")])).await;
-    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let inspector = Inspector::of(&mut rig.client).await;
+    let list = inspector.get("/api/requests").await;
     let ex = list
         .as_array()
         .unwrap()
@@ -220,11 +217,7 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
         .find(|e| e["path"] == "/trailers")
         .unwrap_or_else(|| panic!("{list}"));
     assert_eq!(ex["protocol"], "HTTP/2", "{ex}");
-    let detail = output(
-        Command::new("curl").args(["-sS", &format!("{inspector}/api/requests/{}", ex["id"])]),
-    )
-    .await;
-    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    let detail = inspector.get(&format!("/api/requests/{}", ex["id"])).await;
     let trailers = detail["response_trailers"].as_str().unwrap();
     assert!(
         trailers.contains("grpc-status: 0") && trailers.contains("grpc-message: all good"),
@@ -232,16 +225,7 @@ async fn trailers_become_h2_trailers_and_bodies_stream_both_ways() {
     );
     // Replaying the HTTP/2 visitor's exchange from the inspector works (the
     // app speaks HTTP/1.1: the capture is what it got).
-    let replayed = output(Command::new("curl").args([
-        "-sS",
-        "-X",
-        "POST",
-        "-H",
-        &format!("{CSRF}: 1"),
-        &format!("{inspector}/api/requests/{}/replay", ex["id"]),
-    ]))
-    .await;
-    let replayed: serde_json::Value = serde_json::from_str(&replayed).unwrap();
+    let replayed = inspector.replay(&ex["id"]).await;
     assert_eq!(replayed["status"], 200, "{replayed}");
     assert_eq!(replayed["replay_of"], ex["id"], "{replayed}");
     assert!(
@@ -354,8 +338,29 @@ async fn attack(rig: &Rig, mode: &str) -> String {
     text
 }
 
-/// The header the inspector wants on a change (its CSRF guard).
-const CSRF: &str = tunnel_client::inspector::CSRF_HEADER;
+/// A client's inspector, through its JSON API (with curl).
+struct Inspector(String);
+
+impl Inspector {
+    /// From the client's log line that says where it listens.
+    async fn of(client: &mut Proc) -> Inspector {
+        let line = client.log_until("inspector: http://").await;
+        Inspector(line.split("inspector: ").nth(1).unwrap().trim().to_owned())
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let got = output(Command::new("curl").args(["-sS", &format!("{}{path}", self.0)])).await;
+        serde_json::from_str(&got).unwrap()
+    }
+
+    /// Replays exchange `id` as captured; the replay's detail.
+    async fn replay(&self, id: &serde_json::Value) -> serde_json::Value {
+        let csrf = format!("{}: 1", tunnel_client::inspector::CSRF_HEADER);
+        let url = format!("{}/api/requests/{id}/replay", self.0);
+        let got = output(Command::new("curl").args(["-sS", "-X", "POST", "-H", &csrf, &url])).await;
+        serde_json::from_str(&got).unwrap()
+    }
+}
 
 /// Debian's interpreter, which has python3-h2 (a pyenv one may not).
 const PYTHON_H2: &str = "/usr/bin/python3";
@@ -577,22 +582,14 @@ async fn grpc_calls_of_every_kind_over_h2_and_h2c() {
     }
     // The inspector replays a gRPC call to the HTTP/2 service (as HTTP/2,
     // through the client's pool) and shows its trailers.
-    let line = client.log_until("inspector: http://").await;
-    let inspector = line.split("inspector: ").nth(1).unwrap().trim().to_owned();
-    let api = |path: String| {
-        let url = format!("{inspector}{path}");
-        async move {
-            let got = output(Command::new("curl").args(["-sS", &url])).await;
-            serde_json::from_str::<serde_json::Value>(&got).unwrap()
-        }
-    };
-    let list = api("/api/requests".into()).await;
+    let inspector = Inspector::of(&mut client).await;
+    let list = inspector.get("/api/requests").await;
     let mut replayable = None;
     for e in list.as_array().unwrap() {
         if e["path"] != "/t.S/Unary" {
             continue;
         }
-        let d = api(format!("/api/requests/{}", e["id"])).await;
+        let d = inspector.get(&format!("/api/requests/{}", e["id"])).await;
         let ok = d["response_trailers"]
             .as_str()
             .is_some_and(|t| t.contains("grpc-status: 0"));
@@ -602,16 +599,7 @@ async fn grpc_calls_of_every_kind_over_h2_and_h2c() {
         }
     }
     let original = replayable.expect("a replayable unary call in the inspector");
-    let replayed = output(Command::new("curl").args([
-        "-sS",
-        "-X",
-        "POST",
-        "-H",
-        &format!("{CSRF}: 1"),
-        &format!("{inspector}/api/requests/{}/replay", original["id"]),
-    ]))
-    .await;
-    let replayed: serde_json::Value = serde_json::from_str(&replayed).unwrap();
+    let replayed = inspector.replay(&original["id"]).await;
     assert_eq!(replayed["status"], 200, "{replayed}");
     assert!(
         replayed["response_trailers"]
