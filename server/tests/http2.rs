@@ -648,3 +648,74 @@ async fn a_drain_lets_an_h2_response_in_flight_finish() {
     let _ = rig.client.terminate().await;
     let _ = rig.origin.terminate().await;
 }
+
+/// A local HTTP/2 service that resets a stream mid-response: the reset
+/// reaches the visitor as a stream error (curl reports it), after the
+/// bytes sent before it; the visitor's connection serves the next request.
+#[tokio::test]
+async fn a_local_reset_reaches_the_visitor() {
+    const SCRIPT: &str = r#"
+const http2 = require('http2');
+const s = http2.createServer();
+s.on('stream', (stream, headers) => {
+  if (headers[':path'] === '/reset') {
+    stream.respond({':status': 200});
+    stream.write('partial;');
+    stream.on('error', () => {});
+    // An error destroys the stream with RST_STREAM INTERNAL_ERROR.
+    setTimeout(() => stream.destroy(new Error('boom')), 100);
+  } else {
+    stream.respond({':status': 200});
+    stream.end('whole');
+  }
+});
+s.listen(0, '127.0.0.1', () => console.log(s.address().port));
+"#;
+    let home = tempfile::tempdir().unwrap();
+    let mut origin = Proc::spawn(Command::new("node").args(["-e", SCRIPT]));
+    let port = origin.line().await;
+    let (server, ready) = https_server(home.path(), &[]).await;
+    let quic = field(&ready, "quic=");
+    let https_port = field(&ready, "https=")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut client = Proc::spawn(
+        client_cmd()
+            .await
+            .args(["--server", &quic])
+            .args(["http", &format!("127.0.0.1:{port}"), "--upstream", "h2c"])
+            .env("HOME", home.path())
+            .env("TUNNEL_STATE_DIR", home.path()),
+    );
+    let url = client.line().await;
+    let name = host_of(url.split(" -> ").next().unwrap())
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("curl")
+        .args(["-sSk", "--http2", "--max-time", "20", "--resolve"])
+        .arg(format!("{name}:{https_port}:127.0.0.1"))
+        .arg(format!("https://{name}:{https_port}/reset"))
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "curl took a reset stream as whole");
+    // curl: "(92) HTTP/2 stream 1 was not closed cleanly: INTERNAL_ERROR".
+    assert!(err.contains("not closed cleanly"), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "partial;");
+    let whole = output(
+        Command::new("curl")
+            .args(["-sSk", "--http2", "--resolve"])
+            .arg(format!("{name}:{https_port}:127.0.0.1"))
+            .arg(format!("https://{name}:{https_port}/whole")),
+    )
+    .await;
+    assert_eq!(whole, "whole");
+    for p in [client, server, origin] {
+        let _ = p.terminate().await;
+    }
+}
