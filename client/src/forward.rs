@@ -94,18 +94,18 @@ pub(crate) async fn handle(
     // A local HTTP/2 service gets a pooled connection's stream; any other
     // a connection of its own. An https service chooses by ALPN on the
     // first connection; an upgrade always goes on HTTP/1.1.
-    let upgrade = upgrades(&buf);
+    // (Only a target that may speak HTTP/2 looks at the request.)
     let dialled = match &target.h2 {
-        Some(pool) if !upgrade && target.speaks_h2() => pool.sender(target).await.map(Local::H2),
-        Some(pool) if !upgrade => match dial(target).await {
+        Some(_) if upgrades(&buf) => dial_with(target, true).await.map(Local::Conn),
+        Some(pool) if target.speaks_h2() => pool.sender(target).await.map(Local::H2),
+        Some(pool) => match dial(target).await {
             Ok(c) if c.is_h2() => {
                 target.set_speaks_h2();
                 pool.adopt(target, c).await.map(Local::H2)
             }
             other => other.map(Local::Conn),
         },
-        _ if upgrade && target.tls.is_some() => dial_with(target, true).await.map(Local::Conn),
-        _ => dial(target).await.map(Local::Conn),
+        None => dial(target).await.map(Local::Conn),
     };
     let local = match dialled {
         Ok(t) => {

@@ -392,14 +392,10 @@ async fn through_a_socks5_proxy() {
             OUT,
         ]));
     // microsocks prints nothing: it is ready when its port accepts.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "microsocks did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::task::spawn_blocking(move || tunnel_testkit::net::wait_addr(addr))
+        .await
+        .unwrap();
     let mut cfg = client_config(&server, server.quic, Transport::Tcp);
     cfg.tunnels = vec![spec(TunnelKind::Http, backend.addr, Some("s"))];
     cfg.proxy = Some(format!("socks5://127.0.0.1:{port}").parse().unwrap());
