@@ -82,8 +82,14 @@ impl Rig {
     /// A server with https, the Node origin, and a client exposing it
     /// (plain http allowed too, for h2c).
     async fn start() -> Rig {
+        Rig::with(ORIGIN, &["--allow-http"]).await
+    }
+
+    /// A server with https, the Node origin `script` (which prints its
+    /// port), and a client exposing it with `flags` after `http PORT`.
+    async fn with(script: &str, flags: &[&str]) -> Rig {
         let home = tempfile::tempdir().unwrap();
-        let mut origin = Proc::spawn(Command::new("node").args(["-e", ORIGIN]));
+        let mut origin = Proc::spawn(Command::new("node").args(["-e", script]));
         let port = origin.line().await;
         let (server, ready) = https_server(home.path(), &[]).await;
         let (quic, http) = (field(&ready, "quic="), field(&ready, "http="));
@@ -96,7 +102,8 @@ impl Rig {
             client_cmd()
                 .await
                 .args(["--server", &quic])
-                .args(["http", &format!("127.0.0.1:{port}"), "--allow-http"])
+                .args(["http", &format!("127.0.0.1:{port}")])
+                .args(flags)
                 .env("HOME", home.path())
                 .env("TUNNEL_STATE_DIR", home.path()),
         );
@@ -665,51 +672,14 @@ s.on('stream', (stream, headers) => {
 });
 s.listen(0, '127.0.0.1', () => console.log(s.address().port));
 "#;
-    let home = tempfile::tempdir().unwrap();
-    let mut origin = Proc::spawn(Command::new("node").args(["-e", SCRIPT]));
-    let port = origin.line().await;
-    let (server, ready) = https_server(home.path(), &[]).await;
-    let quic = field(&ready, "quic=");
-    let https_port = field(&ready, "https=")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let mut client = Proc::spawn(
-        client_cmd()
-            .await
-            .args(["--server", &quic])
-            .args(["http", &format!("127.0.0.1:{port}"), "--upstream", "h2c"])
-            .env("HOME", home.path())
-            .env("TUNNEL_STATE_DIR", home.path()),
-    );
-    let url = client.line().await;
-    let name = host_of(url.split(" -> ").next().unwrap())
-        .split(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let out = Command::new("curl")
-        .args(["-sSk", "--http2", "--max-time", "20", "--resolve"])
-        .arg(format!("{name}:{https_port}:127.0.0.1"))
-        .arg(format!("https://{name}:{https_port}/reset"))
-        .output()
-        .await
-        .unwrap();
+    let rig = Rig::with(SCRIPT, &["--upstream", "h2c"]).await;
+    let out = rig.curl(&["--http2"], "/reset").output().await.unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "curl took a reset stream as whole");
     // curl: "(92) HTTP/2 stream 1 was not closed cleanly: INTERNAL_ERROR".
     assert!(err.contains("not closed cleanly"), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "partial;");
-    let whole = output(
-        Command::new("curl")
-            .args(["-sSk", "--http2", "--resolve"])
-            .arg(format!("{name}:{https_port}:127.0.0.1"))
-            .arg(format!("https://{name}:{https_port}/whole")),
-    )
-    .await;
+    let whole = output(&mut rig.curl(&["--http2"], "/whole")).await;
     assert_eq!(whole, "whole");
-    for p in [client, server, origin] {
-        let _ = p.terminate().await;
-    }
+    rig.stop().await;
 }

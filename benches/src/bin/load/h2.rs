@@ -141,30 +141,18 @@ pub(crate) fn table(
         let (mut direct, mut edge, mut tunnel) = (Vec::new(), Vec::new(), Vec::new());
         let (mut cpu_req, mut cpu_gib) = (Vec::new(), Vec::new());
         for _ in 0..o.rounds {
-            let d = h2load(
-                &format!("https://127.0.0.1:{tls_port}{}", row.path),
-                None,
-                row.conns,
-                row.streams,
-                o.duration,
-            );
+            let run = |url: String, authority| {
+                h2load(&url, authority, row.conns, row.streams, o.duration)
+            };
+            let d = run(format!("https://127.0.0.1:{tls_port}{}", row.path), None);
             let pids = ours.pids();
             let before: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum();
-            let e = h2load(
-                &format!("https://127.0.0.1:{}{}", https.port(), row.path),
+            let e = run(
+                format!("https://127.0.0.1:{}{}", https.port(), row.path),
                 Some(host),
-                row.conns,
-                row.streams,
-                o.duration,
             );
             let used: f64 = pids.iter().map(|p| cpu_seconds(*p, tck)).sum::<f64>() - before;
-            let t = h2load(
-                &format!("https://127.0.0.1:{raw_port}{}", row.path),
-                None,
-                row.conns,
-                row.streams,
-                o.duration,
-            );
+            let t = run(format!("https://127.0.0.1:{raw_port}{}", row.path), None);
             assert!(
                 e.failed == 0 && e.succeeded > 0,
                 "{}: {} requests failed through the h2 edge",
